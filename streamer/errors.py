@@ -1,0 +1,49 @@
+"""Named errors. Every failure a user can meet is one of these, with a message that says what to do."""
+
+from __future__ import annotations
+
+
+class StreamerError(Exception):
+    """Base of all of streamer's errors; the CLI prints the message and exits non-zero."""
+
+    exit_code: int = 1
+
+
+class SettingsError(StreamerError):
+    """A setting is missing, malformed or out of range; the message names the key and where it came from."""
+
+
+class StackError(StreamerError):
+    """The local stack could not be started, stopped or inspected."""
+
+
+class PrerequisiteError(StackError):
+    """Something the native stack needs is not installed; the message names the package."""
+
+
+class DecodeError(StreamerError):
+    """A Kafka record could not be decoded into a change event.
+
+    Carries the record's coordinates so the error policy (stop or dead-letter) can name it.
+    """
+
+    def __init__(self, reason: str, topic: str = "", partition: int = -1, offset: int = -1) -> None:
+        self.reason = reason
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        super().__init__(f"{topic}[{partition}]@{offset}: {reason}" if topic else reason)
+
+    def at(self, topic: str, partition: int, offset: int) -> DecodeError:
+        """The same error, placed at a record's coordinates."""
+        err = type(self)(self.reason, topic, partition, offset)
+        err.__cause__ = self.__cause__
+        return err
+
+
+class ConnectError(StreamerError):
+    """Kafka Connect's REST API answered with an error or could not be reached."""
+
+
+class ConnectorFileError(StreamerError):
+    """A connector file in ``connectors/`` is malformed; nothing has been pushed."""

@@ -1,0 +1,177 @@
+"""One settings object for every command: ``streamer.toml`` plus ``STREAMER_*`` environment variables.
+
+Precedence, lowest first: built-in defaults, the TOML file, the environment. The file is
+``streamer.toml`` in the current directory, or the path in ``STREAMER_CONFIG`` (or the
+``--config`` option); a missing default file is fine, a missing explicit one is an error.
+
+Environment names are the upper-cased key with the ``STREAMER_`` prefix; a key of a
+section joins with ``__``: ``bootstrap_servers`` is ``STREAMER_BOOTSTRAP_SERVERS``,
+``stack.broker_port`` is ``STREAMER_STACK__BROKER_PORT``. Unknown keys in the file are an
+error; unknown ``STREAMER_*`` variables are ignored (the Connect worker reads some of its
+own, such as ``STREAMER_SOURCE_PASSWORD``).
+
+The endpoints (``bootstrap_servers``, ``connect_url``, ``source_url``, ``target_url``)
+default to the local stack's, derived from the ``[stack]`` ports, so changing a port in one
+place moves every command with it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from streamer.errors import SettingsError
+
+ENV_PREFIX = "STREAMER_"
+DEFAULT_FILE = "streamer.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StackSettings(_Section):
+    """The native development stack (``streamer stack``) and its ports (shared with docker-compose.yml)."""
+
+    dir: Path = Path(".stack")
+    host: str = "127.0.0.1"
+    broker_port: int = Field(9092, ge=1, le=65535)
+    connect_port: int = Field(8083, ge=1, le=65535)
+    # not 5432: a developer machine usually has a PostgreSQL there already
+    source_port: int = Field(15432, ge=1, le=65535)
+    registry_port: int = Field(8081, ge=1, le=65535)
+    source_user: str = "postgres"
+    source_password: str = "postgres"
+    source_database: str = "inventory"
+    target_database: str = "target"
+    connect_heap: str = "1g"
+    startup_timeout: float = Field(180.0, gt=0)
+    pg_bindir: Path | None = None  # default: newest /usr/lib/postgresql/*/bin
+
+
+class ConsumerSettings(_Section):
+    """``streamer consume``."""
+
+    group: str = "streamer"
+    topics: str | None = None  # regex; default derived from the connectors' topic prefixes
+    batch_max_events: int = Field(5000, ge=1)
+    batch_max_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    batch_max_ms: int = Field(500, ge=1)
+    # small timeouts make group joins take seconds, not tens of seconds (see README)
+    session_timeout_ms: int = Field(6000, ge=1000)
+    heartbeat_interval_ms: int = Field(1000, ge=100)
+    error_policy: Literal["stop", "dlq"] = "stop"
+    dlq_topic: str = "streamer.dlq"
+    version_column: str = "_streamer_version"
+    schema_mode: Literal["auto", "managed"] = "auto"
+    truncate: bool = True
+
+
+class Settings(_Section):
+    """All of streamer's settings. Build with :func:`load_settings`."""
+
+    bootstrap_servers: str = ""
+    connect_url: str = ""
+    source_url: str = ""
+    target_url: str = ""
+    schema_registry_url: str | None = None
+    connectors_dir: Path = Path("connectors")
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    stack: StackSettings = StackSettings()
+    consumer: ConsumerSettings = ConsumerSettings()
+
+    @model_validator(mode="after")
+    def _derive_endpoints(self) -> Settings:
+        s = self.stack
+        derived = {
+            "bootstrap_servers": f"{s.host}:{s.broker_port}",
+            "connect_url": f"http://{s.host}:{s.connect_port}",
+            "source_url": (
+                f"postgresql://{s.source_user}:{s.source_password}@{s.host}:{s.source_port}/{s.source_database}"
+            ),
+            "target_url": (
+                f"postgresql://{s.source_user}:{s.source_password}@{s.host}:{s.source_port}/{s.target_database}"
+            ),
+        }
+        for name, value in derived.items():
+            if not getattr(self, name):
+                object.__setattr__(self, name, value)
+        return self
+
+
+def _env_tree(env: Mapping[str, str]) -> dict[str, Any]:
+    """``STREAMER_A__B=v`` -> ``{"a": {"b": "v"}}``, for keys the settings know."""
+    tree: dict[str, Any] = {}
+    sections = {name for name, f in Settings.model_fields.items() if isinstance(f.default, BaseModel)}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == "STREAMER_CONFIG":
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        if len(path) == 1 and path[0] in Settings.model_fields and path[0] not in sections:
+            tree[path[0]] = value
+        elif len(path) == 2 and path[0] in sections:
+            model = Settings.model_fields[path[0]].annotation
+            if isinstance(model, type) and path[1] in getattr(model, "model_fields", {}):
+                tree.setdefault(path[0], {})[path[1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _origin(loc: tuple[int | str, ...], env_tree: Mapping[str, Any], file: Path | None) -> str:
+    node: Any = env_tree
+    for part in loc:
+        if not isinstance(node, Mapping) or part not in node:
+            return f"in {file}" if file else "default"
+        node = node[part]
+    return "from $" + ENV_PREFIX + "__".join(str(p).upper() for p in loc)
+
+
+def load_settings(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read the TOML file and the environment into one validated :class:`Settings`.
+
+    ``overrides`` (command-line options) win over both. Raises :class:`SettingsError`
+    naming the first bad key and where its value came from.
+    """
+    env = os.environ if env is None else env
+    explicit = path is not None or "STREAMER_CONFIG" in env
+    file = Path(path if path is not None else env.get("STREAMER_CONFIG", DEFAULT_FILE))
+    data: dict[str, Any] = {}
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{file}: not valid TOML: {exc}") from exc
+    elif explicit:
+        raise SettingsError(f"settings file {file} does not exist")
+    env_tree = _env_tree(env)
+    merged = _merge(_merge(data, env_tree), overrides or {})
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(first["loc"])
+        key = ".".join(str(p) for p in loc)
+        where = _origin(loc, env_tree, file if file.exists() else None)
+        got = f" (got {first['input']!r})" if first["type"] != "extra_forbidden" else ""
+        msg = "unknown setting" if first["type"] == "extra_forbidden" else first["msg"]
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise SettingsError(f"setting {key} {where}: {msg}{got}{more}") from None

