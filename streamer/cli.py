@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -9,8 +10,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from streamer.errors import StreamerError
+from streamer import connectors
+from streamer.connect import ConnectClient
+from streamer.errors import ConnectError, ConnectorFailedError, ConnectorFileError, StreamerError
 from streamer.settings import Settings, load_settings
 from streamer.stack import Stack
 
@@ -90,6 +94,79 @@ def stack_env(ctx: typer.Context) -> None:
         print(f"export {name}={value}")
 
 
+# ---------------------------------------------------------------- db
+db_app = typer.Typer(help="streamer's own tables in the target database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context) -> None:
+    """Create or upgrade streamer's state tables in the target (Alembic migrations)."""
+    from streamer import state
+    from streamer.db import create_target_engine
+
+    engine = create_target_engine(settings_of(ctx).target_url)
+    try:
+        print(f"target schema at revision {state.upgrade(engine)}")
+    finally:
+        engine.dispose()
+
+
+# ---------------------------------------------------------------- consume
+@app.command("consume")
+def consume(
+    ctx: typer.Context,
+    group: Annotated[str | None, typer.Option(help="Consumer group (default: consumer.group).")] = None,
+    topics: Annotated[
+        str | None,
+        typer.Option(help="Topic regex (default: consumer.topics, else from the connector files)."),
+    ] = None,
+    until_idle: Annotated[
+        float | None, typer.Option(help="Stop after the stream has been quiet for this many seconds.")
+    ] = None,
+    max_events: Annotated[int | None, typer.Option(help="Stop after this many records.")] = None,
+    error_policy: Annotated[
+        str | None, typer.Option(help="stop or dlq (default: consumer.error_policy).")
+    ] = None,
+) -> None:
+    """Read change events as a member of a consumer group and apply them to the target."""
+    from streamer import logs, state
+    from streamer.consume import ConsumerProcess, build_decoder
+    from streamer.sink import build_sink
+
+    settings = settings_of(ctx)
+    if error_policy is not None:
+        settings = load_settings(
+            overrides={"consumer": {"error_policy": error_policy}}, path=_config_path(ctx)
+        )
+    logs.configure(settings.log_format, settings.log_level)
+    sink = build_sink(settings)
+    try:
+        state.upgrade(sink.engine)
+        proc = ConsumerProcess(
+            settings,
+            sink,
+            build_decoder(settings),
+            group=group,
+            topics=topics,
+            until_idle=until_idle,
+            max_events=max_events,
+        )
+        stats = proc.run()
+    finally:
+        sink.engine.dispose()
+    print(
+        f"consumed {stats.records} records, applied {stats.events_applied} events in {stats.batches} batches, "
+        f"dead-lettered {stats.dead_lettered}",
+        file=sys.stderr,
+    )
+
+
+def _config_path(ctx: typer.Context) -> Path | None:
+    value = ctx.find_root().params.get("config")
+    return Path(value) if value else None
+
+
 def _print_status(stack: Stack) -> bool:
     table = Table(title="streamer stack (native)")
     for col in ("part", "pid", "port", "health", "detail"):
@@ -107,6 +184,286 @@ def _print_status(stack: Stack) -> bool:
     for name, value in stack.env().items():
         print(f"{name}={value}")
     return all(st.healthy for st in statuses)
+
+
+# ---------------------------------------------------------------- connectors (issue 8)
+connectors_app = typer.Typer(
+    help="Connectors as files: validate, plan and apply connectors/*.json on Kafka Connect.", no_args_is_help=True
+)
+app.add_typer(connectors_app, name="connectors")
+
+ConnectorsDirOption = Annotated[
+    Path | None, typer.Option("--dir", help="Directory of connector files (default: settings connectors_dir).")
+]
+ConnectUrlOption = Annotated[
+    str | None, typer.Option("--connect-url", help="Kafka Connect REST URL (default: settings connect_url).")
+]
+ConnectTimeoutOption = Annotated[
+    float,
+    typer.Option("--connect-timeout", help="Seconds to keep retrying while Connect is unreachable or rebalancing."),
+]
+
+
+def _connectors_setup(
+    ctx: typer.Context, directory: Path | None, url: str | None, timeout: float
+) -> tuple[Path, ConnectClient]:
+    settings = settings_of(ctx)
+    return directory or settings.connectors_dir, ConnectClient(url or settings.connect_url, timeout=timeout)
+
+
+_STYLES = {"+": "green", "~": "yellow", "-": "red", "=": "dim", "n": "cyan"}
+
+
+def _out() -> Console:
+    return Console(soft_wrap=True, highlight=False)
+
+
+def _err() -> Console:
+    return Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def _say(line: str) -> None:
+    _out().print(Text(line, style=_STYLES.get(line.lstrip()[:1], "")))
+
+
+def _load_connector_files(directory: Path) -> list[connectors.ConnectorFile]:
+    files = connectors.load_dir(directory)
+    for warning in connectors.literal_secrets(files):
+        _err().print(Text(f"warning: {warning}", style="yellow"))
+    if not files:
+        _err().print(Text(f"no connector files (*.json) in {directory}", style="yellow"))
+    return files
+
+
+@connectors_app.command("validate")
+def connectors_validate(
+    ctx: typer.Context,
+    directory: ConnectorsDirOption = None,
+    connect_url: ConnectUrlOption = None,
+    connect_timeout: ConnectTimeoutOption = 30.0,
+) -> None:
+    """Check every file's syntax and shape, then ask Connect to validate each config. Pushes nothing."""
+    directory, client = _connectors_setup(ctx, directory, connect_url, connect_timeout)
+    files = _load_connector_files(directory)
+    with client:
+        connectors.validate(client, files)
+    for f in files:
+        _say(f"= valid {f.name}  ({f.path})")
+    _say(f"{len(files)} connector file(s) valid on {client.url}")
+
+
+@connectors_app.command("plan")
+def connectors_plan(
+    ctx: typer.Context,
+    directory: ConnectorsDirOption = None,
+    connect_url: ConnectUrlOption = None,
+    connect_timeout: ConnectTimeoutOption = 30.0,
+    prune: Annotated[bool, typer.Option(help="Also plan deleting this scope's connectors that have no file.")] = False,
+) -> None:
+    """Compare the files with the worker: + create, ~ update (key by key), = unchanged, - delete (with --prune)."""
+    directory, client = _connectors_setup(ctx, directory, connect_url, connect_timeout)
+    files = _load_connector_files(directory)
+    with client:
+        plan = connectors.make_plan(files, client.configs(), connectors.scope_of(directory), prune)
+    for line in plan.render():
+        _say(line)
+
+
+@connectors_app.command("apply")
+def connectors_apply(
+    ctx: typer.Context,
+    directory: ConnectorsDirOption = None,
+    connect_url: ConnectUrlOption = None,
+    connect_timeout: ConnectTimeoutOption = 30.0,
+    prune: Annotated[
+        bool, typer.Option(help="Delete this scope's connectors (streamer.scope marker) that have no file.")
+    ] = False,
+    wait: Annotated[
+        float | None,
+        typer.Option(help="Wait up to SECONDS until every connector and task is RUNNING; FAILED exits 1 with the trace."),
+    ] = None,
+) -> None:
+    """Validate, then create/update only what differs (Connect restarts a connector on every PUT), prune, wait."""
+    directory, client = _connectors_setup(ctx, directory, connect_url, connect_timeout)
+    files = _load_connector_files(directory)
+    scope = connectors.scope_of(directory)
+    with client:
+        masker = connectors.Masker(f.config for f in files)
+        connectors.validate(client, files, masker)
+        current = client.configs()
+        for config in current.values():
+            masker.add(config)
+        plan = connectors.make_plan(files, current, scope, prune)
+        for line in plan.render():
+            _say(line)
+        changed = {a.name for a in plan.actions if a.writes}
+        try:
+            before = connectors.failed_traces(client, [a.name for a in plan.of("update")])
+            if plan.changes_anything:
+                connectors.execute(client, plan, _say)
+            else:
+                _say("= nothing to change")
+            if wait is not None and files:
+                _say(f"waiting up to {wait:g}s for {len(files)} connector(s) to be RUNNING")
+                targets = {f.name: f.desired(scope) for f in files}
+                created = {a.name for a in plan.of("create")}
+                connectors.wait_running(client, targets, changed, wait, _say, masker, before, created)
+        except ConnectError as exc:
+            raise type(exc)(masker.scrub(str(exc))) from None
+    counts = {k: len(plan.of(k)) for k in ("create", "update", "unchanged", "delete")}
+    _say(
+        f"Apply complete: {counts['create']} created, {counts['update']} updated, "
+        f"{counts['unchanged']} unchanged, {counts['delete']} deleted."
+    )
+
+
+@connectors_app.command("status")
+def connectors_status(
+    ctx: typer.Context,
+    directory: ConnectorsDirOption = None,
+    connect_url: ConnectUrlOption = None,
+    connect_timeout: ConnectTimeoutOption = 30.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with full traces) instead of a table.")] = False,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Every connector on the worker, not only the files' and this scope's.")
+    ] = False,
+) -> None:
+    """Each connector: state, tasks, worker ids, topics. Exit 1 if one is absent, FAILED or not yet RUNNING."""
+    directory, client = _connectors_setup(ctx, directory, connect_url, connect_timeout)
+    files = _load_connector_files(directory) if directory.is_dir() or not everything else []
+    with client:
+        reports, masker = connectors.collect_status(client, files, connectors.scope_of(directory), everything)
+    if as_json:
+        print(json.dumps([r.to_json(masker) for r in reports], indent=2))
+    else:
+        table = Table(title=f"connectors on {client.url}")
+        for col in ("connector", "state", "worker", "tasks", "topics"):
+            table.add_column(col, overflow="fold")
+        for r in reports:
+            st = r.status
+            state = st.state if st else "ABSENT"
+            color = "green" if state == "RUNNING" else "red" if state in ("FAILED", "ABSENT") else "yellow"
+            tasks = "\n".join(f"{t.id} {t.state} @{t.worker_id}" for t in st.tasks) if st else ""
+            table.add_row(
+                r.name, Text(state, style=color), st.worker_id if st else "", tasks, "\n".join(r.topics)
+            )
+        Console(highlight=False).print(table)
+        for r in reports:
+            for line in _trace_summaries(r, masker):
+                _err().print(Text(line, style="red"))
+    bad = [r for r in reports if not r.ok]
+    if bad:
+        states = "; ".join(f"{r.name}: {connectors.state_line(r.status)}" for r in bad)
+        raise ConnectorFailedError(f"{len(bad)} connector(s) not RUNNING: {states}")
+
+
+def _trace_summaries(report: connectors.ConnectorReport, masker: connectors.Masker) -> list[str]:
+    """For each FAILED instance: its trace's first line and its last 'Caused by' line."""
+    st = report.status
+    if st is None:
+        return []
+    out = []
+    for label, trace in [("connector", st.trace if st.state == "FAILED" else None)] + [
+        (f"task {t.id}", t.trace) for t in st.tasks if t.state == "FAILED"
+    ]:
+        if not trace:
+            continue
+        lines = [ln for ln in masker.scrub(trace).splitlines() if ln.strip()]
+        causes = [ln for ln in lines if ln.startswith("Caused by:")]
+        summary = lines[0] + (f" ... {causes[-1]}" if causes else "")
+        out.append(f"{report.name} {label} FAILED: {summary} (full trace: --json)")
+    return out
+
+
+ConnectorName = Annotated[str, typer.Argument(help="The connector's name on the worker.")]
+
+
+@connectors_app.command("restart")
+def connectors_restart(
+    ctx: typer.Context,
+    name: ConnectorName,
+    directory: ConnectorsDirOption = None,
+    connect_url: ConnectUrlOption = None,
+    connect_timeout: ConnectTimeoutOption = 30.0,
+    all_instances: Annotated[
+        bool, typer.Option("--all", help="Restart the connector and every task, not only the failed ones.")
+    ] = False,
+) -> None:
+    """Restart a connector's failed instances (connector and tasks); --all restarts running ones too."""
+    _, client = _connectors_setup(ctx, directory, connect_url, connect_timeout)
+    with client:
+        status = client.restart(name, only_failed=not all_instances)
+    if status is None:
+        _say(f"~ restarted {name}")
+        return
+    states = [f"connector {status.state}"] + [f"task {t.id} {t.state}" for t in status.tasks]
+    if "RESTARTING" in {status.state, *(t.state for t in status.tasks)}:
+        _say(f"~ restarting {name}: {', '.join(states)}")
+    else:
+        _say(f"= nothing failed in {name} ({', '.join(states)}); --all restarts running instances too")
+
+
+@connectors_app.command("pause")
+def connectors_pause(
+    ctx: typer.Context,
+    name: ConnectorName,
+    directory: ConnectorsDirOption = None,
+    connect_url: ConnectUrlOption = None,
+    connect_timeout: ConnectTimeoutOption = 30.0,
+) -> None:
+    """Pause a connector and its tasks (apply --wait reports it as PAUSED until resumed)."""
+    _, client = _connectors_setup(ctx, directory, connect_url, connect_timeout)
+    with client:
+        client.pause(name)
+    _say(f"~ pause requested for {name}")
+
+
+@connectors_app.command("resume")
+def connectors_resume(
+    ctx: typer.Context,
+    name: ConnectorName,
+    directory: ConnectorsDirOption = None,
+    connect_url: ConnectUrlOption = None,
+    connect_timeout: ConnectTimeoutOption = 30.0,
+) -> None:
+    """Resume a paused connector and its tasks."""
+    _, client = _connectors_setup(ctx, directory, connect_url, connect_timeout)
+    with client:
+        client.resume(name)
+    _say(f"~ resume requested for {name}")
+
+
+@connectors_app.command("delete")
+def connectors_delete(
+    ctx: typer.Context,
+    name: ConnectorName,
+    directory: ConnectorsDirOption = None,
+    connect_url: ConnectUrlOption = None,
+    connect_timeout: ConnectTimeoutOption = 30.0,
+) -> None:
+    """Delete a connector from the worker (its file, if any, stays: the next apply creates it again)."""
+    directory, client = _connectors_setup(ctx, directory, connect_url, connect_timeout)
+    with client:
+        config = client.config(name)
+        client.delete(name)
+    _say(f"- deleted {name}")
+    if config.get("connector.class", "").endswith("PostgresConnector"):
+        slot = config.get("slot.name", "debezium")
+        publication = config.get("publication.name", "dbz_publication")
+        _say(
+            f"note: replication slot {slot!r} and publication {publication!r} stay in the source database "
+            f"(the slot keeps WAL): if {name} is gone for good, run "
+            f"SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION \"{publication}\";"
+        )
+    try:
+        still = [f for f in connectors.load_dir(directory) if f.name == name] if directory.is_dir() else []
+    except ConnectorFileError:
+        still = []
+    for f in still:
+        _say(f"note: {f.path} still defines {name}: the next apply creates it again")
+
+
+# ---------------------------------------------------------------- end connectors
 
 
 def main() -> None:

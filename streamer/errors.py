@@ -47,3 +47,15 @@ class ConnectError(StreamerError):
 
 class ConnectorFileError(StreamerError):
     """A connector file in ``connectors/`` is malformed; nothing has been pushed."""
+
+
+class ConnectorNotFoundError(ConnectError):
+    """Kafka Connect has no connector of that name."""
+
+
+class ConnectorValidationError(ConnectorFileError):
+    """Connect rejected the config of one or more connector files (each error by file and key); nothing pushed."""
+
+
+class ConnectorFailedError(ConnectError):
+    """A connector or one of its tasks is FAILED (the message holds Connect's trace), or did not reach RUNNING."""

@@ -42,6 +42,7 @@ class RecordKind(enum.StrEnum):
     HEARTBEAT = "heartbeat"
     SCHEMA_CHANGE = "schema_change"
     TRANSACTION = "transaction"  # transaction metadata topic (BEGIN/END)
+    MESSAGE = "message"  # PostgreSQL logical decoding message (pg_logical_emit_message, op "m")
 
 
 class _Unavailable:
@@ -192,3 +193,70 @@ def parse_lsn(text: str) -> int:
     """Inverse of :func:`format_lsn`."""
     hi, _, lo = text.partition("/")
     return (int(hi, 16) << 32) | int(lo, 16)
+
+
+# --- special temporal values --------------------------------------------------------------
+#
+# PostgreSQL has ``'infinity'``/``'-infinity'`` dates and timestamps and the time ``24:00:00``;
+# Python's types have neither. The decoder gives them as the nearest Python value (``date.max``,
+# ``datetime.min``, ``time.max``, ...) but of a marker subclass, so that
+#
+# * code that only knows ``datetime`` keeps working (they *are* datetimes, compare and sort as
+#   their bound, and equal it: ``TIMESTAMP_INFINITY == datetime.max``), and
+# * a writer that can do better (PostgreSQL) tests ``isinstance(v, Infinite...)`` or
+#   ``isinstance(v, EndOfDay)`` and writes ``'infinity'``/``'-infinity'``/``'24:00:00'``.
+
+
+class InfiniteDate(dt.date):
+    """``date.max``/``date.min`` standing for PostgreSQL's date ``'infinity'``/``'-infinity'``."""
+
+    __slots__ = ()
+
+    @property
+    def positive(self) -> bool:
+        return self.year == dt.MAXYEAR
+
+    @property
+    def pg_literal(self) -> str:
+        return "infinity" if self.positive else "-infinity"
+
+    def __repr__(self) -> str:
+        return "DATE_INFINITY" if self.positive else "DATE_NEG_INFINITY"
+
+
+class InfiniteDatetime(dt.datetime):
+    """``datetime.max``/``datetime.min`` (naive, or UTC for timestamptz) standing for ``'infinity'``/``'-infinity'``."""
+
+    __slots__ = ()
+
+    @property
+    def positive(self) -> bool:
+        return self.year == dt.MAXYEAR
+
+    @property
+    def pg_literal(self) -> str:
+        return "infinity" if self.positive else "-infinity"
+
+    def __repr__(self) -> str:
+        name = "TIMESTAMP" if self.tzinfo is None else "TIMESTAMPTZ"
+        return f"{name}_INFINITY" if self.positive else f"{name}_NEG_INFINITY"
+
+
+class EndOfDay(dt.time):
+    """``time.max`` (23:59:59.999999) standing for PostgreSQL's ``time '24:00:00'``."""
+
+    __slots__ = ()
+
+    pg_literal = "24:00:00"
+
+    def __repr__(self) -> str:
+        return "TIME_24_00"
+
+
+DATE_INFINITY: Final = InfiniteDate(dt.MAXYEAR, 12, 31)
+DATE_NEG_INFINITY: Final = InfiniteDate(dt.MINYEAR, 1, 1)
+TIMESTAMP_INFINITY: Final = InfiniteDatetime(dt.MAXYEAR, 12, 31, 23, 59, 59, 999999)
+TIMESTAMP_NEG_INFINITY: Final = InfiniteDatetime(dt.MINYEAR, 1, 1)
+TIMESTAMPTZ_INFINITY: Final = InfiniteDatetime(dt.MAXYEAR, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC)
+TIMESTAMPTZ_NEG_INFINITY: Final = InfiniteDatetime(dt.MINYEAR, 1, 1, tzinfo=dt.UTC)
+TIME_24_00: Final = EndOfDay(23, 59, 59, 999999)

@@ -65,11 +65,24 @@ class ConsumerSettings(_Section):
     # small timeouts make group joins take seconds, not tens of seconds (see README)
     session_timeout_ms: int = Field(6000, ge=1000)
     heartbeat_interval_ms: int = Field(1000, ge=100)
+    metadata_refresh_ms: int = Field(5000, ge=100)  # how soon a new table's topic is picked up
+    statistics_interval_ms: int = Field(0, ge=0)  # librdkafka statistics (lag), 0 = off
+    retry_attempts: int = Field(8, ge=1)  # transient database errors, whole batch
+    retry_max_wait_s: float = Field(10.0, gt=0)
     error_policy: Literal["stop", "dlq"] = "stop"
     dlq_topic: str = "streamer.dlq"
     version_column: str = "_streamer_version"
     schema_mode: Literal["auto", "managed"] = "auto"
     truncate: bool = True
+
+
+class RouteSettings(_Section):
+    """Per source table (``[routes."public.customers"]``): target table and column transforms."""
+
+    target: str = ""  # "schema.table" or "table"; empty: default routing
+    rename: dict[str, str] = {}
+    drop: list[str] = []
+    cast: dict[str, str] = {}
 
 
 class Settings(_Section):
@@ -85,6 +98,7 @@ class Settings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     stack: StackSettings = StackSettings()
     consumer: ConsumerSettings = ConsumerSettings()
+    routes: dict[str, RouteSettings] = {}
 
     @model_validator(mode="after")
     def _derive_endpoints(self) -> Settings:

@@ -1,0 +1,1 @@
+"""Benchmarks (``python -m streamer.bench.<name>``); ``make bench`` runs them."""

@@ -1,0 +1,528 @@
+"""``streamer consume``: a member of a Kafka consumer group that makes the target equal the source.
+
+The loop
+--------
+Records are read with confluent-kafka (classic group protocol, ``cooperative-sticky`` assignor,
+auto-commit off), subscribed by topic regex so a new table's topic is picked up without a
+restart (``topic.metadata.refresh.interval.ms``). They are gathered into batches bounded by
+count, bytes and time (``consumer.batch_max_events|bytes|ms``), so memory stays bounded
+whatever the backlog. Each batch is decoded, applied by :class:`~streamer.sink.Sink` in one
+database transaction that also records the batch's next offsets in ``_streamer_offsets``, and
+only after that commit are the offsets committed to Kafka.
+
+Offsets
+-------
+On assignment each partition starts from the offset in ``_streamer_offsets`` when it is ahead of
+the group's committed Kafka offset (the process died between the database commit and the Kafka
+commit), else from Kafka's. So a crash anywhere loses nothing and applies nothing twice; and
+the version guard makes even a replay of applied records harmless.
+
+Errors
+------
+* Transient database errors (lost connection, deadlock, serialization failure) retry the whole
+  batch with exponential backoff, ``consumer.retry_attempts`` times, logged.
+* A record that cannot be decoded, or an event the target rejects (constraint violation, bad
+  value, schema mismatch), follows ``consumer.error_policy``: ``stop`` (default) commits the
+  records before it and exits non-zero naming its topic, partition and offset; ``dlq`` produces
+  the original record to ``consumer.dlq_topic`` with headers ``streamer.error``,
+  ``streamer.error.class``, ``streamer.origin.topic``, ``streamer.origin.partition``,
+  ``streamer.origin.offset`` and ``streamer.consumer.group`` and goes on. Dead letters are
+  flushed before the database commit of their batch, so a crash can repeat one, never lose one.
+* Rebalance: before partitions are revoked, the pending batch is applied and committed. On
+  SIGTERM/SIGINT the current batch is finished and committed, the member leaves the group, and
+  the process exits 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import tenacity
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from streamer import logs
+from streamer.db import is_transient
+from streamer.decode import Decoder
+from streamer.errors import DecodeError, StreamerError
+from streamer.events import ChangeEvent
+from streamer.settings import Settings
+from streamer.sink import ApplyResult, Sink, is_permanent
+from streamer.state import load_offsets
+
+
+class PoisonRecordError(StreamerError):
+    """A record could not be decoded or applied and the error policy is ``stop``."""
+
+    def __init__(self, topic: str, partition: int, offset: int, reason: str) -> None:
+        self.topic, self.partition, self.offset, self.reason = topic, partition, offset, reason
+        super().__init__(
+            f"record {topic}[{partition}]@{offset} cannot be applied: {reason} "
+            "(error_policy=stop: nothing at or after it was committed; fix the cause, or set "
+            "consumer.error_policy=dlq to dead-letter such records)"
+        )
+
+
+class DeadLetterError(StreamerError):
+    """A dead letter could not be produced; the batch was not committed."""
+
+
+def default_topic_regex(connectors_dir: Path) -> str:
+    """Table topics of the connectors in ``connectors_dir``: ``^(prefix)\\.[^.]+\\.[^.]+$``.
+
+    Debezium names table topics ``<topic.prefix>.<schema>.<table>``; the schema-change topic
+    (``<prefix>``), transaction topic (``<prefix>.transaction``) and heartbeats do not match.
+    """
+    prefixes = []
+    for path in sorted(connectors_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            prefix = data["config"]["topic.prefix"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(prefix, str) and prefix:
+            prefixes.append(re.escape(prefix))
+    if not prefixes:
+        raise StreamerError(
+            f"no topic regex: set consumer.topics (STREAMER_CONSUMER__TOPICS) or add connector files with "
+            f"topic.prefix to {connectors_dir}"
+        )
+    return rf"^(?:{'|'.join(sorted(set(prefixes)))})\.[^.]+\.[^.]+$"
+
+
+@dataclasses.dataclass
+class Stats:
+    """Counters of one consumer process, for progress lines, metrics and tests."""
+
+    records: int = 0
+    events_applied: int = 0
+    batches: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    last_positions: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Hooks:
+    """Optional observers (metrics); every callable may be None."""
+
+    on_batch: Callable[[ApplyResult, float, Sequence[ChangeEvent]], None] | None = None
+    on_retry: Callable[[], None] | None = None
+    on_dead_letter: Callable[[], None] | None = None
+    on_stats: Callable[[str], None] | None = None
+
+
+class ConsumerProcess:
+    """One consumer-group member applying change events to the target through a :class:`Sink`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sink: Sink,
+        decoder: Decoder,
+        *,
+        group: str | None = None,
+        topics: str | None = None,
+        until_idle: float | None = None,
+        max_events: int | None = None,
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cfg = settings.consumer
+        self.sink = sink
+        self.decoder = decoder
+        self.group = group or self.cfg.group
+        regex = topics or self.cfg.topics or default_topic_regex(settings.connectors_dir)
+        self.topic_regex = regex if regex.startswith("^") else "^" + regex
+        self.until_idle = until_idle
+        self.max_events = max_events
+        self.hooks = hooks or Hooks()
+        self.stats = Stats()
+        self.log = logs.get("consume").bind(group=self.group)
+        self._stop = threading.Event()
+        self._pending: list[Message] = []
+        self._pending_bytes = 0
+        self._batch_started = 0.0
+        self._last_activity = time.monotonic()
+        self._assigned: set[tuple[str, int]] = set()
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+
+    # ------------------------------------------------------------ kafka plumbing
+    def _consumer_config(self) -> dict[str, Any]:
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.settings.bootstrap_servers,
+            "group.id": self.group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": self.cfg.session_timeout_ms,
+            "heartbeat.interval.ms": self.cfg.heartbeat_interval_ms,
+            "topic.metadata.refresh.interval.ms": self.cfg.metadata_refresh_ms,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": False,
+            "statistics.interval.ms": self.cfg.statistics_interval_ms,
+            "client.id": f"streamer-{self.group}",
+        }
+        if self.hooks.on_stats is not None:
+            conf["stats_cb"] = self.hooks.on_stats
+        return conf
+
+    def _dlq(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer(
+                {
+                    "bootstrap.servers": self.settings.bootstrap_servers,
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "client.id": f"streamer-dlq-{self.group}",
+                }
+            )
+        return self._producer
+
+    def stop(self, *_: object) -> None:
+        """Ask the loop to finish its batch, commit and leave (signal-handler compatible)."""
+        self._stop.set()
+
+    # ------------------------------------------------------------ rebalance callbacks
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if partitions:
+            committed = {
+                (tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=30)
+            }
+            with self.sink.engine.connect() as conn:
+                stored = load_offsets(conn, self.group, {tp.topic for tp in partitions})
+            for tp in partitions:
+                key = (tp.topic, tp.partition)
+                kafka_off = committed.get(key, OFFSET_INVALID)
+                ours = stored.get(key)
+                if ours is not None and (kafka_off < 0 or ours > kafka_off):
+                    tp.offset = ours
+                elif kafka_off >= 0:
+                    tp.offset = kafka_off
+                self._assigned.add(key)
+            self.log.info(
+                "partitions assigned",
+                partitions=[f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions],
+            )
+        consumer.incremental_assign(partitions)
+        self._last_activity = time.monotonic()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._pending:
+            self.log.info("partitions revoked: applying pending batch first", records=len(self._pending))
+            self._flush()
+        for tp in partitions:
+            self._assigned.discard((tp.topic, tp.partition))
+        if partitions:
+            self.log.info(
+                "partitions revoked", partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions]
+            )
+        consumer.incremental_unassign(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        kept = [m for m in self._pending if _coords(m)[:2] not in lost]
+        self.log.warning(
+            "partitions lost", partitions=sorted(lost), dropped_uncommitted=len(self._pending) - len(kept)
+        )
+        self._pending = kept
+        self._pending_bytes = sum(len(m.value() or b"") + len(m.key() or b"") for m in kept)
+        self._assigned -= lost
+        consumer.incremental_unassign(partitions)
+
+    # ------------------------------------------------------------ main loop
+    def run(self) -> Stats:
+        """Consume until stopped (signal, ``--until-idle``, ``--max-events``). Returns the counters."""
+        consumer = Consumer(self._consumer_config())
+        self._consumer = consumer
+        previous = {
+            sig: signal.signal(sig, self.stop)
+            for sig in (signal.SIGTERM, signal.SIGINT)
+            if threading.current_thread() is threading.main_thread()
+        }
+        try:
+            consumer.subscribe(
+                [self.topic_regex],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+            self.log.info("subscribed", topics=self.topic_regex)
+            self._loop(consumer)
+            if self._pending:
+                self._flush()
+        finally:
+            try:
+                consumer.close()  # leaves the group (revocation callback runs, pending already flushed)
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+                if self._producer is not None:
+                    self._producer.flush(30)
+        self.log.info(
+            "stopped",
+            records=self.stats.records,
+            events_applied=self.stats.events_applied,
+            batches=self.stats.batches,
+            dead_lettered=self.stats.dead_lettered,
+        )
+        return self.stats
+
+    def _loop(self, consumer: Consumer) -> None:
+        cfg = self.cfg
+        last_progress = time.monotonic()
+        while not self._stop.is_set():
+            budget = cfg.batch_max_events - len(self._pending)
+            if self.max_events is not None:
+                budget = min(budget, self.max_events - self.stats.records - len(self._pending))
+            msgs = consumer.consume(num_messages=max(1, min(budget, 1000)), timeout=0.1) if budget > 0 else []
+            now = time.monotonic()
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    if err.fatal() or err.code() in (
+                        KafkaError._AUTHENTICATION,
+                        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                    ):
+                        raise KafkaException(err)
+                    if err.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                        self.log.warning("kafka", error=str(err))
+                    continue
+                if not self._pending:
+                    self._batch_started = now
+                self._pending.append(msg)
+                self._pending_bytes += len(msg.value() or b"") + len(msg.key() or b"")
+            if msgs:
+                self._last_activity = now
+            if self._pending and (
+                len(self._pending) >= cfg.batch_max_events
+                or self._pending_bytes >= cfg.batch_max_bytes
+                or (now - self._batch_started) * 1000 >= cfg.batch_max_ms
+                or (
+                    self.max_events is not None and self.stats.records + len(self._pending) >= self.max_events
+                )
+            ):
+                self._flush()
+            if self.max_events is not None and self.stats.records >= self.max_events:
+                break
+            if (
+                self.until_idle is not None
+                and not self._pending
+                and now - self._last_activity >= self.until_idle
+            ):
+                self.log.info("idle, stopping", idle_seconds=self.until_idle)
+                break
+            if now - last_progress >= 5:
+                last_progress = now
+                elapsed = max(now - self.stats.started, 1e-9)
+                self.log.info(
+                    "progress",
+                    records=self.stats.records,
+                    events_applied=self.stats.events_applied,
+                    rate=round(self.stats.events_applied / elapsed, 1),
+                    partitions=len(self._assigned),
+                )
+
+    # ------------------------------------------------------------ one batch
+    def _flush(self) -> None:
+        batch, self._pending, self._pending_bytes = self._pending, [], 0
+        if not batch:
+            return
+        started = time.monotonic()
+        events: list[ChangeEvent] = []
+        origins: dict[tuple[str, int, int], Message] = {}
+        positions: dict[tuple[str, int], int] = {}
+        dead: list[tuple[Message, Exception]] = []
+        poison: tuple[Message, Exception] | None = None
+        for msg in batch:
+            topic, partition, offset = _coords(msg)
+            try:
+                decoded = self.decoder.decode(topic, partition, offset, msg.key(), msg.value(), _headers(msg))
+            except DecodeError as exc:
+                if self.cfg.error_policy == "stop":
+                    poison = (msg, exc)
+                    break
+                dead.append((msg, exc))
+            else:
+                if isinstance(decoded, ChangeEvent):
+                    events.append(decoded)
+                    origins[(topic, partition, offset)] = msg
+            positions[(topic, partition)] = offset + 1
+        consumed = batch.index(poison[0]) if poison is not None else len(batch)
+        result = self._apply_with_retry(events, positions, origins, dead)
+        self._commit(positions)
+        self.stats.records += consumed
+        self.stats.events_applied += result.events
+        self.stats.batches += 1
+        self.stats.last_positions.update(positions)
+        elapsed = time.monotonic() - started
+        if self.hooks.on_batch is not None:
+            self.hooks.on_batch(result, elapsed, events)
+        self.log.debug(
+            "batch applied",
+            records=consumed,
+            events=result.events,
+            tables=result.tables,
+            seconds=round(elapsed, 4),
+            offsets={f"{t}[{p}]": o for (t, p), o in sorted(positions.items())},
+        )
+        if poison is not None:
+            err = poison[1]
+            raise PoisonRecordError(*_coords(poison[0]), err.reason if isinstance(err, DecodeError) else str(err))
+
+    def _apply_with_retry(
+        self,
+        events: list[ChangeEvent],
+        positions: dict[tuple[str, int], int],
+        origins: Mapping[tuple[str, int, int], Message],
+        dead: list[tuple[Message, Exception]],
+    ) -> ApplyResult:
+        def before_commit(result: ApplyResult) -> None:
+            letters = list(dead)
+            for ev, exc in result.failed:
+                o = ev.origin
+                letters.append((origins[(o.topic, o.partition, o.offset)], exc))
+            if letters:
+                self._dead_letter(letters)
+
+        def attempt() -> ApplyResult:
+            try:
+                return self.sink.apply(events, positions, self.group, before_commit=before_commit)
+            except DeadLetterError:
+                raise
+            except Exception as exc:
+                if is_transient(exc) or not is_permanent(exc):
+                    raise
+            # a permanent error in the batch: apply event by event to find the culprit(s)
+            result = self.sink.apply(
+                events,
+                positions,
+                self.group,
+                isolate=True,
+                before_commit=before_commit if self.cfg.error_policy == "dlq" else _refuse_failures,
+            )
+            return result
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(is_transient),
+            stop=tenacity.stop_after_attempt(self.cfg.retry_attempts),
+            wait=tenacity.wait_exponential(multiplier=0.2, max=self.cfg.retry_max_wait_s),
+            before_sleep=self._before_retry,
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except _FailedEvent as failed:
+            o = failed.event.origin
+            raise PoisonRecordError(
+                o.topic, o.partition, o.offset, f"{type(failed.error).__name__}: {failed.error}"
+            ) from None
+
+    def _before_retry(self, state: tenacity.RetryCallState) -> None:
+        self.stats.retries += 1
+        if self.hooks.on_retry is not None:
+            self.hooks.on_retry()
+        exc = state.outcome.exception() if state.outcome else None
+        self.log.warning(
+            "transient database error, retrying batch", attempt=state.attempt_number, error=str(exc)[:300]
+        )
+
+    def _dead_letter(self, letters: list[tuple[Message, Exception]]) -> None:
+        producer = self._dlq()
+        errors: list[str] = []
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        for msg, exc in letters:
+            topic, partition, offset = _coords(msg)
+            headers: list[tuple[str, str | bytes | None]] = list(_headers(msg))
+            headers += [
+                ("streamer.error", str(exc).encode()[:4000]),
+                ("streamer.error.class", type(exc).__name__.encode()),
+                ("streamer.origin.topic", topic.encode()),
+                ("streamer.origin.partition", str(partition).encode()),
+                ("streamer.origin.offset", str(offset).encode()),
+                ("streamer.consumer.group", self.group.encode()),
+            ]
+            producer.produce(
+                self.cfg.dlq_topic, value=msg.value(), key=msg.key(), headers=headers, on_delivery=delivered
+            )
+            self.log.warning(
+                "dead-lettered",
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                error=str(exc)[:300],
+            )
+        remaining = producer.flush(30)
+        if remaining or errors:
+            raise DeadLetterError(
+                f"could not produce {remaining + len(errors)} dead letter(s) to {self.cfg.dlq_topic}: {errors[:3]}"
+            )
+        self.stats.dead_lettered += len(letters)
+        if self.hooks.on_dead_letter is not None:
+            for _ in letters:
+                self.hooks.on_dead_letter()
+
+    def _commit(self, positions: Mapping[tuple[str, int], int]) -> None:
+        if not positions or self._consumer is None:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # the target already holds these offsets (_streamer_offsets); the next assignment uses them
+            self.log.warning("kafka commit failed; offsets are safe in the target", error=str(exc))
+
+
+def _coords(msg: Message) -> tuple[str, int, int]:
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset
+
+
+def _headers(msg: Message) -> list[tuple[str, bytes | None]]:
+    raw = msg.headers() or []
+    items = raw.items() if isinstance(raw, dict) else raw
+    return [(k, v.encode() if isinstance(v, str) else v) for k, v in items]
+
+
+class _FailedEvent(Exception):
+    def __init__(self, event: ChangeEvent, error: Exception) -> None:
+        self.event, self.error = event, error
+
+
+def _refuse_failures(result: ApplyResult) -> None:
+    if result.failed:
+        ev, exc = result.failed[0]
+        raise _FailedEvent(ev, exc)
+
+
+def build_decoder(settings: Settings) -> Decoder:
+    """A decoder with the Schema Registry client the settings name (for Avro), if any."""
+    registry = None
+    if settings.schema_registry_url:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        registry = SchemaRegistryClient({"url": settings.schema_registry_url})
+    return Decoder(schema_registry=registry)

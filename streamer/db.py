@@ -1,0 +1,73 @@
+"""Database connections: engines with the right driver options, and which errors are worth a retry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+# PostgreSQL SQLSTATEs that a retry of the whole transaction can cure
+_PG_TRANSIENT = {
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+    "55P03",  # lock_not_available
+    "57P01",  # admin_shutdown
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now
+    "53300",  # too_many_connections
+    "08000",
+    "08003",
+    "08006",
+    "08001",
+    "08004",
+}
+# MySQL/MariaDB error numbers: lock wait timeout, deadlock, server gone away, lost connection,
+# can't connect, too many connections, server shutdown in progress
+_MYSQL_TRANSIENT = {1205, 1213, 2006, 2013, 2003, 1040, 1053, 4031}
+
+
+def create_target_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for a target or source URL.
+
+    ``postgresql://`` uses psycopg2 with batched executemany; ``mysql://`` and ``mariadb://`` use
+    PyMySQL; ``sqlite:///path`` waits up to 30 s for a lock instead of failing at once.
+    """
+    u = make_url(url)
+    backend = u.get_backend_name()
+    opts: dict[str, Any] = {"pool_pre_ping": True}
+    if backend == "postgresql":
+        if u.drivername == "postgresql":
+            u = u.set(drivername="postgresql+psycopg2")
+        opts["executemany_mode"] = "values_plus_batch"
+        opts["insertmanyvalues_page_size"] = 2000
+    elif backend in ("mysql", "mariadb"):
+        if "+" not in u.drivername:
+            u = u.set(drivername=f"{backend}+pymysql")
+        opts["pool_recycle"] = 3600
+        opts["connect_args"] = {"charset": "utf8mb4"}
+    elif backend == "sqlite":
+        opts["connect_args"] = {"timeout": 30}
+    opts.update(kwargs)
+    return sa.create_engine(u, **opts)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors that a retry of the whole batch can cure (lost connection, deadlock, ...)."""
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
+        code = getattr(orig, "pgcode", None)
+        if code is not None:
+            return str(code) in _PG_TRANSIENT
+        args = getattr(orig, "args", ())
+        if args and isinstance(args[0], int):
+            return args[0] in _MYSQL_TRANSIENT
+        text = str(orig).lower()
+        if "database is locked" in text:  # SQLite
+            return True
+        return isinstance(exc, sa.exc.OperationalError) and (
+            "server closed the connection" in text or "could not connect" in text or "connection" in text
+        )
+    return isinstance(exc, ConnectionError | TimeoutError)

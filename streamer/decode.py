@@ -1,0 +1,1823 @@
+"""Decoding Debezium records (JSON or Confluent Avro) into :class:`~streamer.events.ChangeEvent`.
+
+One :class:`Decoder` turns any record Debezium puts on Kafka into a
+:class:`~streamer.events.ChangeEvent` (a row change) or an
+:class:`~streamer.events.OtherRecord` (tombstone, heartbeat, schema change, transaction
+metadata, logical decoding message). Anything it cannot decode raises
+:class:`~streamer.errors.DecodeError` carrying topic, partition, offset and the reason; nothing
+is dropped or guessed silently.
+
+Input formats (detected per record, key and value independently)
+-----------------------------------------------------------------
+* **Confluent Avro wire format**: byte 0 is the magic byte ``0``, bytes 1-4 the big-endian
+  schema id, the rest the Avro body. The writer schema is fetched once per id from the
+  registry (any object with ``get_schema(schema_id)`` returning something with
+  ``schema_str``/``schema_type``, e.g. ``confluent_kafka.schema_registry.SchemaRegistryClient``),
+  parsed with ``fastavro.parse_schema`` and cached per id with its decoding plan. A registry
+  answering 404 is a :class:`DecodeError` (unknown schema id); any other registry failure
+  raises :class:`SchemaRegistryUnavailableError`, which is *not* a decode error: the record
+  is fine, retry later instead of dead-lettering it.
+* **JSON** (``org.apache.kafka.connect.json.JsonConverter``): ``{"schema": ..., "payload": ...}``
+  when ``schemas.enable=true``, the bare payload otherwise. Any other first byte is a
+  :class:`DecodeError` ("bad magic byte").
+
+Record kinds
+------------
+* value ``None`` (or JSON ``null``/``{"schema":null,"payload":null}``): ``TOMBSTONE``; its
+  payload is the decoded key (column -> value), or ``None`` without a key. With
+  ``ExtractNewRecordState`` and ``delete.tombstone.handling.mode=tombstone`` the tombstone
+  is the only trace of a delete: the consumer decides what to do with it.
+* topic starting with ``heartbeat_topic_prefix`` (``__debezium-heartbeat``), or value schema
+  ``io.debezium.connector.common.Heartbeat``: ``HEARTBEAT``.
+* value schema ``io.debezium.connector.<x>.SchemaChangeValue`` (or, without schemas, a payload
+  with ``ddl``/``tableChanges`` and no ``op``): ``SCHEMA_CHANGE``.
+* value schema ``io.debezium.connector.common.TransactionMetadataValue`` (or a payload with
+  ``status`` BEGIN/END and ``id`` and no ``op``): ``TRANSACTION``.
+* envelope with ``op`` ``m`` (PostgreSQL ``pg_logical_emit_message``): ``MESSAGE``.
+* envelope (``op``, ``source``, ``before``/``after``) with ``op`` c/u/d/r/t: a ``ChangeEvent``.
+* a struct flattened by ``io.debezium.transforms.ExtractNewRecordState``: a ``ChangeEvent``.
+  Recognized by its schema name ``<topic>.Value`` or by at least one metadata field (name
+  starting with ``flattened_field_prefix``, ``__``). ``add.fields`` metadata is read back:
+  ``__op``, ``__deleted`` (string ``"true"``/``"false"`` as Debezium writes it, or boolean),
+  ``__ts_ms``/``__ts_us``/``__ts_ns`` (envelope), ``__source_<f>`` or bare ``__<f>`` (source
+  field ``f``: ``__lsn``, ``__table``, ``__db``, ``__schema``, ``__txId``, ...),
+  ``__transaction_<f>``/``__id`` (transaction block); the same names are also looked up in the
+  record headers (``add.headers``). Metadata fields are removed from the row. ``__deleted``
+  true is a delete (the row goes to ``before``), otherwise ``__op`` gives the operation and
+  the row goes to ``after``; **without ``__op`` a flattened record is an upsert and is given
+  as ``Op.UPDATE``** with ``before=None``. The table comes from ``__db``/``__schema``/``__table``
+  (or ``__source_*``) and else from the topic (``<prefix>.<schema>.<table>``; without a MySQL
+  hint, ``__file``/``__pos``/``__connector``, the middle part is taken as the schema).
+  Use ``add.fields=op,lsn,source.ts_ms,db,schema,table`` to carry everything.
+* any other JSON/struct: :class:`DecodeError` ("not a Debezium envelope").
+
+Events
+------
+* ``key``/``key_columns``: from the record key, in the key's field order. A change without a
+  key (table without primary key, truncate) has ``key == {}`` and ``key_columns == ()``.
+* ``columns``: from the value schema's row struct (``after``, else ``before``), as
+  :class:`~streamer.events.ColumnType` (``base`` is the Connect type, for Avro the Connect type
+  the AvroConverter recorded: ``connect.type``/``connect.name``/``connect.parameters``).
+* ``position``: PostgreSQL ``version=pg_version(lsn)``, ``commit_lsn`` from the first element of
+  ``sequence`` (Debezium's "last committed LSN"); MySQL/MariaDB
+  ``version=mysql_version(<binlog file number>, pos, row)`` and ``gtid``; ``snapshot`` is true
+  for every ``source.snapshot`` value except ``false``/missing. **A source that gives no log
+  position (PostgreSQL incremental-snapshot rows, which Debezium sends without ``lsn``, other
+  connectors, flattened records without ``__lsn``) gets ``version == ""``**: order those by
+  Kafka offset.
+* ``txid``: PostgreSQL ``txId``, MySQL ``gtid``, else the transaction block's ``id``.
+* ``source_ts`` from ``source.ts_us`` (else ``ts_ms``, ``ts_ns``), ``event_ts`` from the
+  envelope's ``ts_us`` (else ``ts_ms``, ``ts_ns``); both aware, UTC.
+
+Value representations (identical for JSON and Avro)
+-----------------------------------------------------
+=============================================  ================================================
+schema                                           Python value
+=============================================  ================================================
+int8/16/32/64, boolean, string                   int, bool, str
+float64                                          float (JSON ``"NaN"``/``"Infinity"`` strings too).
+                                                 ``decimal.handling.mode=double`` therefore loses
+                                                 precision before we see it.
+float32                                          float, the shortest decimal that round-trips
+                                                 through float32 (``real '1.1'`` -> ``1.1`` from
+                                                 JSON and Avro alike, as PostgreSQL prints it)
+bytes                                            bytes (base64 in JSON)
+``io.debezium.time.Date``, Connect ``Date``      ``date``
+``Time`` (ms), ``MicroTime``, ``NanoTime``,      ``time`` (naive); exactly 24:00:00 gives
+Connect ``Time``                                 :data:`~streamer.events.TIME_24_00`; values
+                                                 outside 00:00-24:00 (MySQL ``TIME`` is a
+                                                 duration) give ``timedelta``
+``Timestamp`` (ms), ``MicroTimestamp``,          naive ``datetime``: the column has no zone
+``NanoTimestamp``, Connect ``Timestamp``         (Debezium encodes the wall-clock value as if UTC)
+``ZonedTimestamp``                               aware ``datetime`` (offset as sent, UTC from
+                                                 Debezium's PostgreSQL connector)
+``ZonedTime``                                    aware ``time``
+``IsoDate``/``IsoTime``/``IsoTimestamp``         ``date``/naive ``time``/naive ``datetime``
+(``time.precision.mode=isostring``)              (the wall-clock value Debezium wrote as UTC)
+``MicroDuration``, ``NanoDuration``              ``timedelta``. Debezium itself counts a month as
+                                                 30.4375 days and computes in double precision:
+                                                 use ``interval.handling.mode=string`` to be exact
+``io.debezium.time.Interval`` (string mode)      ``str``, kept as sent (ISO 8601
+                                                 ``P1Y2M3DT4H5M6.78S``, which PostgreSQL accepts)
+``io.debezium.time.Year``                        int
+Connect ``Decimal`` (bytes, ``scale``)           ``Decimal``, exact (digits and exponent kept). A
+                                                 JSON number (converter ``decimal.format=NUMERIC``)
+                                                 is accepted; an integral one is exact, a
+                                                 fractional one is only as exact as a double
+``VariableScaleDecimal`` (struct)                ``Decimal``, exact
+string with source type NUMERIC/DECIMAL/MONEY    ``Decimal``; ``NAN``/``NaN``/``POSITIVE_INFINITY``
+(``decimal.handling.mode=string``)               /``Infinity``/... give ``Decimal('NaN')``,
+                                                 ``Decimal('Infinity')``, ... The source type is
+                                                 only known with ``column.propagate.source.type``
+                                                 (or ``datatype.propagate.source.type``);
+                                                 without it such a column stays ``str``
+``io.debezium.data.Json``                        ``str``, the JSON text exactly as sent (the
+                                                 writer puts it in json/jsonb columns);
+                                                 :func:`parse_json` parses it
+``Uuid``                                         ``uuid.UUID``
+``Enum``, ``EnumSet``, ``Xml``, ``Ltree``        ``str`` (EnumSet: the comma-separated list)
+``Bits`` (bytes, little-endian, ``length``)      ``str`` of ``'0'``/``'1'``, most significant bit
+                                                 first, as PostgreSQL prints ``bit(n)``; padded to
+                                                 ``length``. Debezium sends only the integer, so
+                                                 for ``bit varying`` (source type ``VARBIT``, no
+                                                 padding) leading zeros are lost
+string with a binary source type (BYTEA,         ``bytes``, decoded per the decoder's
+BINARY, VARBINARY, *BLOB)                        ``binary_handling_mode`` (the connector's
+                                                 ``binary.handling.mode``: base64,
+                                                 base64-url-safe, hex). Without the source type
+                                                 such a column stays ``str``; with it and mode
+                                                 ``bytes`` it is a :class:`DecodeError`
+array                                            ``list``, element types applied
+map                                              ``dict`` (JSON pairs / Avro key-value records
+                                                 for non-string keys)
+``geometry.Geometry``/``Geography``/``Point``,   ``dict`` of the struct's fields (``wkb`` as
+other structs                                    bytes)
+``DoubleVector``/``FloatVector``                 ``list`` of float
+=============================================  ================================================
+
+PostgreSQL special values: Debezium sends ``'infinity'``/``'-infinity'`` timestamps as
+``9223372036825200000``/``-9223372036832400000`` (µs; ``…5200``/``…2400`` in ms) and dates as
+epoch days ``-2147472693``/``-2147472692`` (the values the JDBC driver uses); ``Long.MAX_VALUE``/
+``MIN_VALUE`` (and ``Integer`` for dates) are accepted too. They become
+:data:`~streamer.events.TIMESTAMP_INFINITY`, :data:`~streamer.events.DATE_NEG_INFINITY` etc.:
+``datetime.max``/``min`` of a marker subclass, so a PostgreSQL writer can write ``'infinity'``
+back. ``ZonedTimestamp`` ``"infinity"``/``"-infinity"`` give ``TIMESTAMPTZ_[NEG_]INFINITY``.
+Any other value outside Python's range (before year 1, after 9999) is a :class:`DecodeError`.
+Sub-microsecond digits (``Nano*``) are truncated: Python's types stop at microseconds.
+
+Unchanged TOAST columns: the placeholder (``unavailable_placeholder``, default
+``__debezium_unavailable_value``) in every form Debezium's PostgreSQL connector sends it -
+the string, its UTF-8 bytes (base64 ``X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ==`` in JSON), a
+one-element array of either, an int/bigint array of the placeholder's bytes, a one-element
+uuid array of ``UUID.nameUUIDFromBytes(placeholder)``, and the hstore map/JSON
+``{placeholder: placeholder}`` - decodes to :data:`~streamer.events.UNAVAILABLE`. A real value
+equal to one of these forms is indistinguishable from it (Debezium's convention).
+
+Logical types we do not know: a Connect name on a *string* is passed through (a string is
+usable as it is); on any other type it is a :class:`DecodeError` ("unknown logical type"),
+unless listed in ``passthrough_logical_types``. A struct named in the ``io.debezium.`` or
+``org.apache.kafka.connect.`` namespaces that we do not know is an error too; other named
+structs decode as dicts.
+
+JSON without schemas carries no types: values are what JSON gives (numbers, strings, lists,
+dicts; dates as day counts, timestamps as epoch integers, bytes and Connect decimals as base64
+text), only the TOAST placeholder forms are recognized, and ``columns`` holds the base type
+guessed from the values (``int64``, ``float64``, ``string``, ``boolean``, ``array``, ``struct``,
+``unknown`` when null). Pass ``column_hints`` (table -> column types) to decode such records
+exactly; otherwise use schemas (or Avro). With schemaless JSON set
+``decimal.handling.mode=string`` so decimals at least arrive as readable text.
+
+Performance: JSON goes through ``orjson``. Decoding plans (one converter per field, ``None``
+for fields that need none) are built once per schema and cached per decoder: Avro per schema
+id, JSON per the raw bytes of the ``"schema"`` member. For JSON with schemas the record is
+split at the first ``,"payload":`` - the split is verified (the schema text must parse to the
+schema) the first time a schema text is seen, and a JSON value is self-delimiting, so any later
+record starting with the same bytes has the same schema - and only the payload is parsed.
+The decoder is not thread-safe; use one per consumer thread.
+"""
+
+from __future__ import annotations
+
+import binascii
+import dataclasses
+import datetime as dt
+import decimal
+import hashlib
+import io
+import struct
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any, Final, Literal, Protocol, TypeVar
+
+import orjson
+from fastavro import parse_schema, schemaless_reader
+
+from streamer.errors import DecodeError, StreamerError
+from streamer.events import (
+    DATE_INFINITY,
+    DATE_NEG_INFINITY,
+    TIME_24_00,
+    TIMESTAMP_INFINITY,
+    TIMESTAMP_NEG_INFINITY,
+    TIMESTAMPTZ_INFINITY,
+    TIMESTAMPTZ_NEG_INFINITY,
+    UNAVAILABLE,
+    ChangeEvent,
+    ColumnType,
+    Decoded,
+    Op,
+    Origin,
+    OtherRecord,
+    RecordKind,
+    SourcePosition,
+    TableId,
+    mysql_version,
+    pg_version,
+)
+
+__all__ = [
+    "DEFAULT_UNAVAILABLE_PLACEHOLDER",
+    "BinaryHandlingMode",
+    "Decoder",
+    "SchemaRegistry",
+    "SchemaRegistryUnavailableError",
+    "parse_json",
+]
+
+DEFAULT_UNAVAILABLE_PLACEHOLDER: Final = "__debezium_unavailable_value"
+DEFAULT_HEARTBEAT_TOPIC_PREFIX: Final = "__debezium-heartbeat"
+
+BinaryHandlingMode = Literal["bytes", "base64", "base64-url-safe", "hex"]
+
+Converter = Callable[[Any], Any]
+
+
+class SchemaRegistry(Protocol):
+    """What the decoder needs of a schema registry client (``SchemaRegistryClient`` fits)."""
+
+    def get_schema(self, schema_id: int) -> Any: ...
+
+
+class SchemaRegistryUnavailableError(StreamerError):
+    """The schema registry could not be asked for a schema (down, timeout, auth).
+
+    Not a :class:`DecodeError`: the record may be fine, so it must be retried, not dead-lettered.
+    """
+
+
+def parse_json(text: str | bytes) -> Any:
+    """Parse the text of an ``io.debezium.data.Json`` value (kept as text by the decoder)."""
+    return orjson.loads(text)
+
+
+# --- names -----------------------------------------------------------------------------------
+
+_DBZ_TIME = "io.debezium.time."
+_DBZ_DATA = "io.debezium.data."
+_CONNECT = "org.apache.kafka.connect.data."
+
+DATE: Final = _DBZ_TIME + "Date"
+TIME: Final = _DBZ_TIME + "Time"
+MICRO_TIME: Final = _DBZ_TIME + "MicroTime"
+NANO_TIME: Final = _DBZ_TIME + "NanoTime"
+TIMESTAMP: Final = _DBZ_TIME + "Timestamp"
+MICRO_TIMESTAMP: Final = _DBZ_TIME + "MicroTimestamp"
+NANO_TIMESTAMP: Final = _DBZ_TIME + "NanoTimestamp"
+ZONED_TIMESTAMP: Final = _DBZ_TIME + "ZonedTimestamp"
+ZONED_TIME: Final = _DBZ_TIME + "ZonedTime"
+ISO_DATE: Final = _DBZ_TIME + "IsoDate"
+ISO_TIME: Final = _DBZ_TIME + "IsoTime"
+ISO_TIMESTAMP: Final = _DBZ_TIME + "IsoTimestamp"
+MICRO_DURATION: Final = _DBZ_TIME + "MicroDuration"
+NANO_DURATION: Final = _DBZ_TIME + "NanoDuration"
+INTERVAL: Final = _DBZ_TIME + "Interval"
+YEAR: Final = _DBZ_TIME + "Year"
+CONNECT_DECIMAL: Final = _CONNECT + "Decimal"
+CONNECT_DATE: Final = _CONNECT + "Date"
+CONNECT_TIME: Final = _CONNECT + "Time"
+CONNECT_TIMESTAMP: Final = _CONNECT + "Timestamp"
+VARIABLE_SCALE_DECIMAL: Final = _DBZ_DATA + "VariableScaleDecimal"
+JSON: Final = _DBZ_DATA + "Json"
+UUID: Final = _DBZ_DATA + "Uuid"
+ENUM: Final = _DBZ_DATA + "Enum"
+ENUM_SET: Final = _DBZ_DATA + "EnumSet"
+BITS: Final = _DBZ_DATA + "Bits"
+XML: Final = _DBZ_DATA + "Xml"
+LTREE: Final = _DBZ_DATA + "Ltree"
+DOUBLE_VECTOR: Final = _DBZ_DATA + "DoubleVector"
+FLOAT_VECTOR: Final = _DBZ_DATA + "FloatVector"
+SPARSE_DOUBLE_VECTOR: Final = _DBZ_DATA + "SparseDoubleVector"
+GEOMETRY: Final = _DBZ_DATA + "geometry.Geometry"
+GEOGRAPHY: Final = _DBZ_DATA + "geometry.Geography"
+POINT: Final = _DBZ_DATA + "geometry.Point"
+
+HEARTBEAT_SCHEMA: Final = "io.debezium.connector.common.Heartbeat"
+TRANSACTION_SCHEMA: Final = "io.debezium.connector.common.TransactionMetadataValue"
+SCHEMA_CHANGE_SUFFIX: Final = ".SchemaChangeValue"
+
+SOURCE_TYPE_PARAM: Final = "__debezium.source.column.type"
+
+_STRING_PASSTHROUGH: Final = frozenset({ENUM, ENUM_SET, XML, LTREE, INTERVAL})
+_KNOWN_STRUCTS: Final = frozenset({VARIABLE_SCALE_DECIMAL, GEOMETRY, GEOGRAPHY, POINT, SPARSE_DOUBLE_VECTOR})
+_NUMERIC_SOURCE_TYPES: Final = frozenset(
+    {"NUMERIC", "DECIMAL", "DEC", "MONEY", "FIXED", "NUMBER", "SMALLMONEY", "DECFLOAT"}
+)
+_BINARY_SOURCE_TYPES: Final = frozenset(
+    {
+        "BYTEA",
+        "BINARY",
+        "VARBINARY",
+        "BLOB",
+        "TINYBLOB",
+        "MEDIUMBLOB",
+        "LONGBLOB",
+        "RAW",
+        "LONG RAW",
+        "IMAGE",
+    }
+)
+
+_OPS: Final = MappingProxyType({op.value: op for op in Op})
+_SNAPSHOT_FALSE: Final = frozenset({None, "false", False})
+
+# --- temporal helpers ------------------------------------------------------------------------
+
+_EPOCH: Final = dt.datetime(1970, 1, 1)
+_EPOCH_UTC: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_EPOCH_DATE: Final = dt.date(1970, 1, 1)
+_EPOCH_ORDINAL: Final = _EPOCH_DATE.toordinal()
+_DAY_US: Final = 86_400_000_000
+_timedelta: Final = dt.timedelta
+_date_fromordinal: Final = dt.date.fromordinal
+_TIME_MIN: Final = dt.time(0, 0)
+_INT64_MAX: Final = 2**63 - 1
+_INT64_MIN: Final = -(2**63)
+
+# PostgreSQL +/-infinity as Debezium sends them (PGJDBC's DATE_POSITIVE/NEGATIVE_INFINITY).
+_TS_US_SPECIAL: Final = MappingProxyType(
+    {
+        9223372036825200000: TIMESTAMP_INFINITY,
+        -9223372036832400000: TIMESTAMP_NEG_INFINITY,
+        _INT64_MAX: TIMESTAMP_INFINITY,
+        _INT64_MIN: TIMESTAMP_NEG_INFINITY,
+    }
+)
+_TS_MS_SPECIAL: Final = MappingProxyType(
+    {
+        9223372036825200: TIMESTAMP_INFINITY,
+        -9223372036832400: TIMESTAMP_NEG_INFINITY,
+        _INT64_MAX: TIMESTAMP_INFINITY,
+        _INT64_MIN: TIMESTAMP_NEG_INFINITY,
+    }
+)
+_TS_NS_SPECIAL: Final = MappingProxyType({_INT64_MAX: TIMESTAMP_INFINITY, _INT64_MIN: TIMESTAMP_NEG_INFINITY})
+_DATE_SPECIAL: Final = MappingProxyType(
+    {
+        -2147472693: DATE_INFINITY,  # LocalDate -5877611-06-21, Debezium's POSITIVE_INFINITY_LOCAL_DATE
+        -2147472692: DATE_NEG_INFINITY,  # LocalDate -5877611-06-22
+        2**31 - 1: DATE_INFINITY,
+        -(2**31): DATE_NEG_INFINITY,
+    }
+)
+_TSTZ_SPECIAL: Final = MappingProxyType(
+    {"infinity": TIMESTAMPTZ_INFINITY, "-infinity": TIMESTAMPTZ_NEG_INFINITY}
+)
+_TS_TEXT_SPECIAL: Final = MappingProxyType(
+    {"infinity": TIMESTAMP_INFINITY, "-infinity": TIMESTAMP_NEG_INFINITY}
+)
+_DECIMAL_SPECIAL: Final = MappingProxyType(
+    {
+        "NaN": Decimal("NaN"),
+        "NAN": Decimal("NaN"),
+        "Infinity": Decimal("Infinity"),
+        "POSITIVE_INFINITY": Decimal("Infinity"),
+        "-Infinity": Decimal("-Infinity"),
+        "NEGATIVE_INFINITY": Decimal("-Infinity"),
+    }
+)
+
+
+_WIDE: Final = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+
+
+class _BadValue(ValueError):
+    """A value that does not fit its schema; becomes a DecodeError naming the column."""
+
+
+def _datetime_from_units(
+    value: int, per_us: int, div_us: int, special: Mapping[int, dt.datetime]
+) -> dt.datetime:
+    micros = value * per_us if per_us != 1 else value // div_us
+    try:
+        return _EPOCH + dt.timedelta(microseconds=micros)
+    except OverflowError:
+        hit = special.get(value)
+        if hit is not None:
+            return hit
+        raise _BadValue(f"timestamp {value} is outside the years 1-9999 Python can represent") from None
+
+
+def _timestamp_ms(value: int) -> dt.datetime:
+    return _datetime_from_units(value, 1000, 1, _TS_MS_SPECIAL)
+
+
+def _timestamp_us(value: int) -> dt.datetime:
+    try:
+        return _EPOCH + _timedelta(0, 0, value)
+    except OverflowError:
+        return _datetime_from_units(value, 1, 1, _TS_US_SPECIAL)
+
+
+def _timestamp_ns(value: int) -> dt.datetime:
+    return _datetime_from_units(value, 1, 1000, _TS_NS_SPECIAL)
+
+
+def _date_days(value: int) -> dt.date:
+    try:
+        return _date_fromordinal(_EPOCH_ORDINAL + value)
+    except (ValueError, OverflowError):
+        hit = _DATE_SPECIAL.get(value)
+        if hit is not None:
+            return hit
+        raise _BadValue(f"date {value} days from 1970-01-01 is outside the years 1-9999") from None
+
+
+def _time_from_micros(micros: int) -> dt.time | dt.timedelta:
+    if 0 <= micros < _DAY_US:
+        seconds, us = divmod(micros, 1_000_000)
+        minutes, s = divmod(seconds, 60)
+        h, m = divmod(minutes, 60)
+        return dt.time(h, m, s, us)
+    if micros == _DAY_US:
+        return TIME_24_00
+    return dt.timedelta(microseconds=micros)
+
+
+def _time_ms(value: int) -> dt.time | dt.timedelta:
+    return _time_from_micros(value * 1000)
+
+
+def _time_us(value: int) -> dt.time | dt.timedelta:
+    return _time_from_micros(value)
+
+
+def _time_ns(value: int) -> dt.time | dt.timedelta:
+    return _time_from_micros(value // 1000)
+
+
+def _zoned_timestamp(value: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        hit = _TSTZ_SPECIAL.get(value)
+        if hit is not None:
+            return hit
+        raise _BadValue(f"not an ISO 8601 timestamp with offset: {value!r}") from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+
+
+def _zoned_time(value: str) -> dt.time:
+    parsed = dt.time.fromisoformat(value)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+
+
+def _iso_timestamp(value: str) -> dt.datetime:
+    hit = _TS_TEXT_SPECIAL.get(value)
+    if hit is not None:
+        return hit
+    parsed = dt.datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        return parsed
+    return parsed.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def _iso_time(value: str) -> dt.time:
+    parsed = dt.time.fromisoformat(value)
+    if parsed.tzinfo is None or parsed.utcoffset() == dt.timedelta(0):
+        return parsed.replace(tzinfo=None)
+    as_dt = dt.datetime.combine(_EPOCH_DATE, parsed).astimezone(dt.UTC)
+    return as_dt.time()
+
+
+def _iso_date(value: str) -> dt.date:
+    text = value[:-1] if value.endswith("Z") else value
+    if len(text) > 10 and text[10] in "+-":  # 2023-11-21+02:00
+        text = text[:10]
+    return dt.date.fromisoformat(text)
+
+
+def _duration_us(value: int) -> dt.timedelta:
+    return dt.timedelta(microseconds=value)
+
+
+def _duration_ns(value: int) -> dt.timedelta:
+    return dt.timedelta(microseconds=value // 1000)
+
+
+_F32: Final = struct.Struct("<f")
+
+
+# the JsonConverter's schema names FLOAT32 "float" and FLOAT64 "double"
+_JSON_TYPE_NAMES: Final = MappingProxyType({"float": "float32", "double": "float64"})
+
+
+def _connect_type(schema: Mapping[str, Any]) -> str:
+    """The Connect type of a field schema, whichever spelling (JSON converter or Connect) it uses."""
+    stype = str(schema.get("type"))
+    return _JSON_TYPE_NAMES.get(stype, stype)
+
+
+def _float32(value: Any) -> float:
+    """The shortest decimal float that is the same float32 (what PostgreSQL prints for ``real``)."""
+    x = float(value)
+    if x != x or x in (float("inf"), float("-inf")) or x == 0.0:
+        return x
+    packed = _F32.pack(x)
+    for digits in range(6, 10):
+        candidate = float(f"{x:.{digits}g}")
+        if _F32.pack(candidate) == packed:
+            return candidate
+    return x
+
+
+def _unscaled_decimal(unscaled: int, scale: int) -> Decimal:
+    return Decimal(f"{unscaled}E{-scale}")
+
+
+def _bits_to_str(raw: bytes, width: int) -> str:
+    bits = format(int.from_bytes(raw, "little"), "b")
+    return bits.zfill(width) if width else bits
+
+
+def _java_name_uuid(data: bytes) -> str:
+    """``java.util.UUID.nameUUIDFromBytes``: MD5, version 3."""
+    return str(uuid.UUID(bytes=hashlib.md5(data, usedforsecurity=False).digest(), version=3))
+
+
+# --- fast constructors -------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+def _fast_constructor(cls: type[_T]) -> Callable[..., _T]:
+    """A keyword-only constructor of a frozen, slotted dataclass that sets the slots through their
+    descriptors instead of ``object.__setattr__`` by name (what the dataclass ``__init__`` does):
+    about twice as fast, and the decoder makes three such objects per record. Same result (same
+    fields, defaults, equality, hash, immutability); the class itself is returned whenever it has
+    anything this cannot reproduce (``__post_init__``, default factories, ``init=False`` fields,
+    no slots)."""
+    if not dataclasses.is_dataclass(cls) or "__slots__" not in cls.__dict__ or hasattr(cls, "__post_init__"):
+        return cls
+    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    params: list[str] = []
+    body: list[str] = []
+    for i, f in enumerate(dataclasses.fields(cls)):
+        if not f.init or f.default_factory is not dataclasses.MISSING or not f.name.isidentifier():
+            return cls
+        env[f"_set{i}"] = getattr(cls, f.name).__set__
+        if f.default is dataclasses.MISSING:
+            params.append(f.name)
+        else:
+            env[f"_default{i}"] = f.default
+            params.append(f"{f.name}=_default{i}")
+        body.append(f"    _set{i}(obj, {f.name})")
+    source = (
+        f"def make(*, {', '.join(params)}):\n    obj = _new(_cls)\n" + "\n".join(body) + "\n    return obj\n"
+    )
+    exec(source, env)  # field names only (checked identifiers), as dataclasses itself does
+    make: Callable[..., _T] = env["make"]
+    return make
+
+
+_new_change_event: Final = _fast_constructor(ChangeEvent)
+_new_position: Final = _fast_constructor(SourcePosition)
+_new_origin: Final = _fast_constructor(Origin)
+
+
+# --- plans -----------------------------------------------------------------------------------
+
+
+class _StructPlan:
+    """Converts one struct (dict) in place: a converter per field that needs one."""
+
+    __slots__ = ("columns", "convs", "names", "ph_fields", "placeholder")
+
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        convs: tuple[tuple[str, Converter], ...],
+        ph_fields: tuple[str, ...],
+        placeholder: str | None,
+        columns: Mapping[str, ColumnType],
+    ) -> None:
+        self.names = names
+        self.convs = convs
+        self.ph_fields = ph_fields
+        self.placeholder = placeholder
+        self.columns = columns
+
+    def convert(self, row: dict[str, Any]) -> dict[str, Any]:
+        name = ""
+        try:
+            for name, conv in self.convs:
+                value = row[name]
+                if value is not None:
+                    row[name] = conv(value)
+            placeholder = self.placeholder
+            for name in self.ph_fields:
+                if row[name] == placeholder:
+                    row[name] = UNAVAILABLE
+        except _BadValue as exc:
+            raise DecodeError(f"column {name!r}: {exc}") from exc
+        except KeyError as exc:
+            raise DecodeError(f"column {name!r}: missing field {exc} in the payload") from exc
+        except (ValueError, TypeError, ArithmeticError, AttributeError, IndexError) as exc:
+            raise DecodeError(
+                f"column {name!r}: value does not fit its schema ({type(exc).__name__}: {exc})"
+            ) from exc
+        return row
+
+
+_KIND_ENVELOPE: Final = "envelope"
+_KIND_FLATTENED: Final = "flattened"
+_KIND_OTHER: Final = "other"
+
+
+class _SchemaPlan:
+    """Everything precomputed for one record schema (a key's or a value's)."""
+
+    __slots__ = ("fields", "key_columns", "kind", "meta", "name", "other_kind", "row", "row_columns")
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.kind: str = _KIND_OTHER
+        self.other_kind: RecordKind | None = None
+        self.fields: _StructPlan | None = None  # the whole struct (keys, flattened rows)
+        self.row: _StructPlan | None = None  # before/after of an envelope
+        self.row_columns: Mapping[str, ColumnType] = MappingProxyType({})
+        self.key_columns: tuple[str, ...] = ()
+        self.meta: tuple[tuple[str, str, str], ...] = ()  # flattened: (field, group, name)
+
+
+class _PlanBuilder:
+    """Builds converters from Connect schemas (JSON converter form; Avro is translated to it)."""
+
+    def __init__(
+        self,
+        *,
+        binary: bool,
+        placeholder: str | None,
+        binary_handling_mode: BinaryHandlingMode,
+        passthrough: frozenset[str],
+    ) -> None:
+        self.binary = binary
+        self.placeholder = placeholder
+        self.binary_mode = binary_handling_mode
+        self.passthrough = passthrough
+        ph = placeholder
+        if ph is not None:
+            ph_bytes = ph.encode()
+            self.ph_bytes: bytes | None = ph_bytes
+            self.ph_b64: str | None = binascii.b2a_base64(ph_bytes, newline=False).decode()
+            self.ph_b64url: str | None = self.ph_b64.replace("+", "-").replace("/", "_")
+            self.ph_hex: str | None = ph_bytes.hex()
+            self.ph_json_map: str | None = orjson.dumps({ph: ph}).decode()
+            raw_elem: Any = ph_bytes if binary else self.ph_b64
+            self.ph_arrays: tuple[list[Any], ...] = (
+                [ph],
+                [raw_elem],
+                list(ph_bytes),
+                [_java_name_uuid(ph_bytes)],
+            )
+            self.ph_map: dict[str, str] | None = {ph: ph}
+        else:
+            self.ph_bytes = self.ph_b64 = self.ph_b64url = self.ph_hex = self.ph_json_map = None
+            self.ph_arrays = ()
+            self.ph_map = None
+
+    # -- column types --
+
+    def column_type(self, schema: Mapping[str, Any]) -> ColumnType:
+        base = _connect_type(schema)
+        params = schema.get("parameters") or {}
+        items = schema.get("items") if base == "array" else None
+        return ColumnType(
+            base=base,
+            logical=schema.get("name"),
+            optional=bool(schema.get("optional", False)),
+            params=MappingProxyType({str(k): str(v) for k, v in params.items()}),
+            items=self.column_type(items) if isinstance(items, Mapping) else None,
+        )
+
+    # -- structs --
+
+    def struct(self, schema: Mapping[str, Any], exclude: Iterable[str] = ()) -> _StructPlan:
+        skip = frozenset(exclude)
+        fields = schema.get("fields")
+        if not isinstance(fields, list):
+            raise DecodeError(f"struct schema {schema.get('name')!r} has no field list")
+        names: list[str] = []
+        convs: list[tuple[str, Converter]] = []
+        ph_fields: list[str] = []
+        columns: dict[str, ColumnType] = {}
+        for f in fields:
+            name = f.get("field")
+            if not isinstance(name, str):
+                raise DecodeError(f"struct schema {schema.get('name')!r} has a field without a name")
+            if name in skip:
+                continue
+            names.append(name)
+            columns[name] = self.column_type(f)
+            try:
+                conv, ph_only = self.field(f, top=True)
+            except DecodeError as exc:
+                raise DecodeError(f"column {name!r}: {exc.reason}") from exc
+            if conv is not None:
+                convs.append((name, conv))
+            elif ph_only:
+                ph_fields.append(name)
+        return _StructPlan(
+            tuple(names), tuple(convs), tuple(ph_fields), self.placeholder, MappingProxyType(columns)
+        )
+
+    # -- fields --
+
+    def field(self, schema: Mapping[str, Any], *, top: bool) -> tuple[Converter | None, bool]:
+        """A field's converter, or ``(None, ph_only)``: ``ph_only`` when only the TOAST check is needed."""
+        stype = _connect_type(schema)
+        name = schema.get("name")
+        params: Mapping[str, Any] = schema.get("parameters") or {}
+        ph = self.placeholder if top else None
+        binary = self.binary
+
+        if name is not None and name in self.passthrough:
+            return None, (ph is not None and stype == "string")
+
+        if name is not None:
+            logical = self._logical(str(name), stype, schema, params, top=top)
+            if logical is not None:
+                return logical
+
+        if stype in ("int8", "int16", "int32", "int64", "boolean"):
+            return None, False
+        if stype == "float64":
+            return (None, False) if binary else (float, False)
+        if stype == "float32":
+            return _float32, False
+        if stype == "string":
+            return self._string(params, ph)
+        if stype == "bytes":
+            return self._bytes(ph), False
+        if stype == "array":
+            return self._array(schema, ph), False
+        if stype == "map":
+            return self._map(schema, ph), False
+        if stype == "struct":
+            return self.struct(schema).convert, False
+        raise DecodeError(f"unknown Connect type {stype!r}")
+
+    def _logical(
+        self, name: str, stype: Any, schema: Mapping[str, Any], params: Mapping[str, Any], *, top: bool
+    ) -> tuple[Converter | None, bool] | None:
+        """The converter of a named (logical) type; ``None`` when the name is no logical type."""
+        ph = self.placeholder if top else None
+        if name in (DATE, CONNECT_DATE):
+            return _date_days, False
+        if name in (MICRO_TIMESTAMP,):
+            return _timestamp_us, False
+        if name in (TIMESTAMP, CONNECT_TIMESTAMP):
+            return _timestamp_ms, False
+        if name == NANO_TIMESTAMP:
+            return _timestamp_ns, False
+        if name == MICRO_TIME:
+            return _time_us, False
+        if name in (TIME, CONNECT_TIME):
+            return _time_ms, False
+        if name == NANO_TIME:
+            return _time_ns, False
+        if name == ZONED_TIMESTAMP:
+            return _zoned_timestamp, False
+        if name == ZONED_TIME:
+            return _zoned_time, False
+        if name == ISO_TIMESTAMP:
+            return _iso_timestamp, False
+        if name == ISO_TIME:
+            return _iso_time, False
+        if name == ISO_DATE:
+            return _iso_date, False
+        if name == MICRO_DURATION:
+            return _duration_us, False
+        if name == NANO_DURATION:
+            return _duration_ns, False
+        if name == YEAR:
+            return None, False
+        if name == CONNECT_DECIMAL:
+            return self._decimal(params), False
+        if name == VARIABLE_SCALE_DECIMAL:
+            return self._variable_scale_decimal(), False
+        if name == UUID:
+            return self._uuid(ph), False
+        if name == JSON:
+            return self._json(ph), False
+        if name == BITS:
+            return self._bits(params), False
+        if name in _STRING_PASSTHROUGH:
+            return None, ph is not None
+        if name in (DOUBLE_VECTOR, FLOAT_VECTOR):
+            return self._array(schema, None), False
+        if name in _KNOWN_STRUCTS:  # geometry, sparse vectors: plain structs
+            return None
+        # a name we do not know
+        if stype == "struct":
+            if name.startswith((_DBZ_TIME, _DBZ_DATA, _CONNECT)):
+                raise DecodeError(f"unknown logical type {name!r} (struct)")
+            return None  # a record's own name (Value, Key, Source, ...)
+        if stype == "string":
+            return None
+        raise DecodeError(
+            f"unknown logical type {name!r} on {stype}; list it in passthrough_logical_types "
+            "to take its values as they are"
+        )
+
+    def _string(self, params: Mapping[str, Any], ph: str | None) -> tuple[Converter | None, bool]:
+        source_type = str(params.get(SOURCE_TYPE_PARAM, "")).upper()
+        if source_type:
+            base_type = source_type.split("(")[0].replace(" UNSIGNED", "").strip()
+            if base_type in _NUMERIC_SOURCE_TYPES:
+                return self._decimal_string(ph), False
+            if base_type in _BINARY_SOURCE_TYPES:
+                return self._binary_string(source_type), False
+        return None, ph is not None
+
+    def _decimal_string(self, ph: str | None) -> Converter:
+        special = _DECIMAL_SPECIAL
+
+        def conv(value: str) -> Any:
+            if value == ph:
+                return UNAVAILABLE
+            hit = special.get(value)
+            return hit if hit is not None else Decimal(value)
+
+        return conv
+
+    def _binary_string(self, source_type: str) -> Converter:
+        mode = self.binary_mode
+        ph = self.placeholder
+        if mode == "bytes":
+            raise DecodeError(
+                f"binary column ({source_type}) arrives as a string: the connector uses "
+                "binary.handling.mode base64/base64-url-safe/hex; set the decoder's binary_handling_mode to match"
+            )
+        forms = {f for f in (ph, self.ph_b64, self.ph_b64url, self.ph_hex) if f is not None}
+
+        if mode == "hex":
+
+            def decode(value: str) -> bytes:
+                return bytes.fromhex(value)
+
+        elif mode == "base64-url-safe":
+
+            def decode(value: str) -> bytes:
+                return binascii.a2b_base64(value.replace("-", "+").replace("_", "/"), strict_mode=True)
+
+        else:
+
+            def decode(value: str) -> bytes:
+                return binascii.a2b_base64(value, strict_mode=True)
+
+        def conv(value: str) -> Any:
+            if value in forms:
+                return UNAVAILABLE
+            return decode(value)
+
+        return conv
+
+    def _bytes(self, ph: str | None) -> Converter:
+        if self.binary:
+            if ph is None:
+                return bytes
+            ph_bytes = self.ph_bytes
+
+            def conv_avro(value: bytes) -> Any:
+                return UNAVAILABLE if value == ph_bytes else value
+
+            return conv_avro
+        ph_b64 = self.ph_b64 if ph is not None else None
+
+        def conv_json(value: str) -> Any:
+            if value == ph_b64:
+                return UNAVAILABLE
+            return binascii.a2b_base64(value, strict_mode=True)
+
+        return conv_json
+
+    def _raw_bytes(self) -> Converter:
+        """bytes of a value inside a logical type (no TOAST check)."""
+        if self.binary:
+            return bytes
+        return _b64decode
+
+    def _decimal(self, params: Mapping[str, Any]) -> Converter:
+        try:
+            scale = int(params.get("scale", 0))
+        except (TypeError, ValueError):
+            raise DecodeError(f"Decimal with a bad scale parameter {params.get('scale')!r}") from None
+        exponent = f"E{-scale}"
+        quantum = Decimal(f"1{exponent}")
+        from_bytes = int.from_bytes
+
+        if self.binary:
+
+            def conv_avro(value: bytes) -> Decimal:
+                return Decimal(f"{from_bytes(value, 'big', signed=True)}{exponent}")
+
+            return conv_avro
+
+        def conv_json(value: Any) -> Decimal:
+            if value.__class__ is str:
+                raw = binascii.a2b_base64(value, strict_mode=True)
+                return Decimal(f"{from_bytes(raw, 'big', signed=True)}{exponent}")
+            if value.__class__ is int:  # decimal.format=NUMERIC
+                return Decimal(f"{value * 10**scale}{exponent}") if scale >= 0 else Decimal(value)
+            if value.__class__ is float:
+                return Decimal(repr(value)).quantize(quantum, context=_WIDE)
+            raise _BadValue(f"Decimal value must be base64 text or a number, not {type(value).__name__}")
+
+        return conv_json
+
+    def _variable_scale_decimal(self) -> Converter:
+        raw_bytes = self._raw_bytes()
+        from_bytes = int.from_bytes
+
+        def conv(value: Mapping[str, Any]) -> Decimal:
+            unscaled = from_bytes(raw_bytes(value["value"]), "big", signed=True)
+            return _unscaled_decimal(unscaled, int(value["scale"]))
+
+        return conv
+
+    def _uuid(self, ph: str | None) -> Converter:
+        make = uuid.UUID
+
+        def conv(value: str) -> Any:
+            if value == ph:
+                return UNAVAILABLE
+            return make(value)
+
+        return conv
+
+    def _json(self, ph: str | None) -> Converter | None:
+        if ph is None:
+            return None
+        forms = (ph, self.ph_json_map)
+
+        def conv(value: str) -> Any:
+            return UNAVAILABLE if value in forms else value
+
+        return conv
+
+    def _bits(self, params: Mapping[str, Any]) -> Converter:
+        raw_bytes = self._raw_bytes()
+        try:
+            width = int(params.get("length", 0))
+        except (TypeError, ValueError):
+            width = 0
+        source_type = str(params.get(SOURCE_TYPE_PARAM, "")).upper()
+        if "VAR" in source_type or width > 65536:
+            width = 0
+
+        def conv(value: Any) -> str:
+            return _bits_to_str(raw_bytes(value), width)
+
+        return conv
+
+    def _array(self, schema: Mapping[str, Any], ph: str | None) -> Converter:
+        items = schema.get("items")
+        if not isinstance(items, Mapping):
+            raise DecodeError("array schema without items")
+        source_type = str((schema.get("parameters") or {}).get(SOURCE_TYPE_PARAM, ""))
+        item_params = items.get("parameters") or {}
+        if source_type.startswith("_") and SOURCE_TYPE_PARAM not in item_params:
+            # PostgreSQL names array types after their element: _NUMERIC, _BYTEA, ...
+            items = {**items, "parameters": {**item_params, SOURCE_TYPE_PARAM: source_type[1:]}}
+        elem, _ = self.field(items, top=False)
+        ph_arrays = self.ph_arrays if ph is not None else ()
+        lengths = {len(a) for a in ph_arrays}
+
+        def conv(value: list[Any]) -> Any:
+            if len(value) in lengths and value in ph_arrays:
+                return UNAVAILABLE
+            if elem is None:
+                return value
+            return [None if x is None else elem(x) for x in value]
+
+        return conv
+
+    def _map(self, schema: Mapping[str, Any], ph: str | None) -> Converter:
+        keys = schema.get("keys") or {"type": "string"}
+        values = schema.get("values")
+        if not isinstance(values, Mapping):
+            raise DecodeError("map schema without values")
+        kconv, _ = self.field(keys, top=False)
+        vconv, _ = self.field(values, top=False)
+        ph_map = self.ph_map if ph is not None else None
+        binary = self.binary
+
+        def conv(value: Any) -> Any:
+            if isinstance(value, dict):
+                if value == ph_map:
+                    return UNAVAILABLE
+                pairs: Iterable[tuple[Any, Any]] = value.items()
+            elif binary:  # Avro: array of {"key", "value"} records
+                pairs = ((e["key"], e["value"]) for e in value)
+            else:  # JSON converter: array of [key, value] pairs
+                pairs = ((e[0], e[1]) for e in value)
+            out: dict[Any, Any] = {}
+            for k, v in pairs:
+                if kconv is not None and k is not None:
+                    k = kconv(k)
+                if vconv is not None and v is not None:
+                    v = vconv(v)
+                out[k] = v
+            return out
+
+        return conv
+
+
+def _b64decode(value: str) -> bytes:
+    return binascii.a2b_base64(value, strict_mode=True)
+
+
+# --- Avro schema -> Connect schema -------------------------------------------------------------
+
+_AVRO_PRIMITIVES: Final = MappingProxyType(
+    {
+        "null": "null",
+        "boolean": "boolean",
+        "int": "int32",
+        "long": "int64",
+        "float": "float32",
+        "double": "float64",
+        "bytes": "bytes",
+        "string": "string",
+    }
+)
+_AVRO_LOGICAL_TO_CONNECT: Final = MappingProxyType(
+    {
+        "date": CONNECT_DATE,
+        "time-millis": CONNECT_TIME,
+        "timestamp-millis": CONNECT_TIMESTAMP,
+        "local-timestamp-millis": CONNECT_TIMESTAMP,
+        "time-micros": MICRO_TIME,
+        "timestamp-micros": MICRO_TIMESTAMP,
+        "local-timestamp-micros": MICRO_TIMESTAMP,
+        "uuid": UUID,
+        "decimal": CONNECT_DECIMAL,
+    }
+)
+
+
+def _strip_logical_types(node: Any) -> Any:
+    """A copy of an Avro schema without ``logicalType``: fastavro then returns raw values, which
+    the plan converts exactly as it does JSON values."""
+    if isinstance(node, dict):
+        return {k: _strip_logical_types(v) for k, v in node.items() if k != "logicalType"}
+    if isinstance(node, list):
+        return [_strip_logical_types(v) for v in node]
+    return node
+
+
+def _avro_fullname(name: str, namespace: str | None) -> str:
+    if "." in name or not namespace:
+        return name
+    return f"{namespace}.{name}"
+
+
+def _avro_to_connect(node: Any, named: dict[str, dict[str, Any]], namespace: str | None) -> dict[str, Any]:
+    """Translate an Avro schema written by Confluent's AvroConverter back to the Connect schema."""
+    if isinstance(node, str):
+        base = _AVRO_PRIMITIVES.get(node)
+        if base is not None:
+            return {"type": base, "optional": False}
+        ref = named.get(_avro_fullname(node, namespace)) or named.get(node)
+        if ref is None:
+            raise DecodeError(f"Avro schema references unknown type {node!r}")
+        return dict(ref)
+    if isinstance(node, list):
+        branches = [b for b in node if b != "null"]
+        if len(branches) != 1:
+            raise DecodeError(f"Avro union {node!r} is not [null, T]: not written by Debezium's converter")
+        branch = dict(_avro_to_connect(branches[0], named, namespace))
+        branch["optional"] = len(node) > 1
+        return branch
+    if not isinstance(node, dict):
+        raise DecodeError(f"bad Avro schema node {node!r}")
+    atype = node.get("type")
+    if isinstance(atype, (dict, list)):
+        return _avro_to_connect(atype, named, namespace)
+    params = {str(k): str(v) for k, v in (node.get("connect.parameters") or {}).items()}
+    cname = node.get("connect.name")
+    logical = node.get("logicalType")
+    if cname is None and isinstance(logical, str):
+        cname = _AVRO_LOGICAL_TO_CONNECT.get(logical)
+        if logical == "decimal" and "scale" not in params:
+            params["scale"] = str(node.get("scale", 0))
+    if cname == CONNECT_DECIMAL and "scale" not in params and "scale" in node:
+        params["scale"] = str(node["scale"])
+    out: dict[str, Any]
+    if atype == "record":
+        ns = node.get("namespace", namespace)
+        full = _avro_fullname(str(node["name"]), ns)
+        if "." in str(node["name"]):
+            ns = str(node["name"]).rsplit(".", 1)[0]
+        out = {"type": "struct", "optional": False, "name": cname or full}
+        named[full] = out  # before the fields: a record may refer to itself
+        out["fields"] = [
+            dict(_avro_to_connect(f["type"], named, ns), field=f["name"]) for f in node.get("fields", [])
+        ]
+    elif atype == "enum":
+        full = _avro_fullname(str(node["name"]), node.get("namespace", namespace))
+        out = {"type": "string", "optional": False}
+        if cname:
+            out["name"] = cname
+        named[full] = out
+    elif atype == "fixed":
+        full = _avro_fullname(str(node["name"]), node.get("namespace", namespace))
+        out = {"type": "bytes", "optional": False}
+        if cname:
+            out["name"] = cname
+        named[full] = out
+    elif atype == "array":
+        items = _avro_to_connect(node["items"], named, namespace)
+        if items.get("type") == "struct" and items.get("name") == "io.confluent.connect.avro.MapEntry":
+            key, value = items["fields"][0], items["fields"][1]
+            out = {"type": "map", "optional": False, "keys": key, "values": value}
+        else:
+            out = {"type": "array", "optional": False, "items": items}
+    elif atype == "map":
+        out = {
+            "type": "map",
+            "optional": False,
+            "keys": {"type": "string", "optional": False},
+            "values": _avro_to_connect(node["values"], named, namespace),
+        }
+    elif isinstance(atype, str) and atype in _AVRO_PRIMITIVES:
+        base = node.get("connect.type") or _AVRO_PRIMITIVES[atype]
+        out = {"type": base, "optional": False}
+    elif isinstance(atype, str):
+        return _avro_to_connect(atype, named, namespace)
+    else:
+        raise DecodeError(f"bad Avro schema node {node!r}")
+    if cname and atype != "record":
+        out["name"] = cname
+    if params:
+        out["parameters"] = params
+    return out
+
+
+# --- the decoder -----------------------------------------------------------------------------
+
+
+class _AvroEntry:
+    __slots__ = ("plan", "schema")
+
+    def __init__(self, schema: Any, plan: _SchemaPlan) -> None:
+        self.schema = schema
+        self.plan = plan
+
+
+_FAST_PREFIX: Final = b'{"schema":'
+_FAST_SEP: Final = b',"payload":'
+_RECENT_SCHEMAS: Final = 8
+
+
+class Decoder:
+    """Decodes Debezium records; keeps per-schema plans (not thread-safe: one per consumer)."""
+
+    def __init__(
+        self,
+        *,
+        schema_registry: SchemaRegistry | None = None,
+        unavailable_placeholder: str | None = DEFAULT_UNAVAILABLE_PLACEHOLDER,
+        binary_handling_mode: BinaryHandlingMode = "bytes",
+        heartbeat_topic_prefix: str = DEFAULT_HEARTBEAT_TOPIC_PREFIX,
+        flattened_field_prefix: str = "__",
+        passthrough_logical_types: Iterable[str] = (),
+        column_hints: Callable[[TableId], Mapping[str, ColumnType] | None] | None = None,
+        max_cached_schemas: int = 1024,
+    ) -> None:
+        self._registry = schema_registry
+        self._placeholder = unavailable_placeholder
+        self._heartbeat_prefix = heartbeat_topic_prefix
+        self._meta_prefix = flattened_field_prefix
+        self._column_hints = column_hints
+        self._max_cached = max(1, max_cached_schemas)
+        passthrough = frozenset(passthrough_logical_types)
+        self._json_builder = _PlanBuilder(
+            binary=False,
+            placeholder=unavailable_placeholder,
+            binary_handling_mode=binary_handling_mode,
+            passthrough=passthrough,
+        )
+        self._avro_builder = _PlanBuilder(
+            binary=True,
+            placeholder=unavailable_placeholder,
+            binary_handling_mode=binary_handling_mode,
+            passthrough=passthrough,
+        )
+        self._json_plans: dict[bytes, _SchemaPlan] = {}
+        self._recent: list[tuple[bytes, _SchemaPlan]] = []
+        self._avro_plans: dict[int, _AvroEntry] = {}
+        self._hint_plans: dict[TableId, _StructPlan | None] = {}
+        self._tables: dict[tuple[Any, Any, Any], TableId] = {}
+
+    # -- public --
+
+    def decode(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]] | None = None,
+    ) -> Decoded:
+        """Decode one Kafka record. Raises :class:`DecodeError` with the record's coordinates."""
+        try:
+            return self._decode(
+                _new_origin(topic=topic, partition=partition, offset=offset), key, value, headers
+            )
+        except DecodeError as exc:
+            raise exc.at(topic, partition, offset) from exc.__cause__
+        except SchemaRegistryUnavailableError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, ArithmeticError) as exc:
+            raise DecodeError(
+                f"malformed record ({type(exc).__name__}: {exc})", topic, partition, offset
+            ) from exc
+
+    # -- dispatch --
+
+    def _decode(
+        self,
+        origin: Origin,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]] | None,
+    ) -> Decoded:
+        if value is None:
+            return self._tombstone(origin, key)
+        if origin.topic.startswith(self._heartbeat_prefix):
+            plan, payload = self._raw(value)
+            return OtherRecord(RecordKind.HEARTBEAT, origin, payload if isinstance(payload, dict) else None)
+        plan, payload = self._raw(value)
+        if payload is None:
+            return self._tombstone(origin, key)
+        if plan is None:
+            return self._schemaless(origin, key, payload, headers)
+        kind = plan.kind
+        if kind == _KIND_ENVELOPE:
+            return self._envelope(origin, key, plan, payload)
+        if kind == _KIND_FLATTENED:
+            return self._flattened(origin, key, plan, payload, headers)
+        if plan.other_kind is None:
+            raise DecodeError(
+                f"not a Debezium envelope nor a flattened record: struct {plan.name!r} "
+                f"with fields {list(plan.key_columns)[:10]}"
+            )
+        return OtherRecord(plan.other_kind, origin, payload)
+
+    def _raw(self, data: bytes) -> tuple[_SchemaPlan | None, Any]:
+        """(plan, payload) of a key or value; plan ``None`` for JSON without schemas."""
+        if not data:
+            raise DecodeError("empty record (neither Avro nor JSON)")
+        first = data[0]
+        if first == 0:
+            return self._avro(data)
+        if first in b'{["ntf-0123456789 \t\r\n':
+            return self._json(data)
+        raise DecodeError(f"bad magic byte 0x{first:02x}: neither the Confluent wire format (0x00) nor JSON")
+
+    # -- JSON --
+
+    def _json(self, data: bytes) -> tuple[_SchemaPlan | None, Any]:
+        # 1. the schemas seen last: the record starts with ``{"schema":<text>,"payload":``
+        #    for a <text> verified before; one memcmp each, no scan, no hashing
+        for head, plan in self._recent:
+            if data.startswith(head):
+                if data.endswith(b"}"):
+                    try:
+                        return plan, orjson.loads(memoryview(data)[len(head) : -1])
+                    except orjson.JSONDecodeError:
+                        pass  # not what the prefix promised: take the slow path
+                break
+        # 2. any schema text verified before: find the split, look the text up
+        plans = self._json_plans
+        sep = -1
+        if data.startswith(_FAST_PREFIX):
+            sep = data.find(_FAST_SEP, 10)
+            if sep > 0 and data.endswith(b"}"):
+                known = plans.get(data[10:sep])
+                if known is not None:
+                    try:
+                        payload = orjson.loads(memoryview(data)[sep + 11 : -1])
+                    except orjson.JSONDecodeError:
+                        pass
+                    else:
+                        self._promote(data[: sep + 11], known)
+                        return known, payload
+        # 3. parse it all
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise DecodeError(f"invalid JSON: {exc}") from exc
+        if isinstance(doc, dict) and len(doc) == 2 and "schema" in doc and "payload" in doc:
+            schema = doc["schema"]
+            payload = doc["payload"]
+            if schema is None:
+                return None, payload
+            if not isinstance(schema, dict):
+                raise DecodeError("JSON converter envelope whose schema is not an object")
+            skey = orjson.dumps(schema)
+            found = plans.get(skey)
+            if found is None:
+                found = self._plan(schema, self._json_builder)
+                self._remember(plans, skey, found)
+            plan = found
+            if sep > 0 and data.endswith(b"}"):
+                # remember the split only once it is proven: the text before ',"payload":' must be
+                # this very schema (a JSON value is self-delimiting, so then every record starting
+                # with the same bytes has the same schema and the rest is its payload)
+                text = data[10:sep]
+                try:
+                    verified = text == skey or orjson.loads(text) == schema
+                except orjson.JSONDecodeError:
+                    verified = False
+                if verified:
+                    self._remember(plans, text, plan)
+                    self._promote(data[: sep + 11], plan)
+            return plan, payload
+        return None, doc
+
+    def _promote(self, head: bytes, plan: _SchemaPlan) -> None:
+        recent = self._recent
+        if all(h != head for h, _ in recent):
+            recent.insert(0, (head, plan))
+            del recent[_RECENT_SCHEMAS:]
+
+    def _remember(self, cache: dict[Any, Any], key: Any, plan: Any) -> None:
+        if len(cache) >= self._max_cached:
+            del cache[next(iter(cache))]
+        cache[key] = plan
+
+    # -- Avro --
+
+    def _avro(self, data: bytes) -> tuple[_SchemaPlan, Any]:
+        if len(data) < 5:
+            raise DecodeError(f"Avro record of {len(data)} bytes: shorter than the 5-byte wire-format header")
+        schema_id = int.from_bytes(data[1:5], "big")
+        entry = self._avro_plans.get(schema_id)
+        if entry is None:
+            entry = self._fetch_avro(schema_id)
+            self._remember(self._avro_plans, schema_id, entry)
+        body = io.BytesIO(data)
+        body.seek(5)
+        try:
+            payload = schemaless_reader(body, entry.schema, None)
+        except Exception as exc:  # fastavro raises EOFError, ValueError, IndexError, ... on bad bodies
+            raise DecodeError(
+                f"Avro body does not match schema id {schema_id} (truncated or corrupt: {type(exc).__name__}: {exc})"
+            ) from exc
+        if body.tell() != len(data):
+            raise DecodeError(
+                f"Avro body has {len(data) - body.tell()} bytes left over after reading schema id {schema_id}"
+            )
+        return entry.plan, payload
+
+    def _fetch_avro(self, schema_id: int) -> _AvroEntry:
+        if self._registry is None:
+            raise DecodeError(
+                f"Avro record (schema id {schema_id}) but the decoder has no schema registry client"
+            )
+        try:
+            registered = self._registry.get_schema(schema_id)
+        except Exception as exc:
+            status = getattr(exc, "http_status_code", None)
+            if status == 404:
+                raise DecodeError(f"unknown schema id {schema_id} (registry: {exc})") from exc
+            raise SchemaRegistryUnavailableError(
+                f"could not fetch schema id {schema_id} from the schema registry: {exc}"
+            ) from exc
+        if registered is None:
+            raise DecodeError(f"unknown schema id {schema_id}")
+        schema_type = getattr(registered, "schema_type", "AVRO") or "AVRO"
+        if schema_type != "AVRO":
+            raise DecodeError(f"schema id {schema_id} is {schema_type}, not AVRO")
+        try:
+            avro = orjson.loads(registered.schema_str)
+            parsed = parse_schema(_strip_logical_types(avro), named_schemas={})
+        except Exception as exc:
+            raise DecodeError(f"schema id {schema_id} is not a valid Avro schema: {exc}") from exc
+        connect = _avro_to_connect(avro, {}, None)
+        return _AvroEntry(parsed, self._plan(connect, self._avro_builder))
+
+    # -- plans --
+
+    def _plan(self, schema: Mapping[str, Any], builder: _PlanBuilder) -> _SchemaPlan:
+        plan = _SchemaPlan()
+        name = schema.get("name")
+        plan.name = name if isinstance(name, str) else None
+        if schema.get("type") != "struct" or not isinstance(schema.get("fields"), list):
+            raise DecodeError(f"record schema is {schema.get('type')!r}, not a struct: not a Debezium record")
+        fields = {f.get("field"): f for f in schema["fields"] if isinstance(f, Mapping)}
+        plan.key_columns = tuple(str(f) for f in fields)
+        # a key and a flattened row are the struct itself
+        meta_names = [f for f in fields if isinstance(f, str) and f.startswith(self._meta_prefix)]
+        if name == HEARTBEAT_SCHEMA:
+            plan.other_kind = RecordKind.HEARTBEAT
+        elif name == TRANSACTION_SCHEMA:
+            plan.other_kind = RecordKind.TRANSACTION
+        elif isinstance(name, str) and name.endswith(SCHEMA_CHANGE_SUFFIX):
+            plan.other_kind = RecordKind.SCHEMA_CHANGE
+        elif "op" in fields and "source" in fields:
+            plan.kind = _KIND_ENVELOPE
+            row_schema = fields.get("after") or fields.get("before")
+            if row_schema is not None:
+                if row_schema.get("type") != "struct":
+                    raise DecodeError("envelope whose before/after is not a struct")
+                plan.row = builder.struct(row_schema)
+                plan.row_columns = plan.row.columns
+        elif (isinstance(name, str) and name.endswith(".Value")) or meta_names:
+            plan.kind = _KIND_FLATTENED
+            plan.meta = tuple(self._meta_field(f) for f in meta_names)
+            plan.row_columns = builder.struct(schema, exclude=meta_names).columns
+        if plan.kind == _KIND_FLATTENED or (plan.kind == _KIND_OTHER and plan.other_kind is None):
+            # converted whole: a flattened row, or a key (any other struct may be one)
+            plan.fields = builder.struct(schema)
+        return plan
+
+    def _meta_field(self, field: str) -> tuple[str, str, str]:
+        name = field[len(self._meta_prefix) :]
+        if name == "op" or name == "deleted" or name in ("ts_ms", "ts_us", "ts_ns"):
+            return field, "envelope", name
+        if name.startswith("source_"):
+            return field, "source", name[len("source_") :]
+        if name.startswith("transaction_"):
+            return field, "transaction", name[len("transaction_") :]
+        if name in ("id", "total_order", "data_collection_order"):
+            return field, "transaction", name
+        return field, "source", name
+
+    # -- records --
+
+    def _tombstone(self, origin: Origin, key: bytes | None) -> OtherRecord:
+        if key is None:
+            return OtherRecord(RecordKind.TOMBSTONE, origin, None)
+        key_values, _ = self._key(key)
+        return OtherRecord(RecordKind.TOMBSTONE, origin, key_values)
+
+    def _key(self, key: bytes | None) -> tuple[dict[str, Any], tuple[str, ...]]:
+        if key is None:
+            return {}, ()
+        plan, payload = self._raw(key)
+        if payload is None:
+            return {}, ()
+        if not isinstance(payload, dict):
+            raise DecodeError(f"record key is {type(payload).__name__}, not a struct")
+        if plan is None:
+            return payload, tuple(payload)
+        if plan.fields is None:
+            raise DecodeError("record key schema cannot be decoded")
+        return plan.fields.convert(payload), plan.key_columns
+
+    def _envelope(self, origin: Origin, key: bytes | None, plan: _SchemaPlan, payload: Any) -> Decoded:
+        if not isinstance(payload, dict):
+            raise DecodeError("envelope payload is not an object")
+        op_code = payload.get("op")
+        op = _OPS.get(op_code) if isinstance(op_code, str) else None
+        if op is None:
+            if op_code == "m":
+                return OtherRecord(RecordKind.MESSAGE, origin, payload)
+            raise DecodeError(f"unknown operation {op_code!r}")
+        row = plan.row
+        before = payload.get("before")
+        after = payload.get("after")
+        partial_before = False
+        if row is not None:
+            if before is not None:
+                try:
+                    before = row.convert(before)
+                except DecodeError:
+                    # REPLICA IDENTITY DEFAULT: a delete's before-image holds only the key; the other
+                    # columns are placeholders ("" for a uuid, 0 bytes for a decimal) that need not parse
+                    if op is not Op.DELETE:
+                        raise
+                    before, partial_before = None, True
+            if after is not None:
+                after = row.convert(after)
+        elif before is not None or after is not None:
+            raise DecodeError("envelope schema has no before/after struct but the payload has a row")
+        source = payload.get("source")
+        if not isinstance(source, dict):
+            raise DecodeError("envelope without a source block")
+        key_values, key_columns = self._key(key) if op is not Op.TRUNCATE else ({}, ())
+        if partial_before:
+            before = dict(key_values)
+        position, txid, source_ts = self._position(source, payload.get("transaction"))
+        return _new_change_event(
+            op=op,
+            table=self._table(source.get("db"), source.get("schema"), source.get("table"), source, origin),
+            key=key_values,
+            before=before,
+            after=after,
+            columns=plan.row_columns,
+            key_columns=key_columns,
+            position=position,
+            txid=txid,
+            source_ts=source_ts,
+            event_ts=_ts_of(payload),
+            origin=origin,
+        )
+
+    def _flattened(
+        self,
+        origin: Origin,
+        key: bytes | None,
+        plan: _SchemaPlan,
+        payload: Any,
+        headers: Sequence[tuple[str, bytes | None]] | None,
+    ) -> ChangeEvent:
+        if not isinstance(payload, dict):
+            raise DecodeError("flattened record payload is not an object")
+        if plan.fields is None:
+            raise DecodeError("flattened record schema cannot be decoded")
+        row = plan.fields.convert(payload)
+        groups: dict[str, dict[str, Any]] = {"envelope": {}, "source": {}, "transaction": {}}
+        for field, group, name in plan.meta:
+            groups[group][name] = row.pop(field)
+        return self._flattened_event(origin, key, row, plan.row_columns, groups, headers)
+
+    def _flattened_event(
+        self,
+        origin: Origin,
+        key: bytes | None,
+        row: dict[str, Any],
+        columns: Mapping[str, ColumnType],
+        groups: dict[str, dict[str, Any]],
+        headers: Sequence[tuple[str, bytes | None]] | None,
+        hint: _StructPlan | None = None,
+    ) -> ChangeEvent:
+        if headers:
+            for hname, hvalue in headers:
+                if hname.startswith(self._meta_prefix) and hvalue is not None:
+                    _field, group, name = self._meta_field(hname)
+                    groups[group].setdefault(name, _header_value(hvalue))
+        envelope, source = groups["envelope"], groups["source"]
+        deleted = envelope.get("deleted")
+        op_code = envelope.get("op")
+        if deleted is True or deleted == "true":
+            op = Op.DELETE
+        elif op_code is None:
+            op = Op.UPDATE  # upsert
+        else:
+            found = _OPS.get(op_code) if isinstance(op_code, str) else None
+            if found is None:
+                raise DecodeError(f"unknown operation {op_code!r} in flattened record")
+            op = found
+        key_values, key_columns = self._key(key)
+        if hint is not None and key_values:
+            key_values = self._hint_key(key_values, hint)
+        transaction = groups["transaction"] or None
+        position, txid, source_ts = self._position(source, transaction)
+        return _new_change_event(
+            op=op,
+            table=self._table(source.get("db"), source.get("schema"), source.get("table"), source, origin),
+            key=key_values,
+            before=row if op is Op.DELETE else None,
+            after=None if op is Op.DELETE else row,
+            columns=columns,
+            key_columns=key_columns,
+            position=position,
+            txid=txid,
+            source_ts=source_ts,
+            event_ts=_ts_of(envelope),
+            origin=origin,
+        )
+
+    def _schemaless(
+        self,
+        origin: Origin,
+        key: bytes | None,
+        payload: Any,
+        headers: Sequence[tuple[str, bytes | None]] | None,
+    ) -> Decoded:
+        if not isinstance(payload, dict):
+            raise DecodeError(f"JSON {type(payload).__name__} is not a Debezium envelope")
+        if "op" in payload and "source" in payload:
+            op_code = payload["op"]
+            op = _OPS.get(op_code) if isinstance(op_code, str) else None
+            if op is None:
+                if op_code == "m":
+                    return OtherRecord(RecordKind.MESSAGE, origin, payload)
+                raise DecodeError(f"unknown operation {op_code!r}")
+            source = payload["source"]
+            if not isinstance(source, dict):
+                raise DecodeError("envelope without a source block")
+            table = self._table(source.get("db"), source.get("schema"), source.get("table"), source, origin)
+            before = payload.get("before")
+            after = payload.get("after")
+            hint = self._hint_plan(table)
+            before = self._schemaless_row(before, hint)
+            after = self._schemaless_row(after, hint)
+            key_values, key_columns = self._key(key) if op is not Op.TRUNCATE else ({}, ())
+            if hint is not None and key_values:
+                key_values = self._hint_key(key_values, hint)
+            position, txid, source_ts = self._position(source, payload.get("transaction"))
+            return _new_change_event(
+                op=op,
+                table=table,
+                key=key_values,
+                before=before,
+                after=after,
+                columns=hint.columns if hint is not None else _guess_columns(before, after),
+                key_columns=key_columns,
+                position=position,
+                txid=txid,
+                source_ts=source_ts,
+                event_ts=_ts_of(payload),
+                origin=origin,
+            )
+        if "op" not in payload:
+            if "ddl" in payload and ("tableChanges" in payload or "databaseName" in payload):
+                return OtherRecord(RecordKind.SCHEMA_CHANGE, origin, payload)
+            if payload.get("status") in ("BEGIN", "END") and "id" in payload:
+                return OtherRecord(RecordKind.TRANSACTION, origin, payload)
+            if payload.keys() == {"ts_ms"}:
+                return OtherRecord(RecordKind.HEARTBEAT, origin, payload)
+        prefix = self._meta_prefix
+        meta = [k for k in payload if k.startswith(prefix)]
+        if not meta:
+            raise DecodeError(
+                "JSON is not a Debezium envelope (no op/source) nor a flattened record "
+                f"(no {prefix}op/{prefix}deleted/... fields); keys: {sorted(payload)[:10]}"
+            )
+        groups: dict[str, dict[str, Any]] = {"envelope": {}, "source": {}, "transaction": {}}
+        for field in meta:
+            _field, group, name = self._meta_field(field)
+            groups[group][name] = payload.pop(field)
+        source = groups["source"]
+        table = self._table(source.get("db"), source.get("schema"), source.get("table"), source, origin)
+        hint = self._hint_plan(table)
+        row = self._schemaless_row(payload, hint) or {}
+        columns = hint.columns if hint is not None else _guess_columns(row, None)
+        return self._flattened_event(origin, key, row, columns, groups, headers, hint)
+
+    def _schemaless_row(self, row: Any, hint: _StructPlan | None) -> dict[str, Any] | None:
+        if row is None:
+            return None
+        if not isinstance(row, dict):
+            raise DecodeError("before/after is not an object")
+        if hint is not None:
+            return hint.convert(row)
+        ph = self._placeholder
+        if ph is None:
+            return row
+        b64 = self._json_builder.ph_b64
+        arrays = self._json_builder.ph_arrays
+        for name, value in row.items():
+            if value.__class__ is str:
+                if value == ph or value == b64:
+                    row[name] = UNAVAILABLE
+            elif value.__class__ is list and value in arrays:
+                row[name] = UNAVAILABLE
+        return row
+
+    def _hint_plan(self, table: TableId) -> _StructPlan | None:
+        if self._column_hints is None:
+            return None
+        if table in self._hint_plans:
+            return self._hint_plans[table]
+        hints = self._column_hints(table)
+        plan = None
+        if hints:
+            schema = {
+                "type": "struct",
+                "fields": [dict(_column_schema(t), field=n) for n, t in hints.items()],
+            }
+            plan = self._json_builder.struct(schema)
+        self._remember(self._hint_plans, table, plan)
+        return plan
+
+    def _hint_key(self, key_values: dict[str, Any], hint: _StructPlan) -> dict[str, Any]:
+        convs = dict(hint.convs)
+        return {k: (convs[k](v) if k in convs and v is not None else v) for k, v in key_values.items()}
+
+    # -- metadata --
+
+    def _table(self, db: Any, schema: Any, table: Any, source: Mapping[str, Any], origin: Origin) -> TableId:
+        ident = (db, schema, table)
+        found = self._tables.get(ident)
+        if found is not None:
+            return found
+        if table is None or (db is None and schema is None):
+            parts = origin.topic.split(".")
+            if len(parts) >= 2:
+                mysql = "file" in source or "pos" in source or source.get("connector") in ("mysql", "mariadb")
+                table = table if table is not None else parts[-1]
+                if db is None and schema is None:
+                    if mysql:
+                        db = parts[-2]
+                    else:
+                        schema = parts[-2]
+        if table is None:
+            raise DecodeError(f"cannot tell the table of a record on topic {origin.topic!r}")
+        found = TableId(
+            database=None if db is None else str(db),
+            schema=None if schema is None else str(schema),
+            table=str(table),
+        )
+        self._remember(self._tables, ident, found)
+        return found
+
+    def _position(
+        self, source: Mapping[str, Any], transaction: Any
+    ) -> tuple[SourcePosition, str | None, dt.datetime | None]:
+        snapshot = source.get("snapshot") not in _SNAPSHOT_FALSE
+        lsn = source.get("lsn")
+        txid: str | None = None
+        if lsn is not None:
+            lsn = int(lsn)
+            commit_lsn = None
+            seq = source.get("sequence")
+            if seq:
+                try:
+                    pair = orjson.loads(seq)
+                    if isinstance(pair, list) and pair and pair[0] is not None:
+                        commit_lsn = int(pair[0])
+                except (orjson.JSONDecodeError, ValueError, TypeError):
+                    raise DecodeError(f"bad source.sequence {seq!r}") from None
+            position = _new_position(
+                version=pg_version(lsn), lsn=lsn, commit_lsn=commit_lsn, snapshot=snapshot
+            )
+            tx = source.get("txId")
+            txid = None if tx is None else str(tx)
+        elif source.get("file") is not None and source.get("pos") is not None:
+            file = str(source["file"])
+            number = file.rsplit(".", 1)[-1]
+            if not number.isdigit():
+                raise DecodeError(f"binlog file name {file!r} does not end in a number")
+            pos = int(source["pos"])
+            row = int(source.get("row") or 0)
+            gtid = source.get("gtid")
+            position = _new_position(
+                version=mysql_version(int(number), pos, row),
+                binlog_file=file,
+                binlog_pos=pos,
+                row=row,
+                gtid=gtid,
+                snapshot=snapshot,
+            )
+            txid = gtid
+        else:
+            position = _new_position(version="", snapshot=snapshot)
+        if txid is None and isinstance(transaction, dict):
+            tid = transaction.get("id")
+            txid = None if tid is None else str(tid)
+        return position, txid, _ts_of(source)
+
+
+def _ts_of(block: Mapping[str, Any]) -> dt.datetime | None:
+    us = block.get("ts_us")
+    if us is not None:
+        return _EPOCH_UTC + _timedelta(0, 0, us)
+    ms = block.get("ts_ms")
+    if ms is not None:
+        return _EPOCH_UTC + dt.timedelta(milliseconds=ms)
+    ns = block.get("ts_ns")
+    if ns is not None:
+        return _EPOCH_UTC + dt.timedelta(microseconds=ns // 1000)
+    return None
+
+
+def _header_value(raw: bytes) -> Any:
+    """A Connect header as SimpleHeaderConverter (plain text) or JsonConverter wrote it."""
+    text = raw.decode("utf-8", "replace")
+    if text[:1] in ('"', "{", "["):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return text
+    return text
+
+
+_GUESS: Final = MappingProxyType(
+    {bool: "boolean", int: "int64", float: "float64", str: "string", list: "array", dict: "struct"}
+)
+
+
+def _guess_columns(
+    before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
+) -> Mapping[str, ColumnType]:
+    columns: dict[str, ColumnType] = {}
+    for row in (after, before):
+        if not row:
+            continue
+        for name, value in row.items():
+            have = columns.get(name)
+            if have is not None and have.base != "unknown":
+                continue
+            base = _GUESS.get(type(value), "unknown")
+            columns[name] = ColumnType(base=base)
+    return MappingProxyType(columns)
+
+
+def _column_schema(col: ColumnType) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": col.base, "optional": col.optional}
+    if col.logical:
+        schema["name"] = col.logical
+    if col.params:
+        schema["parameters"] = dict(col.params)
+    if col.items is not None:
+        schema["items"] = _column_schema(col.items)
+    return schema

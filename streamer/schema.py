@@ -1,0 +1,380 @@
+"""Target tables: routing from source tables, column types per dialect, and creating/evolving tables.
+
+Routing (default)
+-----------------
+A source table ``<schema>.<table>`` (PostgreSQL) or ``<database>.<table>`` (MySQL) goes to:
+
+* PostgreSQL targets: the same ``<schema>.<table>`` (the schema is created when missing);
+* MySQL/MariaDB and SQLite targets: the table ``<schema>_<table>`` in the connection's database
+  (MySQL "schemas" are databases, which a consumer should not create on its own).
+
+``[routes."public.customers"]`` in the settings overrides this per source table: ``target``
+(``schema.table`` or ``table``), ``rename`` (source column -> target column), ``drop`` (source
+columns not written), ``cast`` (target column -> SQL type name such as ``text`` or ``bigint``).
+The loader applies the same routes, so both writers produce the same rows.
+
+Schema modes
+------------
+``auto`` creates a missing table from the change event's schema (primary key from the record
+key) and adds columns the source gained (never drops or narrows). ``managed`` never runs DDL: the
+table, its primary key, every routed column and the version column must exist, or
+:class:`SchemaMismatchError` names the table and column.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.engine import Connection, Engine
+
+from streamer.errors import StreamerError
+from streamer.events import ChangeEvent, ColumnType, TableId
+
+VERSION_TYPE_LENGTH = 40
+SqlType = sa.types.TypeEngine[Any]
+
+
+class SchemaMismatchError(StreamerError):
+    """The target table does not fit the change events (managed mode, or a conflicting type)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """Where one source table goes, and how its columns are renamed, dropped and cast."""
+
+    target_schema: str | None
+    target_table: str
+    rename: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    drop: frozenset[str] = frozenset()
+    cast: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.target_schema}.{self.target_table}" if self.target_schema else self.target_table
+
+    def target_column(self, source_column: str) -> str | None:
+        """The target name of a source column, or None when it is dropped."""
+        if source_column in self.drop:
+            return None
+        return self.rename.get(source_column, source_column)
+
+
+@dataclasses.dataclass(frozen=True)
+class RouteSpec:
+    """A route as the settings state it (``target`` may be empty: default naming)."""
+
+    target: str = ""
+    rename: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    drop: tuple[str, ...] = ()
+    cast: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+class Router:
+    """Maps source tables to target tables for one target dialect."""
+
+    def __init__(self, dialect: str, routes: Mapping[str, RouteSpec] | None = None) -> None:
+        self.dialect = dialect
+        self.routes = dict(routes or {})
+
+    def route(self, table: TableId) -> Route:
+        spec = self.routes.get(table.qualified)
+        ns = table.schema if table.schema is not None else table.database
+        if spec is not None and spec.target:
+            schema, _, name = spec.target.rpartition(".")
+            target_schema: str | None = schema or None
+            target_table = name
+        elif self.dialect == "postgresql":
+            target_schema, target_table = ns, table.table
+        else:
+            target_schema, target_table = None, f"{ns}_{table.table}" if ns else table.table
+        if self.dialect == "sqlite" and target_schema is not None:  # SQLite has no schemas
+            target_table, target_schema = f"{target_schema}_{target_table}", None
+        if spec is None:
+            return Route(target_schema, target_table)
+        return Route(target_schema, target_table, dict(spec.rename), frozenset(spec.drop), dict(spec.cast))
+
+
+# ---------------------------------------------------------------- type mapping
+_CAST_NAMES: dict[str, SqlType] = {
+    "text": sa.Text(),
+    "string": sa.Text(),
+    "smallint": sa.SmallInteger(),
+    "integer": sa.Integer(),
+    "int": sa.Integer(),
+    "bigint": sa.BigInteger(),
+    "real": sa.REAL(),
+    "double": sa.Double(),
+    "numeric": sa.Numeric(),
+    "boolean": sa.Boolean(),
+    "date": sa.Date(),
+    "time": sa.Time(),
+    "timestamp": sa.DateTime(),
+    "timestamptz": sa.DateTime(timezone=True),
+    "bytes": sa.LargeBinary(),
+    "json": sa.JSON(),
+}
+
+
+def _int_param(params: Mapping[str, str], name: str) -> int | None:
+    value = params.get(name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def sql_type(ct: ColumnType, dialect: str, *, key: bool = False) -> SqlType:
+    """The target column type for a change event's column type.
+
+    Uses the source type and length the connector propagates (``column.propagate.source.type``)
+    where that makes the target exact (varchar length, numeric precision, json vs jsonb).
+    """
+    pg = dialect == "postgresql"
+    my = dialect in ("mysql", "mariadb")
+    logical = ct.logical or ""
+    src = (ct.source_type or "").upper()
+    length = _int_param(ct.params, "__debezium.source.column.length")
+    t: SqlType
+    if logical in ("org.apache.kafka.connect.data.Decimal",):
+        scale = _int_param(ct.params, "scale") or 0
+        precision = _int_param(ct.params, "connect.decimal.precision") or length
+        if precision and precision <= 1000:
+            t = sa.Numeric(precision, scale)
+        else:
+            t = sa.Numeric() if pg else sa.Numeric(65, scale)
+        return t
+    if logical == "io.debezium.data.VariableScaleDecimal":
+        return sa.Numeric() if pg else sa.Numeric(65, 30)
+    if logical in ("io.debezium.time.Date", "org.apache.kafka.connect.data.Date"):
+        return sa.Date()
+    if logical in (
+        "io.debezium.time.Time",
+        "io.debezium.time.MicroTime",
+        "io.debezium.time.NanoTime",
+        "org.apache.kafka.connect.data.Time",
+    ):
+        return sa.Time() if not my else mysql.TIME(fsp=6)
+    if logical == "io.debezium.time.ZonedTime":
+        return postgresql.TIME(timezone=True) if pg else sa.String(32)
+    if logical in (
+        "io.debezium.time.Timestamp",
+        "io.debezium.time.MicroTimestamp",
+        "io.debezium.time.NanoTimestamp",
+        "org.apache.kafka.connect.data.Timestamp",
+    ):
+        return mysql.DATETIME(fsp=6) if my else sa.DateTime()
+    if logical == "io.debezium.time.ZonedTimestamp":
+        # MySQL has no zone-aware type: the sink writes UTC
+        return mysql.DATETIME(fsp=6) if my else sa.DateTime(timezone=True)
+    if logical == "io.debezium.time.MicroDuration":
+        return postgresql.INTERVAL() if pg else sa.BigInteger()
+    if logical == "io.debezium.data.Json":
+        if pg:
+            return postgresql.JSON() if src == "JSON" else postgresql.JSONB()
+        return sa.JSON()
+    if logical == "io.debezium.data.Uuid":
+        return postgresql.UUID(as_uuid=True) if pg else sa.String(36)
+    if logical in ("io.debezium.data.Enum", "io.debezium.data.EnumSet"):
+        return sa.String(255) if (my and key) else sa.Text()
+    if logical == "io.debezium.data.Bits":
+        return sa.Text()
+    base = ct.base
+    if base == "array":
+        if pg and ct.items is not None and ct.items.base != "array":
+            return postgresql.ARRAY(sql_type(ct.items, dialect))
+        return sa.JSON()
+    if base == "int8" or base == "int16":
+        return sa.SmallInteger()
+    if base == "int32":
+        return sa.Integer()
+    if base == "int64":
+        return sa.BigInteger()
+    if base == "float32":
+        return sa.REAL()
+    if base == "float64":
+        return sa.Double()
+    if base == "boolean":
+        return sa.Boolean()
+    if base == "bytes":
+        return mysql.LONGBLOB() if my else sa.LargeBinary()
+    if base == "string":
+        if src in ("NUMERIC", "DECIMAL", "MONEY"):  # decimal.handling.mode=string
+            return sa.Numeric() if pg else sa.Numeric(65, 30)
+        if (
+            src in ("VARCHAR", "CHARACTER VARYING", "BPCHAR", "CHAR", "CHARACTER")
+            and length
+            and length < 10000
+        ):
+            return sa.String(length)
+        if my:
+            return sa.String(255) if key else mysql.LONGTEXT()
+        return sa.Text()
+    if base in ("map", "struct"):
+        return sa.JSON()
+    raise SchemaMismatchError(f"no target type for column type {ct}")
+
+
+def cast_type(name: str) -> SqlType:
+    try:
+        return _CAST_NAMES[name.lower()]
+    except KeyError:
+        raise SchemaMismatchError(
+            f"unknown cast type {name!r}; known: {', '.join(sorted(_CAST_NAMES))}"
+        ) from None
+
+
+# ---------------------------------------------------------------- tables
+@dataclasses.dataclass
+class TargetTable:
+    """What the sink knows of one target table: its columns and key, as they are in the database."""
+
+    route: Route
+    columns: list[str]
+    key: tuple[str, ...]
+    version_column: str
+
+    def has(self, column: str) -> bool:
+        return column in self.columns
+
+
+class SchemaManager:
+    """Creates and evolves target tables (auto) or checks them (managed). Caches what it has seen."""
+
+    def __init__(self, engine: Engine, version_column: str, mode: str = "auto") -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.version_column = version_column
+        self.mode = mode
+        self._known: dict[tuple[str | None, str], TargetTable] = {}
+
+    def forget(self) -> None:
+        self._known.clear()
+
+    def ensure(self, route: Route, event: ChangeEvent) -> TargetTable:
+        """The target table for an event, created or widened first when the mode allows."""
+        wanted = self._wanted_columns(route, event)
+        key = tuple(c for c in (route.target_column(k) for k in event.key_columns) if c)
+        cache_key = (route.target_schema, route.target_table)
+        known = self._known.get(cache_key)
+        if known is not None and all(known.has(c) for c in wanted):
+            return known
+        with self.engine.begin() as conn:
+            table = self._reflect(conn, route)
+            if table is None:
+                if self.mode == "managed":
+                    raise SchemaMismatchError(
+                        f"target table {route.qualified} does not exist (schema_mode=managed)"
+                    )
+                if not key:
+                    raise SchemaMismatchError(
+                        f"source table {event.table.qualified} has no primary key; streamer needs one to apply changes"
+                    )
+                self._create(conn, route, wanted, key)
+                table = self._reflect(conn, route)
+                assert table is not None
+            missing = [c for c in wanted if not table.has(c)]
+            if missing:
+                if self.mode == "managed":
+                    raise SchemaMismatchError(
+                        f"target table {route.qualified} has no column {missing[0]!r} (schema_mode=managed)"
+                    )
+                for col in missing:
+                    self._add_column(conn, route, col, wanted[col])
+                table = self._reflect(conn, route)
+                assert table is not None
+            if not table.has(self.version_column):
+                raise SchemaMismatchError(
+                    f"target table {route.qualified} has no version column {self.version_column!r}: add it as "
+                    f"VARCHAR({VERSION_TYPE_LENGTH}) NULL (setting consumer.version_column)"
+                )
+        self._known[cache_key] = table
+        return table
+
+    def lookup(self, route: Route) -> TargetTable | None:
+        """The target table as it is, or None when it does not exist (no DDL)."""
+        cache_key = (route.target_schema, route.target_table)
+        if cache_key in self._known:
+            return self._known[cache_key]
+        with self.engine.connect() as conn:
+            return self._reflect(conn, route)
+
+    def _wanted_columns(self, route: Route, event: ChangeEvent) -> dict[str, SqlType]:
+        out: dict[str, SqlType] = {}
+        keyset = set(event.key_columns)
+        for name, ct in event.columns.items():
+            target = route.target_column(name)
+            if target is None:
+                continue
+            if target in route.cast:
+                out[target] = cast_type(route.cast[target])
+            else:
+                out[target] = sql_type(ct, self.dialect, key=name in keyset)
+        out[self.version_column] = sa.String(VERSION_TYPE_LENGTH)
+        return out
+
+    def _sa_table(self, route: Route, columns: Mapping[str, SqlType], key: Iterable[str]) -> sa.Table:
+        keys = set(key)
+        cols = [
+            sa.Column(name, typ, primary_key=name in keys, nullable=name not in keys, autoincrement=False)
+            for name, typ in columns.items()
+        ]
+        return sa.Table(route.target_table, sa.MetaData(), *cols, schema=route.target_schema)
+
+    def _create(
+        self,
+        conn: Connection,
+        route: Route,
+        columns: Mapping[str, SqlType],
+        key: tuple[str, ...],
+    ) -> None:
+        if route.target_schema and self.dialect == "postgresql":
+            conn.execute(sa.schema.CreateSchema(route.target_schema, if_not_exists=True))
+        # key columns first, in key order, then the rest as the source orders them
+        ordered = {k: columns[k] for k in key if k in columns}
+        ordered.update({k: v for k, v in columns.items() if k not in ordered})
+        self._sa_table(route, ordered, key).create(conn, checkfirst=True)
+
+    def _add_column(self, conn: Connection, route: Route, name: str, typ: SqlType) -> None:
+        prep = conn.dialect.identifier_preparer
+        table = prep.format_table(sa.table(route.target_table, schema=route.target_schema))
+        coltype = typ.compile(dialect=conn.dialect)
+        # identifiers are quoted by the dialect's preparer, the type is compiled from a TypeEngine
+        conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {prep.quote(name)} {coltype}"))
+
+    def _reflect(self, conn: Connection, route: Route) -> TargetTable | None:
+        if self.dialect in ("mysql", "mariadb"):
+            # information_schema, not SHOW CREATE TABLE parsing (which breaks on backticks in names)
+            rows = conn.execute(
+                sa.text(
+                    "SELECT column_name, column_key FROM information_schema.columns "
+                    "WHERE table_schema = COALESCE(:schema, DATABASE()) AND table_name = :table "
+                    "ORDER BY ordinal_position"
+                ),
+                {"schema": route.target_schema, "table": route.target_table},
+            ).all()
+            if not rows:
+                return None
+            cols = [r[0] for r in rows]
+            pk_rows = conn.execute(
+                sa.text(
+                    "SELECT column_name FROM information_schema.key_column_usage "
+                    "WHERE table_schema = COALESCE(:schema, DATABASE()) AND table_name = :table "
+                    "AND constraint_name = 'PRIMARY' ORDER BY ordinal_position"
+                ),
+                {"schema": route.target_schema, "table": route.target_table},
+            ).all()
+            key = tuple(r[0] for r in pk_rows)
+        else:
+            insp = sa.inspect(conn)
+            if not insp.has_table(route.target_table, schema=route.target_schema):
+                return None
+            cols = [c["name"] for c in insp.get_columns(route.target_table, schema=route.target_schema)]
+            pk = insp.get_pk_constraint(route.target_table, schema=route.target_schema)
+            key = tuple(pk.get("constrained_columns") or ())
+        if not key:
+            raise SchemaMismatchError(f"target table {route.qualified} has no primary key")
+        return TargetTable(route, cols, key, self.version_column)

@@ -1,0 +1,416 @@
+"""The apply engine: one database transaction per batch of change events.
+
+Used by both sources (Kafka consumer and direct PostgreSQL replication), so both give the same
+target rows.
+
+Per batch:
+
+1. events are grouped by target table and coalesced by primary key in order (the last change of
+   a key wins; a delete after an insert leaves nothing; values the source left out because they
+   were unchanged TOAST columns are filled from an earlier change of the same key in the batch);
+2. per table, one upsert statement (PostgreSQL and SQLite ``INSERT .. ON CONFLICT DO UPDATE``,
+   MySQL/MariaDB ``INSERT .. ON DUPLICATE KEY UPDATE``) executed over all rows, and one delete
+   statement over all deleted keys;
+3. the positions the batch reached are written to streamer's state tables in the same transaction.
+
+Version guard
+-------------
+Every target row carries the source position (:class:`~streamer.events.SourcePosition.version`)
+of the change that wrote it, in the column ``consumer.version_column``. An upsert only replaces a
+row whose version is lower (or NULL: written by someone else); a delete only removes such a row;
+a truncate removes only rows older than itself. A replay, an overlapping snapshot load or a
+zombie consumer can therefore never move a row back in time. A key deleted in the target and
+replayed from before its delete is inserted again by the replay and deleted again when the replay
+reaches the delete: replays converge once they have drained, as the README states.
+
+Unavailable (unchanged TOAST) values are never written: such a column is left out of the update;
+if the row does not exist in the target at all, it is inserted with NULL there (the target never
+had the value to keep).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import decimal
+import json
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from streamer import state
+from streamer.db import is_transient
+from streamer.errors import StreamerError
+from streamer.events import UNAVAILABLE, ChangeEvent, Op
+from streamer.schema import Route, Router, SchemaManager, TargetTable
+from streamer.settings import Settings
+
+Adapter = Callable[[Any], Any]
+KeyTuple = tuple[Any, ...]
+
+
+# ---------------------------------------------------------------- value adaptation per dialect
+def _iso_dt(v: dt.datetime) -> str:
+    if v.tzinfo is not None:
+        v = v.astimezone(dt.UTC).replace(tzinfo=None)
+    return v.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _utc_naive(v: dt.datetime) -> dt.datetime:
+    return v.astimezone(dt.UTC).replace(tzinfo=None) if v.tzinfo is not None else v
+
+
+def _micros(v: dt.timedelta) -> int:
+    return (v.days * 86400 + v.seconds) * 1_000_000 + v.microseconds
+
+
+def _json_text(v: Any) -> str:
+    return json.dumps(v, default=str, separators=(",", ":"))
+
+
+def _time_text(v: dt.time) -> str:
+    return v.isoformat()
+
+
+_COMMON: dict[type, Adapter] = {uuid.UUID: str}
+_ADAPTERS: dict[str, dict[type, Adapter]] = {
+    "postgresql": {**_COMMON, dict: _json_text},
+    "mysql": {
+        **_COMMON,
+        dt.datetime: _utc_naive,
+        dt.time: lambda v: v.replace(tzinfo=None) if v.tzinfo is None else _time_text(v),
+        dt.timedelta: _micros,
+        list: _json_text,
+        dict: _json_text,
+    },
+    "sqlite": {
+        **_COMMON,
+        dt.datetime: _iso_dt,
+        dt.date: lambda v: v.isoformat(),
+        dt.time: lambda v: v.strftime("%H:%M:%S.%f") if v.tzinfo is None else _time_text(v),
+        dt.timedelta: _micros,
+        decimal.Decimal: str,
+        list: _json_text,
+        dict: _json_text,
+    },
+}
+_ADAPTERS["mariadb"] = _ADAPTERS["mysql"]
+
+
+def value_adapter(dialect: str) -> Adapter:
+    """A function turning a decoded Python value into what the target's driver binds correctly."""
+    table = _ADAPTERS.get(dialect, _COMMON)
+
+    def adapt(v: Any) -> Any:
+        fn = table.get(type(v))
+        return fn(v) if fn is not None else v
+
+    return adapt
+
+
+# ---------------------------------------------------------------- coalescing
+@dataclasses.dataclass
+class TablePlan:
+    """The net effect of a batch on one target table."""
+
+    route: Route
+    sample: ChangeEvent  # an event of the table, for its schema
+    upserts: dict[KeyTuple, tuple[dict[str, Any], str]] = dataclasses.field(default_factory=dict)
+    deletes: dict[KeyTuple, tuple[dict[str, Any], str]] = dataclasses.field(default_factory=dict)
+    truncate_version: str | None = None
+    last_version: str = ""
+    events: int = 0
+    ops: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def _row(route: Route, values: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        target = route.target_column(name)
+        if target is not None:
+            out[target] = value
+    return out
+
+
+def coalesce(events: Iterable[ChangeEvent], router: Router) -> dict[tuple[str | None, str], TablePlan]:
+    """Net effect per target table of events given in consumption order."""
+    plans: dict[tuple[str | None, str], TablePlan] = {}
+    for ev in events:
+        route = router.route(ev.table)
+        tkey = (route.target_schema, route.target_table)
+        plan = plans.get(tkey)
+        if plan is None:
+            plan = plans[tkey] = TablePlan(route, ev)
+        version = ev.position.version
+        plan.events += 1
+        plan.ops[ev.op.value] = plan.ops.get(ev.op.value, 0) + 1
+        if version > plan.last_version:
+            plan.last_version = version
+        if ev.op is Op.TRUNCATE:
+            if plan.truncate_version is None or version > plan.truncate_version:
+                plan.truncate_version = version
+            plan.upserts = {k: v for k, v in plan.upserts.items() if v[1] >= version}
+            plan.deletes = {k: v for k, v in plan.deletes.items() if v[1] >= version}
+            continue
+        if plan.truncate_version is not None and version < plan.truncate_version:
+            continue  # older than a truncate already in this batch (another partition lagged)
+        key_row = _row(route, ev.key)
+        key = tuple(key_row.values())
+        if ev.op is Op.DELETE:
+            prev = plan.upserts.pop(key, None)
+            if prev is None or prev[1] <= version:
+                plan.deletes[key] = (key_row, version)
+            continue
+        if ev.after is None:
+            continue
+        row = _row(route, ev.after)
+        prev = plan.upserts.get(key)
+        if prev is not None:
+            if prev[1] > version:
+                continue
+            # fill unchanged-TOAST placeholders from the earlier change of this key
+            for col, val in row.items():
+                if val is UNAVAILABLE and col in prev[0]:
+                    row[col] = prev[0][col]
+        plan.deletes.pop(key, None)
+        plan.upserts[key] = (row, version)
+    return plans
+
+
+# ---------------------------------------------------------------- statements
+def _light_table(table: TargetTable, columns: Iterable[str]) -> sa.TableClause:
+    return sa.table(
+        table.route.target_table, *(sa.column(c) for c in columns), schema=table.route.target_schema
+    )
+
+
+def _upsert_statement(dialect: str, table: TargetTable, columns: Sequence[str]) -> Any:
+    ver = table.version_column
+    t = _light_table(table, columns)
+    key = list(table.key)
+    update_cols = [c for c in columns if c not in key and c != ver]
+    if dialect in ("mysql", "mariadb"):
+        ins = mysql.insert(t)
+        newer = sa.or_(t.c[ver].is_(None), t.c[ver] < ins.inserted[ver])
+        sets: list[tuple[str, Any]] = [
+            (c, sa.case((newer, ins.inserted[c]), else_=t.c[c])) for c in update_cols
+        ]
+        # MySQL evaluates assignments left to right: the version column must change last
+        sets.append((ver, sa.case((newer, ins.inserted[ver]), else_=t.c[ver])))
+        return ins.on_duplicate_key_update(sets)
+    if dialect == "postgresql":
+        pg_ins = postgresql.insert(t)
+        return pg_ins.on_conflict_do_update(
+            index_elements=key,
+            set_={c: pg_ins.excluded[c] for c in [*update_cols, ver]},
+            where=sa.or_(t.c[ver].is_(None), t.c[ver] < pg_ins.excluded[ver]),
+        )
+    if dialect == "sqlite":
+        lite_ins = sqlite.insert(t)
+        return lite_ins.on_conflict_do_update(
+            index_elements=key,
+            set_={c: lite_ins.excluded[c] for c in [*update_cols, ver]},
+            where=sa.or_(t.c[ver].is_(None), t.c[ver] < lite_ins.excluded[ver]),
+        )
+    raise NotImplementedError(f"no upsert statement for dialect {dialect}")
+
+
+def _delete_statement(table: TargetTable) -> Any:
+    ver = table.version_column
+    t = _light_table(table, [*table.key, ver])
+    cond = [t.c[k] == sa.bindparam(f"k_{i}") for i, k in enumerate(table.key)]
+    newer = sa.or_(t.c[ver].is_(None), t.c[ver] < sa.bindparam("v_version"))
+    return sa.delete(t).where(*cond, newer)
+
+
+@dataclasses.dataclass
+class ApplyResult:
+    """What one batch did, per target table ``schema.table``: operations counted, newest positions.
+
+    ``failed`` lists the events a batch applied with ``isolate=True`` could not apply, each with
+    its error (the rest of the batch was applied).
+    """
+
+    events: int = 0
+    tables: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    last_versions: dict[str, str] = dataclasses.field(default_factory=dict)
+    truncates: dict[str, str] = dataclasses.field(default_factory=dict)
+    failed: list[tuple[ChangeEvent, Exception]] = dataclasses.field(default_factory=list)
+
+    def add(self, table: str, plan: TablePlan, truncate: bool) -> None:
+        self.events += plan.events
+        ops = self.tables.setdefault(table, {})
+        for op, n in plan.ops.items():
+            ops[op] = ops.get(op, 0) + n
+        if plan.last_version > self.last_versions.get(table, ""):
+            self.last_versions[table] = plan.last_version
+        if (
+            truncate
+            and plan.truncate_version is not None
+            and plan.truncate_version > self.truncates.get(table, "")
+        ):
+            self.truncates[table] = plan.truncate_version
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Errors that retrying cannot cure and that belong to the data (constraint, type, schema)."""
+    if isinstance(exc, StreamerError):
+        return True
+    return isinstance(exc, sa.exc.DBAPIError) and not is_transient(exc)
+
+
+class Sink:
+    """Applies batches of change events to one target database."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        router: Router,
+        schema: SchemaManager,
+        *,
+        truncate: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.router = router
+        self.schema = schema
+        self.truncate = truncate
+        self.adapt = value_adapter(self.dialect)
+        self.version_column = schema.version_column
+
+    def apply(
+        self,
+        events: Sequence[ChangeEvent],
+        positions: Mapping[tuple[str, int], int],
+        group: str,
+        *,
+        isolate: bool = False,
+        before_commit: Callable[[ApplyResult], None] | None = None,
+    ) -> ApplyResult:
+        """Apply events and record ``positions`` ((topic, partition) -> next offset) in one transaction.
+
+        With ``isolate=False`` (the fast path) any error rolls everything back and is raised.
+        With ``isolate=True`` each event is applied on its own savepoint, in order; events that
+        fail with a permanent error are returned in ``ApplyResult.failed`` and the rest is
+        committed. ``before_commit`` runs last inside the transaction (the consumer produces
+        dead letters there, so a crash cannot lose them); if it raises, nothing is committed.
+        """
+        result = ApplyResult()
+        # DDL first, outside the data transaction (SQLite allows one writer at a time)
+        tables: dict[tuple[str | None, str], TargetTable] = {}
+        broken: dict[tuple[str | None, str], Exception] = {}
+        seen: set[tuple[tuple[str | None, str], tuple[str, ...]]] = set()
+        for ev in events:
+            route = self.router.route(ev.table)
+            tkey = (route.target_schema, route.target_table)
+            shape = (tkey, tuple(ev.columns))
+            if tkey in broken or shape in seen:
+                continue
+            seen.add(shape)
+            try:
+                if ev.op is Op.TRUNCATE:
+                    found = self.schema.lookup(route)  # truncating a table we never made is a no-op
+                    if found is not None:
+                        tables[tkey] = found
+                else:
+                    tables[tkey] = self.schema.ensure(route, ev)
+            except Exception as exc:
+                if not isolate or not is_permanent(exc):
+                    raise
+                broken[tkey] = exc
+        with self.engine.begin() as conn:
+            truncated = state.truncate_versions(conn, [t.route.qualified for t in tables.values()])
+            if not isolate:
+                self._apply_plans(conn, coalesce(events, self.router), tables, truncated, result)
+            else:
+                for ev in events:
+                    route = self.router.route(ev.table)
+                    tkey = (route.target_schema, route.target_table)
+                    if tkey in broken:
+                        result.failed.append((ev, broken[tkey]))
+                        continue
+                    single = ApplyResult()
+                    try:
+                        with conn.begin_nested():
+                            self._apply_plans(conn, coalesce([ev], self.router), tables, truncated, single)
+                    except Exception as exc:
+                        if not is_permanent(exc):
+                            raise
+                        result.failed.append((ev, exc))
+                        continue
+                    for name, ops in single.tables.items():
+                        plan_ops = result.tables.setdefault(name, {})
+                        for op, n in ops.items():
+                            plan_ops[op] = plan_ops.get(op, 0) + n
+                    result.events += single.events
+                    for name, v in single.last_versions.items():
+                        result.last_versions[name] = max(v, result.last_versions.get(name, ""))
+                    for name, v in single.truncates.items():
+                        truncated[name] = result.truncates[name] = max(v, result.truncates.get(name, ""))
+            state.record_tables(conn, result.last_versions, result.truncates)
+            state.save_offsets(conn, group, positions)
+            if before_commit is not None:
+                before_commit(result)
+        return result
+
+    def _apply_plans(
+        self,
+        conn: Connection,
+        plans: Mapping[tuple[str | None, str], TablePlan],
+        tables: Mapping[tuple[str | None, str], TargetTable],
+        truncated: Mapping[str, str],
+        result: ApplyResult,
+    ) -> None:
+        for tkey, plan in plans.items():
+            table = tables.get(tkey)
+            if table is None:
+                continue
+            self._apply_table(conn, table, plan, truncated.get(table.route.qualified))
+            result.add(table.route.qualified, plan, self.truncate)
+
+    def _apply_table(
+        self, conn: Connection, table: TargetTable, plan: TablePlan, truncated: str | None
+    ) -> None:
+        ver = table.version_column
+        if plan.truncate_version is not None and self.truncate:
+            t = _light_table(table, [ver])
+            conn.execute(sa.delete(t).where(sa.or_(t.c[ver].is_(None), t.c[ver] < plan.truncate_version)))
+            if truncated is None or plan.truncate_version > truncated:
+                truncated = plan.truncate_version
+        # group rows by the set of columns they carry (unavailable TOAST values left out)
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        adapt = self.adapt
+        for row, version in plan.upserts.values():
+            if truncated is not None and version < truncated:
+                continue
+            values = {c: adapt(v) for c, v in row.items() if v is not UNAVAILABLE and table.has(c)}
+            values[ver] = version
+            groups.setdefault(tuple(values), []).append(values)
+        for columns, rows in groups.items():
+            conn.execute(_upsert_statement(self.dialect, table, columns), rows)
+        if plan.deletes:
+            params = []
+            for key_row, version in plan.deletes.values():
+                p = {f"k_{i}": adapt(key_row.get(k)) for i, k in enumerate(table.key)}
+                p["v_version"] = version
+                params.append(p)
+            conn.execute(_delete_statement(table), params)
+
+
+def build_sink(settings: Settings, engine: Engine | None = None) -> Sink:
+    """The sink the settings describe: target URL, routes, version column, schema mode, truncate policy."""
+    from streamer.db import create_target_engine
+    from streamer.schema import RouteSpec
+
+    engine = engine or create_target_engine(settings.target_url)
+    c = settings.consumer
+    routes = {
+        name: RouteSpec(r.target, dict(r.rename), tuple(r.drop), dict(r.cast))
+        for name, r in settings.routes.items()
+    }
+    router = Router(engine.dialect.name, routes)
+    return Sink(engine, router, SchemaManager(engine, c.version_column, c.schema_mode), truncate=c.truncate)

@@ -1,0 +1,186 @@
+"""streamer's own tables in the target database, and their migrations.
+
+* ``_streamer_offsets``: per consumer group and topic-partition, the next offset to read. Written
+  in the same transaction as the rows it covers, so it is exact even when the Kafka commit that
+  follows is lost; on assignment the consumer starts from it when it is ahead of Kafka's.
+* ``_streamer_tables``: per target table, the newest source position applied and the position
+  of the latest truncate (changes older than that are not applied again).
+
+The tables are created and upgraded by the Alembic migrations in ``streamer/migrations``
+(``streamer db upgrade``; every command that writes to a target runs it first). Alembic's own
+version table is ``_streamer_alembic_version`` so it never meets a user's ``alembic_version``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+VERSION_TABLE = "_streamer_alembic_version"
+_meta = sa.MetaData()
+offsets_table = sa.Table(
+    "_streamer_offsets",
+    _meta,
+    sa.Column("consumer_group", sa.String(255), primary_key=True),
+    sa.Column("topic", sa.String(255), primary_key=True),
+    sa.Column("partition_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("next_offset", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+tables_table = sa.Table(
+    "_streamer_tables",
+    _meta,
+    sa.Column("table_name", sa.String(512), primary_key=True),
+    sa.Column("last_version", sa.String(40)),
+    sa.Column("truncated_version", sa.String(40)),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
+
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return ctx.get_current_revision()
+
+
+def upgrade(engine: Engine) -> str:
+    """Create or upgrade streamer's tables to the newest revision; safe to run from many processes."""
+    cfg = _alembic_config()
+    with engine.begin() as conn:
+        dialect = conn.dialect.name
+        # serialize concurrent upgrades (several consumers starting at once)
+        if dialect == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7301945)"))
+        elif dialect in ("mysql", "mariadb"):
+            conn.execute(sa.text("SELECT GET_LOCK('streamer_migrations', 60)"))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+        if dialect in ("mysql", "mariadb"):
+            conn.execute(sa.text("SELECT RELEASE_LOCK('streamer_migrations')"))
+    return head_revision()
+
+
+def _upsert(
+    conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], update: Iterable[str]
+) -> None:
+    if not rows:
+        return
+    cols = list(update)
+    key = [c.name for c in table.primary_key.columns]
+    dialect = conn.dialect.name
+    stmt: Any
+    if dialect == "postgresql":
+        pg = postgresql.insert(table)
+        stmt = pg.on_conflict_do_update(index_elements=key, set_={c: pg.excluded[c] for c in cols})
+    elif dialect == "sqlite":
+        lite = sqlite.insert(table)
+        stmt = lite.on_conflict_do_update(index_elements=key, set_={c: lite.excluded[c] for c in cols})
+    elif dialect in ("mysql", "mariadb"):
+        my = mysql.insert(table)
+        stmt = my.on_duplicate_key_update({c: my.inserted[c] for c in cols})
+    else:
+        raise NotImplementedError(dialect)
+    conn.execute(stmt, list(rows))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def save_offsets(conn: Connection, group: str, positions: Mapping[tuple[str, int], int]) -> None:
+    """Record the next offsets of a group's partitions (inside the caller's transaction)."""
+    now = _now()
+    rows = [
+        {"consumer_group": group, "topic": t, "partition_id": p, "next_offset": o, "updated_at": now}
+        for (t, p), o in sorted(positions.items())
+    ]
+    _upsert(conn, offsets_table, rows, ["next_offset", "updated_at"])
+
+
+def load_offsets(
+    conn: Connection, group: str, topics: Iterable[str] | None = None
+) -> dict[tuple[str, int], int]:
+    """The recorded next offsets of a group, optionally only for some topics."""
+    q = sa.select(offsets_table.c.topic, offsets_table.c.partition_id, offsets_table.c.next_offset).where(
+        offsets_table.c.consumer_group == group
+    )
+    if topics is not None:
+        q = q.where(offsets_table.c.topic.in_(list(topics)))
+    return {(r.topic, r.partition_id): r.next_offset for r in conn.execute(q)}
+
+
+def delete_offsets(conn: Connection, group: str, partitions: Iterable[tuple[str, int]]) -> None:
+    for topic, partition in partitions:
+        conn.execute(
+            sa.delete(offsets_table).where(
+                offsets_table.c.consumer_group == group,
+                offsets_table.c.topic == topic,
+                offsets_table.c.partition_id == partition,
+            )
+        )
+
+
+def truncate_versions(conn: Connection, tables: Iterable[str]) -> dict[str, str]:
+    names = list(tables)
+    if not names:
+        return {}
+    q = sa.select(tables_table.c.table_name, tables_table.c.truncated_version).where(
+        tables_table.c.table_name.in_(names), tables_table.c.truncated_version.is_not(None)
+    )
+    return {r.table_name: r.truncated_version for r in conn.execute(q)}
+
+
+def record_tables(conn: Connection, last_versions: Mapping[str, str], truncates: Mapping[str, str]) -> None:
+    """Remember per table the newest applied position and the newest truncate."""
+    now = _now()
+    rows = []
+    for name, version in sorted(last_versions.items()):
+        rows.append({"table_name": name, "last_version": version, "updated_at": now})  # type: dict[str, Any]
+    if rows:
+        # last_version only moves forward: read, compare, write (rows are few: one per table)
+        existing = {
+            r.table_name: (r.last_version, r.truncated_version)
+            for r in conn.execute(
+                sa.select(
+                    tables_table.c.table_name, tables_table.c.last_version, tables_table.c.truncated_version
+                ).where(tables_table.c.table_name.in_(list(last_versions)))
+            )
+        }
+        for row in rows:
+            name = str(row["table_name"])
+            old_last, old_trunc = existing.get(name, (None, None))
+            if old_last is not None and old_last > row["last_version"]:
+                row["last_version"] = old_last
+            new_trunc = truncates.get(name)
+            row["truncated_version"] = max(filter(None, (old_trunc, new_trunc)), default=None)
+        _upsert(conn, tables_table, rows, ["last_version", "truncated_version", "updated_at"])
+
+
+def table_positions(conn: Connection) -> dict[str, str | None]:
+    """Per target table, the newest source position applied (for status views)."""
+    return {
+        r.table_name: r.last_version
+        for r in conn.execute(sa.select(tables_table.c.table_name, tables_table.c.last_version))
+    }

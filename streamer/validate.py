@@ -1,0 +1,284 @@
+"""Proving source == target: column kinds, value normalization across dialects, and table comparison.
+
+Normalization makes equal values compare equal whatever database holds them. It is driven by
+the *source* column's kind (read from the source's catalog), because the target may store a
+value in another type (an interval as microseconds in MySQL, JSON as text in SQLite):
+
+=============  =====================================================================
+kind           canonical form
+=============  =====================================================================
+number         ``Decimal`` normalized (``1.50`` == ``1.5``; NaN and infinities as text)
+float4/float8  the float rounded to 6 / 15 significant digits
+bool           ``True``/``False`` (MySQL's 0/1 included)
+timestamp      naive ISO text (``+infinity``/``-infinity`` for the extremes)
+timestamptz    UTC ISO text
+date, time     ISO text; ``timetz`` converted to UTC
+interval       total microseconds (MySQL/SQLite targets store it so)
+json           compact JSON with sorted keys (text parsed first)
+array          compact JSON of the list (text parsed first)
+bytes          hex
+uuid, text     text
+=============  =====================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import decimal
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Engine
+
+from streamer.errors import StreamerError
+
+
+class ValidationSetupError(StreamerError):
+    """A table to validate is missing or has no primary key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceColumn:
+    name: str
+    kind: str
+
+
+def _kind(coltype: Any) -> str:
+    if isinstance(coltype, sa.Boolean):
+        return "bool"
+    if isinstance(coltype, postgresql.MONEY):
+        return "number"
+    if isinstance(coltype, sa.Float):  # before Numeric: Float is a Numeric
+        return (
+            "float4"
+            if isinstance(coltype, sa.REAL) or getattr(coltype, "precision", None) == 24
+            else "float8"
+        )
+    if isinstance(coltype, sa.Integer | sa.Numeric):
+        return "number"
+    if isinstance(coltype, sa.DateTime):
+        return "timestamptz" if coltype.timezone else "timestamp"
+    if isinstance(coltype, sa.Date):
+        return "date"
+    if isinstance(coltype, sa.Time):
+        return "timetz" if coltype.timezone else "time"
+    if isinstance(coltype, sa.Interval | postgresql.INTERVAL):
+        return "interval"
+    if isinstance(coltype, sa.JSON | postgresql.JSON | postgresql.JSONB):
+        return "json"
+    if isinstance(coltype, sa.ARRAY):
+        return "array"
+    if isinstance(coltype, sa.LargeBinary | postgresql.BYTEA):
+        return "bytes"
+    if isinstance(coltype, sa.Uuid):
+        return "uuid"
+    return "text"
+
+
+def describe(engine: Engine, schema: str | None, table: str) -> tuple[list[SourceColumn], tuple[str, ...]]:
+    """The columns of a table with their kinds and read expressions, and its primary key."""
+    insp = sa.inspect(engine)
+    if not insp.has_table(table, schema=schema):
+        raise ValidationSetupError(f"table {schema + '.' if schema else ''}{table} does not exist")
+    cols = [SourceColumn(c["name"], _kind(c["type"])) for c in insp.get_columns(table, schema=schema)]
+    key = tuple(insp.get_pk_constraint(table, schema=schema).get("constrained_columns") or ())
+    return cols, key
+
+
+def _utc_text(v: dt.datetime) -> str:
+    if v.tzinfo is not None:
+        v = v.astimezone(dt.UTC).replace(tzinfo=None)
+    return v.isoformat()
+
+
+def _parse_dt(v: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+
+
+def _time_utc(v: dt.time) -> str:
+    off = v.utcoffset()
+    if off is None:
+        return v.isoformat()
+    moment = dt.datetime.combine(dt.date(2000, 1, 1), v.replace(tzinfo=None)) - off
+    return moment.time().isoformat() + "Z"
+
+
+def _number(v: Any) -> Any:
+    if isinstance(v, bool):
+        return decimal.Decimal(int(v))
+    if isinstance(v, float):
+        if v != v or v in (float("inf"), float("-inf")):
+            return str(v)
+        v = decimal.Decimal(repr(v))
+    elif isinstance(v, str):
+        v = decimal.Decimal(v)
+    elif isinstance(v, int):
+        v = decimal.Decimal(v)
+    if isinstance(v, decimal.Decimal):
+        if not v.is_finite():
+            return str(v).lower().lstrip("+")
+        n = v.normalize()
+        return n if n != 0 else decimal.Decimal(0)
+    return v
+
+
+def _float(v: Any, digits: int) -> Any:
+    f = float(v)
+    if f != f or f in (float("inf"), float("-inf")):
+        return str(f)
+    return float(f"{f:.{digits}g}")
+
+
+def _micros(v: Any) -> Any:
+    if isinstance(v, dt.timedelta):
+        return (v.days * 86400 + v.seconds) * 1_000_000 + v.microseconds
+    return int(v)
+
+
+def _json(v: Any) -> str:
+    if isinstance(v, str | bytes):
+        v = json.loads(v)
+    return json.dumps(v, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _timestamp(v: Any, aware: bool) -> str:
+    if isinstance(v, str):
+        if v in ("infinity", "-infinity"):
+            return v
+        v = _parse_dt(v)
+    if isinstance(v, dt.datetime):
+        if v.year == dt.MAXYEAR and v.month == 12 and v.day == 31:
+            return "infinity"
+        if v.year == dt.MINYEAR and v.month == 1 and v.day == 1:
+            return "-infinity"
+    if aware and isinstance(v, dt.datetime):
+        return _utc_text(v)
+    return str(v.isoformat())
+
+
+def normalize(kind: str, v: Any) -> Any:
+    """The canonical form of a value of a source column kind (see the module docstring)."""
+    if v is None:
+        return None
+    if kind == "number":
+        return _number(v)
+    if kind == "float4":
+        return _float(v, 6)
+    if kind == "float8":
+        return _float(v, 15)
+    if kind == "bool":
+        return bool(int(v)) if not isinstance(v, str) else v.lower() in ("t", "true", "1")
+    if kind in ("timestamp", "timestamptz"):
+        return _timestamp(v, kind == "timestamptz")
+    if kind == "date":
+        if isinstance(v, dt.date) and v.year in (dt.MAXYEAR, dt.MINYEAR):
+            return "infinity" if v.year == dt.MAXYEAR else "-infinity"
+        return v.isoformat() if isinstance(v, dt.date) else str(v)
+    if kind == "time":
+        return v.isoformat() if isinstance(v, dt.time) else str(dt.time.fromisoformat(str(v)).isoformat())
+    if kind == "timetz":
+        return _time_utc(
+            v if isinstance(v, dt.time) else dt.time.fromisoformat(str(v).replace("Z", "+00:00"))
+        )
+    if kind == "interval":
+        return _micros(v)
+    if kind in ("json", "array"):
+        return _json(v)
+    if kind == "bytes":
+        return bytes(v).hex() if not isinstance(v, str) else v
+    if kind == "uuid":
+        return str(uuid.UUID(str(v)))
+    if isinstance(v, bytes | memoryview):
+        return bytes(v).decode()
+    return str(v)
+
+
+@dataclasses.dataclass
+class TableDiff:
+    """Differences between a source and a target table, by primary key."""
+
+    missing: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)  # in source, not in target
+    extra: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)  # in target, not in source
+    changed: list[tuple[tuple[Any, ...], list[str]]] = dataclasses.field(default_factory=list)
+    source_rows: int = 0
+    target_rows: int = 0
+
+    @property
+    def equal(self) -> bool:
+        return not (self.missing or self.extra or self.changed)
+
+
+def read_rows(
+    engine: Engine,
+    schema: str | None,
+    table: str,
+    columns: Sequence[SourceColumn],
+    key: Sequence[str],
+    names: Mapping[str, str] | None = None,
+) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """All rows of a table, normalized, keyed by normalized primary key. ``names`` renames columns.
+
+    Reads through reflected column types, so e.g. SQLite's DATETIME text comes back as datetime.
+    """
+    names = names or {}
+    t = sa.Table(table, sa.MetaData(), schema=schema, autoload_with=engine)
+    exprs = []
+    for c in columns:
+        n = names.get(c.name, c.name)
+        if n not in t.c:
+            exprs.append(sa.null().label(c.name))
+        elif engine.dialect.name == "postgresql":
+            exprs.append(_pg_read(t.c[n], c))
+        else:
+            exprs.append(t.c[n].label(c.name))
+    kinds = [c.kind for c in columns]
+    index = {c.name: i for i, c in enumerate(columns)}
+    key_idx = [index[k] for k in key]
+    out: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(sa.select(*exprs)):
+            norm = tuple(normalize(k, v) for k, v in zip(kinds, row, strict=True))
+            out[tuple(norm[i] for i in key_idx)] = norm
+    return out
+
+
+def _pg_read(col: Any, c: SourceColumn) -> Any:
+    """PostgreSQL read expressions: money as numeric, enums/domains/bit strings as text."""
+    if isinstance(col.type, postgresql.MONEY):
+        return sa.cast(col, sa.Numeric).label(c.name)
+    if c.kind == "text" and not isinstance(col.type, sa.String):
+        return sa.cast(col, sa.Text).label(c.name)
+    return col.label(c.name)
+
+
+def compare_tables(
+    source: Engine,
+    source_table: tuple[str | None, str],
+    target: Engine,
+    target_table: tuple[str | None, str],
+    *,
+    rename: Mapping[str, str] | None = None,
+    drop: Iterable[str] = (),
+) -> TableDiff:
+    """Compare two whole tables row by row and column by column (for tests and small tables)."""
+    columns, key = describe(source, *source_table)
+    if not key:
+        raise ValidationSetupError(f"source table {source_table[1]} has no primary key")
+    dropped = set(drop)
+    columns = [c for c in columns if c.name not in dropped]
+    src = read_rows(source, *source_table, columns, key)
+    tgt = read_rows(target, *target_table, columns, key, names=rename)
+    diff = TableDiff(source_rows=len(src), target_rows=len(tgt))
+    for k, row in src.items():
+        other = tgt.get(k)
+        if other is None:
+            diff.missing.append(k)
+        elif other != row:
+            diff.changed.append((k, [c.name for c, a, b in zip(columns, row, other, strict=True) if a != b]))
+    diff.extra = [k for k in tgt if k not in src]
+    return diff
