@@ -35,6 +35,7 @@ Errors
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import re
@@ -115,6 +116,8 @@ class Stats:
     dead_lettered: int = 0
     retries: int = 0
     started: float = dataclasses.field(default_factory=time.monotonic)
+    first_record_at: float | None = None  # time.perf_counter() of the first record read
+    last_batch_at: float | None = None  # time.perf_counter() when the last batch was committed
     last_positions: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
 
 
@@ -163,6 +166,8 @@ class ConsumerProcess:
         self._assigned: set[tuple[str, int]] = set()
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._inflight: tuple[concurrent.futures.Future[ApplyResult], _Prepared] | None = None
 
     # ------------------------------------------------------------ kafka plumbing
     def _consumer_config(self) -> dict[str, Any]:
@@ -226,9 +231,9 @@ class ConsumerProcess:
         self._last_activity = time.monotonic()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._pending:
+        if self._pending or self._inflight is not None:
             self.log.info("partitions revoked: applying pending batch first", records=len(self._pending))
-            self._flush()
+            self._flush(wait=True)
         for tp in partitions:
             self._assigned.discard((tp.topic, tp.partition))
         if partitions:
@@ -245,6 +250,7 @@ class ConsumerProcess:
         )
         self._pending = kept
         self._pending_bytes = sum(len(m.value() or b"") + len(m.key() or b"") for m in kept)
+        self._drain()  # its database commit stands (version-guarded); its Kafka commit may fail
         self._assigned -= lost
         consumer.incremental_unassign(partitions)
 
@@ -253,6 +259,9 @@ class ConsumerProcess:
         """Consume until stopped (signal, ``--until-idle``, ``--max-events``). Returns the counters."""
         consumer = Consumer(self._consumer_config())
         self._consumer = consumer
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="streamer-apply"
+        )
         previous = {
             sig: signal.signal(sig, self.stop)
             for sig in (signal.SIGTERM, signal.SIGINT)
@@ -267,10 +276,10 @@ class ConsumerProcess:
             )
             self.log.info("subscribed", topics=self.topic_regex)
             self._loop(consumer)
-            if self._pending:
-                self._flush()
+            self._flush(wait=True)
         finally:
             try:
+                self._executor.shutdown(wait=True)
                 consumer.close()  # leaves the group (revocation callback runs, pending already flushed)
             finally:
                 for sig, handler in previous.items():
@@ -292,7 +301,7 @@ class ConsumerProcess:
         while not self._stop.is_set():
             budget = cfg.batch_max_events - len(self._pending)
             if self.max_events is not None:
-                budget = min(budget, self.max_events - self.stats.records - len(self._pending))
+                budget = min(budget, self.max_events - self._accounted())
             msgs = consumer.consume(num_messages=max(1, min(budget, 1000)), timeout=0.1) if budget > 0 else []
             now = time.monotonic()
             for msg in msgs:
@@ -308,6 +317,8 @@ class ConsumerProcess:
                     continue
                 if not self._pending:
                     self._batch_started = now
+                if self.stats.first_record_at is None:
+                    self.stats.first_record_at = time.perf_counter()
                 self._pending.append(msg)
                 self._pending_bytes += len(msg.value() or b"") + len(msg.key() or b"")
             if msgs:
@@ -316,12 +327,10 @@ class ConsumerProcess:
                 len(self._pending) >= cfg.batch_max_events
                 or self._pending_bytes >= cfg.batch_max_bytes
                 or (now - self._batch_started) * 1000 >= cfg.batch_max_ms
-                or (
-                    self.max_events is not None and self.stats.records + len(self._pending) >= self.max_events
-                )
+                or (self.max_events is not None and self._accounted() >= self.max_events)
             ):
                 self._flush()
-            if self.max_events is not None and self.stats.records >= self.max_events:
+            if self.max_events is not None and self._accounted() >= self.max_events:
                 break
             if (
                 self.until_idle is not None
@@ -342,51 +351,78 @@ class ConsumerProcess:
                 )
 
     # ------------------------------------------------------------ one batch
-    def _flush(self) -> None:
+    def _flush(self, wait: bool = False) -> None:
+        """Decode the pending records and hand them to the apply thread.
+
+        The previous batch is finished (database commit, then Kafka commit) first, so batches are
+        applied strictly in order while the next one is read and decoded: decoding (Python) and
+        the database round trips (no GIL) overlap. ``wait`` also finishes this batch.
+        """
         batch, self._pending, self._pending_bytes = self._pending, [], 0
-        if not batch:
-            return
-        started = time.monotonic()
-        events: list[ChangeEvent] = []
-        origins: dict[tuple[str, int, int], Message] = {}
-        positions: dict[tuple[str, int], int] = {}
-        dead: list[tuple[Message, Exception]] = []
-        poison: tuple[Message, Exception] | None = None
+        prepared = self._decode(batch) if batch else None
+        self._drain()
+        if prepared is not None:
+            assert self._executor is not None
+            future = self._executor.submit(
+                self._apply_with_retry, prepared.events, prepared.positions, prepared.origins, prepared.dead
+            )
+            self._inflight = (future, prepared)
+            if wait or prepared.poison is not None:
+                self._drain()
+
+    def _decode(self, batch: list[Message]) -> _Prepared:
+        prepared = _Prepared(started=time.monotonic())
         for msg in batch:
             topic, partition, offset = _coords(msg)
             try:
-                decoded = self.decoder.decode(topic, partition, offset, msg.key(), msg.value(), _headers(msg))
+                decoded = self.decoder.decode(
+                    topic, partition, offset, msg.key(), msg.value(), headers_of(msg)
+                )
             except DecodeError as exc:
                 if self.cfg.error_policy == "stop":
-                    poison = (msg, exc)
+                    prepared.poison = (msg, exc)
                     break
-                dead.append((msg, exc))
+                prepared.dead.append((msg, exc))
             else:
                 if isinstance(decoded, ChangeEvent):
-                    events.append(decoded)
-                    origins[(topic, partition, offset)] = msg
-            positions[(topic, partition)] = offset + 1
-        consumed = batch.index(poison[0]) if poison is not None else len(batch)
-        result = self._apply_with_retry(events, positions, origins, dead)
-        self._commit(positions)
-        self.stats.records += consumed
+                    prepared.events.append(decoded)
+                    prepared.origins[(topic, partition, offset)] = msg
+            prepared.positions[(topic, partition)] = offset + 1
+            prepared.records += 1
+        return prepared
+
+    def _accounted(self) -> int:
+        """Records read so far: applied, in flight and pending."""
+        inflight = self._inflight[1].records if self._inflight is not None else 0
+        return self.stats.records + inflight + len(self._pending)
+
+    def _drain(self) -> None:
+        """Wait for the batch in flight, then commit its offsets to Kafka and account for it."""
+        if self._inflight is None:
+            return
+        future, prepared = self._inflight
+        self._inflight = None
+        result = future.result()
+        self._commit(prepared.positions)
+        self.stats.records += prepared.records
         self.stats.events_applied += result.events
         self.stats.batches += 1
-        self.stats.last_positions.update(positions)
-        elapsed = time.monotonic() - started
+        self.stats.last_positions.update(prepared.positions)
+        self.stats.last_batch_at = time.perf_counter()
+        elapsed = time.monotonic() - prepared.started
         if self.hooks.on_batch is not None:
-            self.hooks.on_batch(result, elapsed, events)
+            self.hooks.on_batch(result, elapsed, prepared.events)
         self.log.debug(
             "batch applied",
-            records=consumed,
+            records=prepared.records,
             events=result.events,
             tables=result.tables,
             seconds=round(elapsed, 4),
-            offsets={f"{t}[{p}]": o for (t, p), o in sorted(positions.items())},
+            offsets={f"{t}[{p}]": o for (t, p), o in sorted(prepared.positions.items())},
         )
-        if poison is not None:
-            err = poison[1]
-            raise PoisonRecordError(*_coords(poison[0]), err.reason if isinstance(err, DecodeError) else str(err))
+        if prepared.poison is not None:
+            msg, err = prepared.poison
+            raise PoisonRecordError(*_coords(msg), err.reason if isinstance(err, DecodeError) else str(err))
 
     def _apply_with_retry(
         self,
@@ -455,7 +491,7 @@ class ConsumerProcess:
 
         for msg, exc in letters:
             topic, partition, offset = _coords(msg)
-            headers: list[tuple[str, str | bytes | None]] = list(_headers(msg))
+            headers: list[tuple[str, str | bytes | None]] = list(headers_of(msg))
             headers += [
                 ("streamer.error", str(exc).encode()[:4000]),
                 ("streamer.error.class", type(exc).__name__.encode()),
@@ -501,10 +537,23 @@ def _coords(msg: Message) -> tuple[str, int, int]:
     return topic, partition, offset
 
 
-def _headers(msg: Message) -> list[tuple[str, bytes | None]]:
+def headers_of(msg: Message) -> list[tuple[str, bytes | None]]:
     raw = msg.headers() or []
     items = raw.items() if isinstance(raw, dict) else raw
     return [(k, v.encode() if isinstance(v, str) else v) for k, v in items]
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """A decoded batch on its way to the apply thread."""
+
+    started: float
+    records: int = 0
+    events: list[ChangeEvent] = dataclasses.field(default_factory=list)
+    origins: dict[tuple[str, int, int], Message] = dataclasses.field(default_factory=dict)
+    positions: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
+    dead: list[tuple[Message, Exception]] = dataclasses.field(default_factory=list)
+    poison: tuple[Message, Exception] | None = None
 
 
 class _FailedEvent(Exception):

@@ -94,9 +94,10 @@ Connect ``Time``                                 :data:`~streamer.events.TIME_24
 ``ZonedTime``                                    aware ``time``
 ``IsoDate``/``IsoTime``/``IsoTimestamp``         ``date``/naive ``time``/naive ``datetime``
 (``time.precision.mode=isostring``)              (the wall-clock value Debezium wrote as UTC)
-``MicroDuration``, ``NanoDuration``              ``timedelta``. Debezium itself counts a month as
-                                                 30.4375 days and computes in double precision:
-                                                 use ``interval.handling.mode=string`` to be exact
+``MicroDuration``, ``NanoDuration``              ``timedelta``. Debezium counts a month as 30.4375
+                                                 days (PostgreSQL and psycopg2: 30), so intervals
+                                                 with months are approximate: use
+                                                 ``interval.handling.mode=string`` to be exact
 ``io.debezium.time.Interval`` (string mode)      ``str``, kept as sent (ISO 8601
                                                  ``P1Y2M3DT4H5M6.78S``, which PostgreSQL accepts)
 ``io.debezium.time.Year``                        int
@@ -104,7 +105,9 @@ Connect ``Decimal`` (bytes, ``scale``)           ``Decimal``, exact (digits and 
                                                  JSON number (converter ``decimal.format=NUMERIC``)
                                                  is accepted; an integral one is exact, a
                                                  fractional one is only as exact as a double
-``VariableScaleDecimal`` (struct)                ``Decimal``, exact
+``VariableScaleDecimal`` (struct)                ``Decimal``, exact. It cannot carry NaN:
+                                                 Debezium fails the connector on a NaN numeric
+                                                 unless ``decimal.handling.mode`` is string/double
 string with source type NUMERIC/DECIMAL/MONEY    ``Decimal``; ``NAN``/``NaN``/``POSITIVE_INFINITY``
 (``decimal.handling.mode=string``)               /``Infinity``/... give ``Decimal('NaN')``,
                                                  ``Decimal('Infinity')``, ... The source type is
@@ -135,10 +138,14 @@ other structs                                    bytes)
 ``DoubleVector``/``FloatVector``                 ``list`` of float
 =============================================  ================================================
 
-PostgreSQL special values: Debezium sends ``'infinity'``/``'-infinity'`` timestamps as
-``9223372036825200000``/``-9223372036832400000`` (µs; ``…5200``/``…2400`` in ms) and dates as
-epoch days ``-2147472693``/``-2147472692`` (the values the JDBC driver uses); ``Long.MAX_VALUE``/
-``MIN_VALUE`` (and ``Integer`` for dates) are accepted too. They become
+PostgreSQL special values (checked against the real connector by
+``tests/integration/test_decode_pg_types.py``): Debezium 3.1 sends ``'infinity'``/``'-infinity'`` timestamps as
+``9223372036825200000``/``-9223372036832400000`` (µs; ``…5200``/``…2400`` in ms: PGJDBC's
+``DATE_POSITIVE/NEGATIVE_INFINITY``), and dates as epoch days that are no real date - observed
+with the real connector: ``-2147472692``/``-2147472691`` when streamed (pgoutput), and
+``-622191234``/``-625821272`` when read by the snapshot (JDBC; derived from the JVM's calendar,
+seen with a UTC JVM). ``Long.MAX_VALUE``/``MIN_VALUE`` (and ``Integer`` for dates) are accepted
+too. They become
 :data:`~streamer.events.TIMESTAMP_INFINITY`, :data:`~streamer.events.DATE_NEG_INFINITY` etc.:
 ``datetime.max``/``min`` of a marker subclass, so a PostgreSQL writer can write ``'infinity'``
 back. ``ZonedTimestamp`` ``"infinity"``/``"-infinity"`` give ``TIMESTAMPTZ_[NEG_]INFINITY``.
@@ -220,6 +227,7 @@ from streamer.events import (
 __all__ = [
     "DEFAULT_UNAVAILABLE_PLACEHOLDER",
     "BinaryHandlingMode",
+    "Headers",
     "Decoder",
     "SchemaRegistry",
     "SchemaRegistryUnavailableError",
@@ -232,6 +240,8 @@ DEFAULT_HEARTBEAT_TOPIC_PREFIX: Final = "__debezium-heartbeat"
 BinaryHandlingMode = Literal["bytes", "base64", "base64-url-safe", "hex"]
 
 Converter = Callable[[Any], Any]
+Headers = Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None
+"""Record headers as confluent-kafka's ``Message.headers()`` gives them (list of pairs, or a dict)."""
 
 
 class SchemaRegistry(Protocol):
@@ -331,7 +341,6 @@ _EPOCH_ORDINAL: Final = _EPOCH_DATE.toordinal()
 _DAY_US: Final = 86_400_000_000
 _timedelta: Final = dt.timedelta
 _date_fromordinal: Final = dt.date.fromordinal
-_TIME_MIN: Final = dt.time(0, 0)
 _INT64_MAX: Final = 2**63 - 1
 _INT64_MIN: Final = -(2**63)
 
@@ -355,8 +364,12 @@ _TS_MS_SPECIAL: Final = MappingProxyType(
 _TS_NS_SPECIAL: Final = MappingProxyType({_INT64_MAX: TIMESTAMP_INFINITY, _INT64_MIN: TIMESTAMP_NEG_INFINITY})
 _DATE_SPECIAL: Final = MappingProxyType(
     {
-        -2147472693: DATE_INFINITY,  # LocalDate -5877611-06-21, Debezium's POSITIVE_INFINITY_LOCAL_DATE
-        -2147472692: DATE_NEG_INFINITY,  # LocalDate -5877611-06-22
+        # streamed (pgoutput): Debezium's POSITIVE/NEGATIVE_INFINITY_LOCAL_DATE, -5877611-06-21/22
+        -2147472692: DATE_INFINITY,
+        -2147472691: DATE_NEG_INFINITY,
+        # snapshot (JDBC): java.sql.Date(DATE_POSITIVE/NEGATIVE_INFINITY).toLocalDate()
+        -622191234: DATE_INFINITY,
+        -625821272: DATE_NEG_INFINITY,
         2**31 - 1: DATE_INFINITY,
         -(2**31): DATE_NEG_INFINITY,
     }
@@ -1221,7 +1234,7 @@ class Decoder:
         offset: int,
         key: bytes | None,
         value: bytes | None,
-        headers: Sequence[tuple[str, bytes | None]] | None = None,
+        headers: Headers = None,
     ) -> Decoded:
         """Decode one Kafka record. Raises :class:`DecodeError` with the record's coordinates."""
         try:
@@ -1244,7 +1257,7 @@ class Decoder:
         origin: Origin,
         key: bytes | None,
         value: bytes | None,
-        headers: Sequence[tuple[str, bytes | None]] | None,
+        headers: Headers,
     ) -> Decoded:
         if value is None:
             return self._tombstone(origin, key)
@@ -1526,7 +1539,7 @@ class Decoder:
         key: bytes | None,
         plan: _SchemaPlan,
         payload: Any,
-        headers: Sequence[tuple[str, bytes | None]] | None,
+        headers: Headers,
     ) -> ChangeEvent:
         if not isinstance(payload, dict):
             raise DecodeError("flattened record payload is not an object")
@@ -1545,11 +1558,12 @@ class Decoder:
         row: dict[str, Any],
         columns: Mapping[str, ColumnType],
         groups: dict[str, dict[str, Any]],
-        headers: Sequence[tuple[str, bytes | None]] | None,
+        headers: Headers,
         hint: _StructPlan | None = None,
     ) -> ChangeEvent:
         if headers:
-            for hname, hvalue in headers:
+            pairs = headers.items() if isinstance(headers, Mapping) else headers
+            for hname, hvalue in pairs:
                 if hname.startswith(self._meta_prefix) and hvalue is not None:
                     _field, group, name = self._meta_field(hname)
                     groups[group].setdefault(name, _header_value(hvalue))
@@ -1590,7 +1604,7 @@ class Decoder:
         origin: Origin,
         key: bytes | None,
         payload: Any,
-        headers: Sequence[tuple[str, bytes | None]] | None,
+        headers: Headers,
     ) -> Decoded:
         if not isinstance(payload, dict):
             raise DecodeError(f"JSON {type(payload).__name__} is not a Debezium envelope")
@@ -1780,12 +1794,12 @@ def _ts_of(block: Mapping[str, Any]) -> dt.datetime | None:
     return None
 
 
-def _header_value(raw: bytes) -> Any:
+def _header_value(raw: str | bytes) -> Any:
     """A Connect header as SimpleHeaderConverter (plain text) or JsonConverter wrote it."""
-    text = raw.decode("utf-8", "replace")
+    text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
     if text[:1] in ('"', "{", "["):
         try:
-            return orjson.loads(raw)
+            return orjson.loads(text)
         except orjson.JSONDecodeError:
             return text
     return text

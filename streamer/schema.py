@@ -79,8 +79,16 @@ class Router:
     def __init__(self, dialect: str, routes: Mapping[str, RouteSpec] | None = None) -> None:
         self.dialect = dialect
         self.routes = dict(routes or {})
+        self._cache: dict[TableId, Route] = {}
 
     def route(self, table: TableId) -> Route:
+        """The route of a source table (computed once per table)."""
+        found = self._cache.get(table)
+        if found is None:
+            found = self._cache[table] = self._route(table)
+        return found
+
+    def _route(self, table: TableId) -> Route:
         spec = self.routes.get(table.qualified)
         ns = table.schema if table.schema is not None else table.database
         if spec is not None and spec.target:

@@ -33,6 +33,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import decimal
+import hashlib
+import io
 import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -45,7 +47,8 @@ from sqlalchemy.engine import Connection, Engine
 from streamer import state
 from streamer.db import is_transient
 from streamer.errors import StreamerError
-from streamer.events import UNAVAILABLE, ChangeEvent, Op
+from streamer.events import UNAVAILABLE, ChangeEvent, EndOfDay, InfiniteDate, InfiniteDatetime, Op
+from streamer.pgcopy import copy_rows
 from streamer.schema import Route, Router, SchemaManager, TargetTable
 from streamer.settings import Settings
 
@@ -98,6 +101,29 @@ _ADAPTERS: dict[str, dict[type, Adapter]] = {
         dict: _json_text,
     },
 }
+
+
+# PostgreSQL's infinities and 24:00 arrive as marker subclasses; other targets store their bounds
+def _plain_datetime(v: dt.datetime) -> dt.datetime:
+    return dt.datetime(v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond, v.tzinfo)
+
+
+def _plain_date(v: dt.date) -> dt.date:
+    return dt.date(v.year, v.month, v.day)
+
+
+def _plain_time(v: dt.time) -> dt.time:
+    return dt.time(v.hour, v.minute, v.second, v.microsecond, v.tzinfo)
+
+
+def _then(first: Adapter, second: Adapter | None) -> Adapter:
+    return first if second is None else lambda v: second(first(v))
+
+
+for _table in (_ADAPTERS["mysql"], _ADAPTERS["sqlite"]):
+    _table[InfiniteDatetime] = _then(_plain_datetime, _table[dt.datetime])
+    _table[InfiniteDate] = _then(_plain_date, _table.get(dt.date))
+    _table[EndOfDay] = _then(_plain_time, _table.get(dt.time))
 _ADAPTERS["mariadb"] = _ADAPTERS["mysql"]
 
 
@@ -128,6 +154,8 @@ class TablePlan:
 
 
 def _row(route: Route, values: Mapping[str, Any]) -> dict[str, Any]:
+    if not route.rename and not route.drop:
+        return dict(values)
     out: dict[str, Any] = {}
     for name, value in values.items():
         target = route.target_column(name)
@@ -382,23 +410,81 @@ class Sink:
             if truncated is None or plan.truncate_version > truncated:
                 truncated = plan.truncate_version
         # group rows by the set of columns they carry (unavailable TOAST values left out)
-        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        adapt = self.adapt
+        groups: dict[tuple[str, ...], list[list[Any]]] = {}
+        pg = self.dialect == "postgresql"
+        adapt = None if pg else self.adapt  # COPY formats Python values itself
+        known = set(table.columns)
         for row, version in plan.upserts.values():
             if truncated is not None and version < truncated:
                 continue
-            values = {c: adapt(v) for c, v in row.items() if v is not UNAVAILABLE and table.has(c)}
-            values[ver] = version
-            groups.setdefault(tuple(values), []).append(values)
-        for columns, rows in groups.items():
-            conn.execute(_upsert_statement(self.dialect, table, columns), rows)
-        if plan.deletes:
-            params = []
-            for key_row, version in plan.deletes.values():
-                p = {f"k_{i}": adapt(key_row.get(k)) for i, k in enumerate(table.key)}
-                p["v_version"] = version
-                params.append(p)
+            cols = tuple(c for c, v in row.items() if v is not UNAVAILABLE and c in known)
+            values = [row[c] for c in cols] if adapt is None else [adapt(row[c]) for c in cols]
+            values.append(version)
+            groups.setdefault(cols, []).append(values)
+        deletes = [
+            [*(key_row.get(k) for k in table.key), version] for key_row, version in plan.deletes.values()
+        ]
+        if pg:
+            self._merge_pg(conn, table, groups, deletes)
+            return
+        assert adapt is not None
+        for cols, rows in groups.items():
+            names = [*cols, ver]
+            conn.execute(
+                _upsert_statement(self.dialect, table, names),
+                [dict(zip(names, r, strict=True)) for r in rows],
+            )
+        if deletes:
+            n = len(table.key)
+            params = [{**{f"k_{i}": adapt(d[i]) for i in range(n)}, "v_version": d[n]} for d in deletes]
             conn.execute(_delete_statement(table), params)
+
+    def _merge_pg(
+        self,
+        conn: Connection,
+        table: TargetTable,
+        groups: Mapping[tuple[str, ...], list[list[Any]]],
+        deletes: list[list[Any]],
+    ) -> None:
+        """COPY rows into a temporary table, then one guarded merge (or delete) statement per group."""
+        prep = conn.dialect.identifier_preparer
+        target = prep.format_table(sa.table(table.route.target_table, schema=table.route.target_schema))
+        q = prep.quote
+        ver = q(table.version_column)
+        stage = q("_streamer_stage_" + _digest(target, *table.columns))
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        cur = dbapi.cursor()
+        try:
+            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {target}) ON COMMIT DELETE ROWS")
+            key = ", ".join(q(k) for k in table.key)
+            for cols, rows in groups.items():
+                names = [*cols, table.version_column]
+                collist = ", ".join(q(c) for c in names)
+                cur.copy_expert(f"COPY {stage} ({collist}) FROM STDIN", io.StringIO(copy_rows(rows)))
+                updates = ", ".join(f"{q(c)} = EXCLUDED.{q(c)}" for c in names if c not in table.key)
+                cur.execute(  # identifiers quoted by the dialect's preparer above
+                    f"INSERT INTO {target} AS t ({collist}) SELECT {collist} FROM {stage} "  # noqa: S608
+                    f"ON CONFLICT ({key}) DO UPDATE SET {updates} "
+                    f"WHERE t.{ver} IS NULL OR t.{ver} < EXCLUDED.{ver}"
+                )
+                cur.execute(f"TRUNCATE {stage}")
+            if deletes:
+                names = [*table.key, table.version_column]
+                collist = ", ".join(q(c) for c in names)
+                cur.copy_expert(f"COPY {stage} ({collist}) FROM STDIN", io.StringIO(copy_rows(deletes)))
+                match = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in table.key)
+                cur.execute(  # identifiers quoted by the dialect's preparer above
+                    f"DELETE FROM {target} AS t USING {stage} AS s WHERE {match} "  # noqa: S608
+                    f"AND (t.{ver} IS NULL OR t.{ver} < s.{ver})"
+                )
+                cur.execute(f"TRUNCATE {stage}")
+        finally:
+            cur.close()
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha1("\x00".join(parts).encode()).hexdigest()[:16]
 
 
 def build_sink(settings: Settings, engine: Engine | None = None) -> Sink:

@@ -68,9 +68,11 @@ def _customer(rng: random.Random) -> tuple[Any, ...]:
         f"c{n}@example.com" if rng.random() < 0.9 else None,
         f"{rng.randrange(2015, 2026)}-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d} "
         f"{rng.randrange(24):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d}.{rng.randrange(10**6):06d}+00",
-        f"{rng.randrange(-10**6, 10**8) / 100:.2f}",
+        f"{rng.randrange(-(10**6), 10**8) / 100:.2f}",
         rng.random() < 0.8,
-        psycopg2.extras.Json({"tier": rng.choice(["gold", "silver", None]), "n": n, "tags": ["a", "b"][: rng.randrange(3)]}),
+        psycopg2.extras.Json(
+            {"tier": rng.choice(["gold", "silver", None]), "n": n, "tags": ["a", "b"][: rng.randrange(3)]}
+        ),
     )
 
 
@@ -112,7 +114,9 @@ INSERT = {
 }
 
 
-def create_sample(dsn: str, schema: str, rows: int, seed: int = 1, progress: Callable[[int], None] | None = None) -> dict[str, int]:
+def create_sample(
+    dsn: str, schema: str, rows: int, seed: int = 1, progress: Callable[[int], None] | None = None
+) -> dict[str, int]:
     """Create the sample tables in ``schema`` and fill them with about ``rows`` rows in all."""
     rng = random.Random(seed)
     per = {"customers": rows // 4, "products": rows // 4, "orders": rows - 2 * (rows // 4)}
@@ -198,7 +202,9 @@ def run_workload(
                             psycopg2.extras.execute_values(cur, INSERT[table].format(s=s), [_product(rng)])
                             max_p += 1
                         else:
-                            psycopg2.extras.execute_values(cur, INSERT[table].format(s=s), [_order(rng, max_c, max_p)])
+                            psycopg2.extras.execute_values(
+                                cur, INSERT[table].format(s=s), [_order(rng, max_c, max_p)]
+                            )
                         stats.inserts += 1
                     elif action < 0.85:
                         target = rng.randrange(1, max(2, max_c if table == "customers" else max_p))

@@ -399,6 +399,10 @@ def test_flattened_deleted_as_boolean_and_op_from_headers() -> None:
     event = rec.decoder().decode(TOPIC, 0, 1, rec.key({"id": 1}), value, headers)
     assert isinstance(event, ChangeEvent)
     assert event.op is Op.CREATE and event.position.lsn == 4242
+    # confluent-kafka may also hand headers over as a dict, with str values
+    event = rec.decoder().decode(TOPIC, 0, 1, rec.key({"id": 1}), value, {"__op": "r", "__source_lsn": "77"})
+    assert isinstance(event, ChangeEvent)
+    assert event.op is Op.READ and event.position.lsn == 77
 
 
 def test_schemaless_object_without_envelope_or_metadata_is_an_error() -> None:

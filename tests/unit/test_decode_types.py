@@ -132,8 +132,10 @@ CASES: list[tuple[str, dict[str, Any], Any, Any]] = [
     # dates and times (time.precision.mode=adaptive / adaptive_time_microseconds)
     ("Date", col("int32", "io.debezium.time.Date"), 19874, dt.date(2024, 5, 31)),
     ("Date before epoch", col("int32", "io.debezium.time.Date"), -719162, dt.date(1, 1, 1)),
-    ("Date +infinity", col("int32", "io.debezium.time.Date"), -2147472693, DATE_INFINITY),
-    ("Date -infinity", col("int32", "io.debezium.time.Date"), -2147472692, DATE_NEG_INFINITY),
+    ("Date +infinity streamed", col("int32", "io.debezium.time.Date"), -2147472692, DATE_INFINITY),
+    ("Date -infinity streamed", col("int32", "io.debezium.time.Date"), -2147472691, DATE_NEG_INFINITY),
+    ("Date +infinity snapshot", col("int32", "io.debezium.time.Date"), -622191234, DATE_INFINITY),
+    ("Date -infinity snapshot", col("int32", "io.debezium.time.Date"), -625821272, DATE_NEG_INFINITY),
     ("Time ms", col("int32", "io.debezium.time.Time"), 45296789, dt.time(12, 34, 56, 789000)),
     ("MicroTime", col("int64", "io.debezium.time.MicroTime"), 45296789012, dt.time(12, 34, 56, 789012)),
     ("MicroTime midnight", col("int64", "io.debezium.time.MicroTime"), 0, dt.time(0, 0)),

@@ -165,3 +165,15 @@ def test_value_adapters() -> None:
     u = uuid.UUID(int=5)
     assert pg(u) == str(u)
     assert pg(decimal.Decimal("1.5")) == decimal.Decimal("1.5")
+
+
+def test_special_temporal_markers_on_other_targets() -> None:
+    from streamer.events import DATE_INFINITY, TIMESTAMP_INFINITY, EndOfDay
+
+    my = value_adapter("mysql")
+    assert my(TIMESTAMP_INFINITY) == dt.datetime.max and type(my(TIMESTAMP_INFINITY)) is dt.datetime
+    assert type(my(DATE_INFINITY)) is dt.date
+    assert my(EndOfDay(23, 59, 59, 999999)) == dt.time(23, 59, 59, 999999)
+    lite = value_adapter("sqlite")
+    assert lite(TIMESTAMP_INFINITY) == "9999-12-31 23:59:59.999999"
+    assert lite(DATE_INFINITY) == "9999-12-31"
