@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import ProgressColumn, Task
 from rich.table import Table
 from rich.text import Text
 
@@ -162,6 +163,206 @@ def consume(
     )
 
 
+# ---------------------------------------------------------------- load
+@app.command("load")
+def load(
+    ctx: typer.Context,
+    table: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--table", "-t", help="schema.table to load (repeatable; default: the connector files' tables)."
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Parallel workers over disjoint key ranges.")] = 2,
+    chunk_rows: Annotated[
+        int, typer.Option(help="Rows per chunk (keyset pagination, checkpointed).")
+    ] = 50_000,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted load with the chunks not yet done.")
+    ] = False,
+    no_key: Annotated[
+        bool, typer.Option(help="Copy tables without a primary key whole (no merge with the stream).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Seed target tables from one consistent snapshot of the source, in bulk (see README, "The loader")."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from streamer import logs
+    from streamer.load import Loader, tables_from_connectors
+    from streamer.sink import build_sink
+
+    settings = settings_of(ctx)
+    logs.configure(settings.log_format, "warning" if sys.stderr.isatty() else settings.log_level)
+    tables = list(table or tables_from_connectors(settings.connectors_dir))
+    if not tables:
+        raise StreamerError(
+            f"no tables: pass --table schema.table or add connector files to {settings.connectors_dir}"
+        )
+    sink = build_sink(settings)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+        _RateColumn(),
+        TimeRemainingColumn(),
+    )
+    try:
+        with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
+            loader = Loader(
+                settings.source_url,
+                sink,
+                workers=workers,
+                chunk_rows=chunk_rows,
+                resume=resume,
+                no_key=no_key,
+                progress=progress,
+            )
+            reports = loader.run(tables)
+    finally:
+        sink.engine.dispose()
+    if as_json:
+        import dataclasses
+        import json as _json
+
+        print(_json.dumps([dataclasses.asdict(r) for r in reports]))
+        return
+    out = Table(title="streamer load")
+    for col in ("table", "target", "rows", "chunks", "resumed past", "rows/s", "swept"):
+        out.add_column(col)
+    for r in reports:
+        rate = r.rows / r.seconds if r.seconds else 0
+        out.add_row(
+            r.table, r.target, str(r.rows), str(r.chunks), str(r.chunks_skipped), f"{rate:,.0f}", str(r.swept)
+        )
+    Console().print(out)
+
+
+# ---------------------------------------------------------------- validate
+@app.command("validate")
+def validate(
+    ctx: typer.Context,
+    table: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--table", "-t", help="Source schema.table (repeatable; default: the connector files' tables)."
+        ),
+    ] = None,
+    sample: Annotated[
+        int | None, typer.Option(help="Compare only N random rows per table (counts stay exact).")
+    ] = None,
+    chunk_rows: Annotated[int, typer.Option(help="Rows per checksummed key range.")] = 20_000,
+    settle: Annotated[
+        float,
+        typer.Option(
+            help="While the stream runs: re-check a differing table after this many seconds (3 tries)."
+        ),
+    ] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
+) -> None:
+    """Prove source == target: counts, range checksums, differing keys and columns. Exit 1 on any difference."""
+    import json as _json
+    import time as _time
+
+    from streamer.db import create_target_engine
+    from streamer.events import TableId
+    from streamer.load import tables_from_connectors
+    from streamer.schema import Router, RouteSpec
+    from streamer.validate import validate_table
+
+    settings = settings_of(ctx)
+    tables = list(table or tables_from_connectors(settings.connectors_dir))
+    if not tables:
+        raise StreamerError(
+            f"no tables: pass --table schema.table or add connector files to {settings.connectors_dir}"
+        )
+    source = create_target_engine(settings.source_url)
+    target = create_target_engine(settings.target_url)
+    routes = {
+        n: RouteSpec(r.target, dict(r.rename), tuple(r.drop), dict(r.cast))
+        for n, r in settings.routes.items()
+    }
+    router = Router(target.dialect.name, routes)
+    results = []
+    try:
+        database = source.url.database
+        for name in tables:
+            schema, _, tbl = name.rpartition(".")
+            schema = schema or "public"
+            route = router.route(TableId(database, schema, tbl))
+            for attempt in range(3 if settle > 0 else 1):
+                diff = validate_table(
+                    source,
+                    (schema, tbl),
+                    target,
+                    (route.target_schema, route.target_table),
+                    rename=route.rename,
+                    drop=route.drop,
+                    chunk_rows=chunk_rows,
+                    sample=sample,
+                )
+                if diff.equal or attempt == 2 or settle <= 0:
+                    break
+                _time.sleep(settle)
+            results.append((f"{schema}.{tbl}", route.qualified, diff))
+    finally:
+        source.dispose()
+        target.dispose()
+    ok = all(d.equal for _, _, d in results)
+    if as_json:
+        print(
+            _json.dumps(
+                {
+                    "ok": ok,
+                    "tables": [
+                        {
+                            "table": src,
+                            "target": tgt,
+                            "equal": d.equal,
+                            "source_rows": d.source_rows,
+                            "target_rows": d.target_rows,
+                            "ranges": d.ranges,
+                            "ranges_differing": d.ranges_differing,
+                            "missing": [list(k) for k in d.missing[:100]],
+                            "extra": [list(k) for k in d.extra[:100]],
+                            "changed": [{"key": list(k), "columns": cols} for k, cols in d.changed[:100]],
+                        }
+                        for src, tgt, d in results
+                    ],
+                },
+                default=str,
+            )
+        )
+    else:
+        out = Table(title="streamer validate" + (f" (sample of {sample} rows per table)" if sample else ""))
+        for col in ("table", "target", "source rows", "target rows", "ranges", "result", "first differences"):
+            out.add_column(col)
+        for src, tgt, d in results:
+            notes = [f"missing {k}" for k in d.missing[:3]] + [f"extra {k}" for k in d.extra[:3]]
+            notes += [f"changed {k}: {', '.join(cols)}" for k, cols in d.changed[:3]]
+            out.add_row(
+                src,
+                tgt,
+                str(d.source_rows),
+                str(d.target_rows),
+                f"{d.ranges_differing}/{d.ranges} differ" if d.ranges else "-",
+                "[green]equal[/]" if d.equal else "[red]DIFFERENT[/]",
+                "\n".join(notes) or ("row counts differ" if not d.equal else ""),
+            )
+        Console().print(out)
+    if not ok:
+        raise typer.Exit(1)
+
+
+class _RateColumn(ProgressColumn):
+    """Rows per second of a task."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:>9,.0f} rows/s" if speed else "        - rows/s")
+
+
 def _config_path(ctx: typer.Context) -> Path | None:
     value = ctx.find_root().params.get("config")
     return Path(value) if value else None
@@ -188,19 +389,23 @@ def _print_status(stack: Stack) -> bool:
 
 # ---------------------------------------------------------------- connectors (issue 8)
 connectors_app = typer.Typer(
-    help="Connectors as files: validate, plan and apply connectors/*.json on Kafka Connect.", no_args_is_help=True
+    help="Connectors as files: validate, plan and apply connectors/*.json on Kafka Connect.",
+    no_args_is_help=True,
 )
 app.add_typer(connectors_app, name="connectors")
 
 ConnectorsDirOption = Annotated[
-    Path | None, typer.Option("--dir", help="Directory of connector files (default: settings connectors_dir).")
+    Path | None,
+    typer.Option("--dir", help="Directory of connector files (default: settings connectors_dir)."),
 ]
 ConnectUrlOption = Annotated[
     str | None, typer.Option("--connect-url", help="Kafka Connect REST URL (default: settings connect_url).")
 ]
 ConnectTimeoutOption = Annotated[
     float,
-    typer.Option("--connect-timeout", help="Seconds to keep retrying while Connect is unreachable or rebalancing."),
+    typer.Option(
+        "--connect-timeout", help="Seconds to keep retrying while Connect is unreachable or rebalancing."
+    ),
 ]
 
 
@@ -258,7 +463,9 @@ def connectors_plan(
     directory: ConnectorsDirOption = None,
     connect_url: ConnectUrlOption = None,
     connect_timeout: ConnectTimeoutOption = 30.0,
-    prune: Annotated[bool, typer.Option(help="Also plan deleting this scope's connectors that have no file.")] = False,
+    prune: Annotated[
+        bool, typer.Option(help="Also plan deleting this scope's connectors that have no file.")
+    ] = False,
 ) -> None:
     """Compare the files with the worker: + create, ~ update (key by key), = unchanged, - delete (with --prune)."""
     directory, client = _connectors_setup(ctx, directory, connect_url, connect_timeout)
@@ -280,7 +487,9 @@ def connectors_apply(
     ] = False,
     wait: Annotated[
         float | None,
-        typer.Option(help="Wait up to SECONDS until every connector and task is RUNNING; FAILED exits 1 with the trace."),
+        typer.Option(
+            help="Wait up to SECONDS until every connector and task is RUNNING; FAILED exits 1 with the trace."
+        ),
     ] = None,
 ) -> None:
     """Validate, then create/update only what differs (Connect restarts a connector on every PUT), prune, wait."""
@@ -323,9 +532,12 @@ def connectors_status(
     directory: ConnectorsDirOption = None,
     connect_url: ConnectUrlOption = None,
     connect_timeout: ConnectTimeoutOption = 30.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with full traces) instead of a table.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON (with full traces) instead of a table.")
+    ] = False,
     everything: Annotated[
-        bool, typer.Option("--all", help="Every connector on the worker, not only the files' and this scope's.")
+        bool,
+        typer.Option("--all", help="Every connector on the worker, not only the files' and this scope's."),
     ] = False,
 ) -> None:
     """Each connector: state, tasks, worker ids, topics. Exit 1 if one is absent, FAILED or not yet RUNNING."""
@@ -347,7 +559,8 @@ def connectors_status(
             table.add_row(
                 r.name, Text(state, style=color), st.worker_id if st else "", tasks, "\n".join(r.topics)
             )
-        Console(highlight=False).print(table)
+        # not a terminal (CI logs, pipes): wide enough that topic names are not folded
+        Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
         for r in reports:
             for line in _trace_summaries(r, masker):
                 _err().print(Text(line, style="red"))
@@ -464,6 +677,89 @@ def connectors_delete(
 
 
 # ---------------------------------------------------------------- end connectors
+
+
+# ---------------------------------------------------------------- replicate (issue 7)
+@app.command("replicate")
+def replicate(
+    ctx: typer.Context,
+    slot: Annotated[str, typer.Option(help="Logical replication slot (pgoutput) to read.")],
+    publication: Annotated[str, typer.Option(help="Publication naming the tables to replicate.")],
+    source: Annotated[
+        str | None, typer.Option(help="Source PostgreSQL URL (default: settings source_url).")
+    ] = None,
+    tables: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated schema.table list for --create (publication FOR TABLE ...)."),
+    ] = None,
+    create: Annotated[
+        bool,
+        typer.Option(
+            "--create",
+            help="Create the publication and the slot when missing (reuse them when present); prints the "
+            "slot's consistent point.",
+        ),
+    ] = False,
+    group: Annotated[
+        str | None, typer.Option(help="Name of the position in _streamer_offsets (default: the slot name).")
+    ] = None,
+    until_idle: Annotated[
+        float | None, typer.Option(help="Stop after the stream has been quiet for this many seconds.")
+    ] = None,
+    max_events: Annotated[
+        int | None,
+        typer.Option(help="Stop after this many events (at a transaction boundary); 0: set up and exit."),
+    ] = None,
+    error_policy: Annotated[
+        str | None, typer.Option(help="stop or dlq (default: consumer.error_policy); dlq needs --dlq-file.")
+    ] = None,
+    dlq_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --error-policy dlq: append changes that cannot be applied here (JSON lines)."
+        ),
+    ] = None,
+) -> None:
+    """Stream a PostgreSQL logical replication slot (pgoutput) into the target, without Kafka."""
+    from streamer import logs, state
+    from streamer.replicate import ReplicationProcess
+    from streamer.sink import build_sink
+
+    settings = settings_of(ctx)
+    if error_policy is not None:
+        settings = load_settings(
+            overrides={"consumer": {"error_policy": error_policy}}, path=_config_path(ctx)
+        )
+    logs.configure(settings.log_format, settings.log_level)
+    sink = build_sink(settings)
+    try:
+        state.upgrade(sink.engine)
+        proc = ReplicationProcess(
+            settings,
+            sink,
+            source_url=source or settings.source_url,
+            slot=slot,
+            publication=publication,
+            tables=[t.strip() for t in (tables or "").split(",") if t.strip()],
+            create=create,
+            group=group,
+            until_idle=until_idle,
+            max_events=max_events,
+            dlq_file=dlq_file,
+            report=lambda line: print(line, flush=True),
+        )
+        stats = proc.run()
+    finally:
+        sink.engine.dispose()
+    print(
+        f"replicated {stats.transactions} transactions, applied {stats.events_applied} events in "
+        f"{stats.batches} batches ({stats.streamed_transactions} transactions streamed in progress), "
+        f"skipped {stats.skipped_transactions} already applied, dead-lettered {stats.dead_lettered}",
+        file=sys.stderr,
+    )
+
+
+# ---------------------------------------------------------------- end replicate
 
 
 def main() -> None:

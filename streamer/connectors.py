@@ -20,8 +20,8 @@ Rules (see the README section "Connectors as files"):
   their last part. A secret's value is shown only when it is made of placeholders alone (the
   placeholder names a variable, it holds no secret); any literal is shown as ``****``, and literal
   secret values are also scrubbed from Connect's messages and traces before they are printed.
-* **Ownership.** ``apply`` adds ``streamer.scope`` to every config it pushes; its value is the
-  scope, by default the connector directory's name (``connectors``). ``--prune`` deletes only
+* **Ownership.** ``apply`` adds ``streamer.scope`` to every config it pushes; its value, the
+  scope, is the connector directory's name (``connectors``). ``--prune`` deletes only
   connectors on the worker whose ``streamer.scope`` equals the scope and that have no file: never a
   connector somebody created by hand, by another tool, or from a directory of another name.
 * **Minimal writes.** Connect restarts a connector on every ``PUT .../config``, even an identical one
@@ -60,7 +60,6 @@ CONFIRM_SECONDS = 1.0
 # a FAILED state whose traces equal the ones from before the PUT may be the old instance's
 STALE_FAILURE_SECONDS = 20.0
 
-_PLACEHOLDER = re.compile(r"\$\{[^{}]*\}")
 _PLACEHOLDERS_ONLY = re.compile(r"(?:\$\{[^{}]*\})+")
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "credential")
 _TOP_LEVEL = ("name", "config")
@@ -577,11 +576,6 @@ def validate(client: ConnectClient, files: Sequence[ConnectorFile], masker: Mask
         raise ConnectorValidationError("\n".join(str(p) for p in problems))
 
 
-def read_plan(client: ConnectClient, files: Sequence[ConnectorFile], scope: str, prune: bool) -> Plan:
-    """The plan against the worker's current configs (``GET /connectors?expand=info``)."""
-    return make_plan(files, client.configs(), scope, prune)
-
-
 Report = Callable[[str], None]
 
 
@@ -814,8 +808,8 @@ def collect_status(
             try:
                 status = client.status(name)
                 active = client.topics(name)
-            except ConnectorNotFoundError:
-                status = None
+            except ConnectorNotFoundError:  # created a moment ago: no status written yet
+                status = ConnectorStatus(name, "NO STATUS YET", "", "", ())
         reports.append(
             ConnectorReport(
                 name,

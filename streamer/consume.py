@@ -167,6 +167,9 @@ class ConsumerProcess:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._held: dict[tuple[str, int], tuple[int, str]] = {}
+        self._loading: set[str] = set()
+        self._loading_checked = -1e9
         self._inflight: tuple[concurrent.futures.Future[ApplyResult], _Prepared] | None = None
 
     # ------------------------------------------------------------ kafka plumbing
@@ -236,6 +239,7 @@ class ConsumerProcess:
             self._flush(wait=True)
         for tp in partitions:
             self._assigned.discard((tp.topic, tp.partition))
+            self._held.pop((tp.topic, tp.partition), None)
         if partitions:
             self.log.info(
                 "partitions revoked", partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions]
@@ -339,6 +343,8 @@ class ConsumerProcess:
             ):
                 self.log.info("idle, stopping", idle_seconds=self.until_idle)
                 break
+            if self._held and not msgs:
+                self._release_held()
             if now - last_progress >= 5:
                 last_progress = now
                 elapsed = max(now - self.stats.started, 1e-9)
@@ -372,8 +378,11 @@ class ConsumerProcess:
 
     def _decode(self, batch: list[Message]) -> _Prepared:
         prepared = _Prepared(started=time.monotonic())
+        loading = self._loading_tables()
         for msg in batch:
             topic, partition, offset = _coords(msg)
+            if (topic, partition) in self._held:
+                continue  # fetched before the pause took effect; read again after the load
             try:
                 decoded = self.decoder.decode(
                     topic, partition, offset, msg.key(), msg.value(), headers_of(msg)
@@ -385,11 +394,54 @@ class ConsumerProcess:
                 prepared.dead.append((msg, exc))
             else:
                 if isinstance(decoded, ChangeEvent):
+                    if loading and self.sink.router.route(decoded.table).qualified in loading:
+                        self._hold(topic, partition, offset, self.sink.router.route(decoded.table).qualified)
+                        continue
                     prepared.events.append(decoded)
                     prepared.origins[(topic, partition, offset)] = msg
             prepared.positions[(topic, partition)] = offset + 1
             prepared.records += 1
         return prepared
+
+    # ------------------------------------------------------------ tables being loaded
+    def _loading_tables(self) -> set[str]:
+        """Target tables ``streamer load`` is writing now (re-read at most every 2 s)."""
+        now = time.monotonic()
+        if now - self._loading_checked >= 2.0:
+            from streamer.load import loading_tables
+
+            with self.sink.engine.connect() as conn:
+                self._loading = loading_tables(conn)
+            self._loading_checked = now
+        return self._loading
+
+    def _hold(self, topic: str, partition: int, offset: int, table: str) -> None:
+        """Stop at ``offset`` until the load of ``table`` is done: seek back there and pause."""
+        assert self._consumer is not None
+        self._held[(topic, partition)] = (offset, table)
+        tp = TopicPartition(topic, partition, offset)
+        self._consumer.pause([tp])
+        self._consumer.seek(tp)
+        self.log.info(
+            "holding partition while its table is loaded",
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            table=table,
+        )
+
+    def _release_held(self) -> None:
+        if not self._held:
+            return
+        loading = self._loading_tables()
+        done = [(tp, off) for tp, (off, table) in self._held.items() if table not in loading]
+        if done and self._consumer is not None:
+            for (topic, partition), _ in done:
+                del self._held[(topic, partition)]
+            self._consumer.resume([TopicPartition(t, p) for (t, p), _ in done])
+            self.log.info(
+                "load finished: resuming partitions", partitions=[f"{t}[{p}]@{o}" for (t, p), o in done]
+            )
 
     def _accounted(self) -> int:
         """Records read so far: applied, in flight and pending."""

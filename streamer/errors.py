@@ -59,3 +59,44 @@ class ConnectorValidationError(ConnectorFileError):
 
 class ConnectorFailedError(ConnectError):
     """A connector or one of its tasks is FAILED (the message holds Connect's trace), or did not reach RUNNING."""
+
+
+# ---------------------------------------------------------------- direct replication (issue 7)
+class ReplicationError(StreamerError):
+    """``streamer replicate`` cannot read the source's logical replication stream."""
+
+
+class WalLevelError(ReplicationError):
+    """The source's ``wal_level`` is not ``logical``."""
+
+
+class ReplicationPrivilegeError(ReplicationError):
+    """The source role may not open a replication connection (no REPLICATION attribute, or pg_hba)."""
+
+
+class SlotNotFoundError(ReplicationError):
+    """The replication slot does not exist (``--create`` makes it), or is not a pgoutput slot of this database."""
+
+
+class SlotInUseError(ReplicationError):
+    """Another process (``active_pid``) is reading the replication slot."""
+
+
+class PublicationNotFoundError(ReplicationError):
+    """The publication does not exist (``--create --tables ...`` makes it) or publishes nothing."""
+
+
+class TableIdentityError(ReplicationError):
+    """A published table has no primary key nor replica identity index, so its changes carry no key."""
+
+
+class ReplicationApplyError(ReplicationError):
+    """A change could not be converted or applied and the error policy is ``stop``; names its LSN."""
+
+    def __init__(self, lsn: str, reason: str) -> None:
+        self.lsn, self.reason = lsn, reason
+        super().__init__(
+            f"change at LSN {lsn} cannot be applied: {reason} (error_policy=stop: the target and the slot "
+            "stay at the transaction before it; fix the cause and run again, or use --error-policy dlq "
+            "--dlq-file PATH to set such changes aside)"
+        )

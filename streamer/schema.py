@@ -262,8 +262,11 @@ class SchemaManager:
     def forget(self) -> None:
         self._known.clear()
 
-    def ensure(self, route: Route, event: ChangeEvent) -> TargetTable:
-        """The target table for an event, created or widened first when the mode allows."""
+    def ensure(self, route: Route, event: ChangeEvent, *, allow_no_key: bool = False) -> TargetTable:
+        """The target table for an event, created or widened first when the mode allows.
+
+        ``allow_no_key`` (the loader's ``--no-key``) creates a table without a primary key.
+        """
         wanted = self._wanted_columns(route, event)
         key = tuple(c for c in (route.target_column(k) for k in event.key_columns) if c)
         cache_key = (route.target_schema, route.target_table)
@@ -271,18 +274,18 @@ class SchemaManager:
         if known is not None and all(known.has(c) for c in wanted):
             return known
         with self.engine.begin() as conn:
-            table = self._reflect(conn, route)
+            table = self._reflect(conn, route, allow_no_key=allow_no_key)
             if table is None:
                 if self.mode == "managed":
                     raise SchemaMismatchError(
                         f"target table {route.qualified} does not exist (schema_mode=managed)"
                     )
-                if not key:
+                if not key and not allow_no_key:
                     raise SchemaMismatchError(
                         f"source table {event.table.qualified} has no primary key; streamer needs one to apply changes"
                     )
                 self._create(conn, route, wanted, key)
-                table = self._reflect(conn, route)
+                table = self._reflect(conn, route, allow_no_key=allow_no_key)
                 assert table is not None
             missing = [c for c in wanted if not table.has(c)]
             if missing:
@@ -292,7 +295,7 @@ class SchemaManager:
                     )
                 for col in missing:
                     self._add_column(conn, route, col, wanted[col])
-                table = self._reflect(conn, route)
+                table = self._reflect(conn, route, allow_no_key=allow_no_key)
                 assert table is not None
             if not table.has(self.version_column):
                 raise SchemaMismatchError(
@@ -353,7 +356,7 @@ class SchemaManager:
         # identifiers are quoted by the dialect's preparer, the type is compiled from a TypeEngine
         conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {prep.quote(name)} {coltype}"))
 
-    def _reflect(self, conn: Connection, route: Route) -> TargetTable | None:
+    def _reflect(self, conn: Connection, route: Route, *, allow_no_key: bool = False) -> TargetTable | None:
         if self.dialect in ("mysql", "mariadb"):
             # information_schema, not SHOW CREATE TABLE parsing (which breaks on backticks in names)
             rows = conn.execute(
@@ -383,6 +386,6 @@ class SchemaManager:
             cols = [c["name"] for c in insp.get_columns(route.target_table, schema=route.target_schema)]
             pk = insp.get_pk_constraint(route.target_table, schema=route.target_schema)
             key = tuple(pk.get("constrained_columns") or ())
-        if not key:
+        if not key and not allow_no_key:
             raise SchemaMismatchError(f"target table {route.qualified} has no primary key")
         return TargetTable(route, cols, key, self.version_column)

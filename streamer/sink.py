@@ -318,6 +318,8 @@ class Sink:
         *,
         isolate: bool = False,
         before_commit: Callable[[ApplyResult], None] | None = None,
+        record_state: bool = True,
+        in_transaction: Callable[[Connection], None] | None = None,
     ) -> ApplyResult:
         """Apply events and record ``positions`` ((topic, partition) -> next offset) in one transaction.
 
@@ -326,6 +328,8 @@ class Sink:
         fail with a permanent error are returned in ``ApplyResult.failed`` and the rest is
         committed. ``before_commit`` runs last inside the transaction (the consumer produces
         dead letters there, so a crash cannot lose them); if it raises, nothing is committed.
+        ``in_transaction`` writes more in the same transaction (the loader's checkpoint);
+        ``record_state=False`` leaves streamer's state tables alone.
         """
         result = ApplyResult()
         # DDL first, outside the data transaction (SQLite allows one writer at a time)
@@ -379,8 +383,11 @@ class Sink:
                         result.last_versions[name] = max(v, result.last_versions.get(name, ""))
                     for name, v in single.truncates.items():
                         truncated[name] = result.truncates[name] = max(v, result.truncates.get(name, ""))
-            state.record_tables(conn, result.last_versions, result.truncates)
-            state.save_offsets(conn, group, positions)
+            if record_state:
+                state.record_tables(conn, result.last_versions, result.truncates)
+                state.save_offsets(conn, group, positions)
+            if in_transaction is not None:
+                in_transaction(conn)
             if before_commit is not None:
                 before_commit(result)
         return result

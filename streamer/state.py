@@ -5,6 +5,8 @@
   follows is lost; on assignment the consumer starts from it when it is ahead of Kafka's.
 * ``_streamer_tables``: per target table, the newest source position applied and the position
   of the latest truncate (changes older than that are not applied again).
+* ``_streamer_loads`` and ``_streamer_load_chunks``: the loader's progress per table and chunk
+  (``streamer load --resume``), and which tables are being loaded right now.
 
 The tables are created and upgraded by the Alembic migrations in ``streamer/migrations``
 (``streamer db upgrade``; every command that writes to a target runs it first). Alembic's own
@@ -44,6 +46,29 @@ tables_table = sa.Table(
     sa.Column("last_version", sa.String(40)),
     sa.Column("truncated_version", sa.String(40)),
     sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
+loads_table = sa.Table(
+    "_streamer_loads",
+    _meta,
+    sa.Column("table_name", sa.String(512), primary_key=True),
+    sa.Column("source_table", sa.String(512), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("floor_version", sa.String(40), nullable=False),
+    sa.Column("snapshot_version", sa.String(40), nullable=False),
+    sa.Column("rows_loaded", sa.BigInteger, nullable=False),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime),
+)
+load_chunks_table = sa.Table(
+    "_streamer_load_chunks",
+    _meta,
+    sa.Column("table_name", sa.String(512), primary_key=True),
+    sa.Column("chunk_no", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("lo_key", sa.Text),
+    sa.Column("hi_key", sa.Text),
+    sa.Column("done", sa.Boolean, nullable=False),
+    sa.Column("rows_loaded", sa.BigInteger),
 )
 
 

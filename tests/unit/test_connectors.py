@@ -92,11 +92,20 @@ def test_non_string_values_are_errors_with_their_position_and_the_quoted_form() 
     ("data", "expected"),
     [
         ([1, 2], 'c/x.json:1:1: a connector file holds one JSON object: {"name": ..., "config": {...}}'),
-        ({"config": {"connector.class": "C"}}, "c/x.json:1:1: missing \"name\" (the connector's name)"),
+        ({"config": {"connector.class": "C"}}, 'c/x.json:1:1: missing "name" (the connector\'s name)'),
         ({"name": "x"}, 'c/x.json:1:1: missing "config" (an object of string values)'),
-        ({"name": "", "config": {"connector.class": "C"}}, 'c/x.json:1:2: "name" must be a non-empty string, got str'),
-        ({"name": 5, "config": {"connector.class": "C"}}, 'c/x.json:1:2: "name" must be a non-empty string, got a number'),
-        ({"name": "a/b", "config": {"connector.class": "C"}}, "c/x.json:1:2: \"name\" 'a/b' has leading/trailing"),
+        (
+            {"name": "", "config": {"connector.class": "C"}},
+            'c/x.json:1:2: "name" must be a non-empty string, got str',
+        ),
+        (
+            {"name": 5, "config": {"connector.class": "C"}},
+            'c/x.json:1:2: "name" must be a non-empty string, got a number',
+        ),
+        (
+            {"name": "a/b", "config": {"connector.class": "C"}},
+            "c/x.json:1:2: \"name\" 'a/b' has leading/trailing",
+        ),
         ({"name": "x", "config": "C"}, 'c/x.json:1:15: "config" must be an object of string values, got str'),
         ({"name": "x", "config": {"tasks.max": "1"}}, 'c/x.json:1:15: config has no "connector.class"'),
         ({"name": "x", "config": {"connector.class": " "}}, 'c/x.json:1:26: "connector.class" is empty'),
@@ -243,7 +252,10 @@ def test_not_secret_keys(key: str) -> None:
 def test_display_keeps_placeholders_masks_literal_secrets() -> None:
     assert display_value("database.password", "${env:PW}") == "${env:PW}"
     assert display_value("basic.auth.user.info", "${env:U}:${env:P}") == MASK  # a literal ':' in between
-    assert display_value("sasl.jaas.config", "${file:/etc/jaas:conf}${env:X}") == "${file:/etc/jaas:conf}${env:X}"
+    assert (
+        display_value("sasl.jaas.config", "${file:/etc/jaas:conf}${env:X}")
+        == "${file:/etc/jaas:conf}${env:X}"
+    )
     assert display_value("database.password", "hunter22") == MASK
     assert display_value("database.password", "${env:PW}suffix") == MASK
     assert display_value("key.converter", "org.apache.kafka.connect.json.JsonConverter") == (
@@ -265,7 +277,9 @@ def test_masker_scrubs_literal_secrets_from_text_only() -> None:
 def test_literal_secret_warnings() -> None:
     f = as_file(good(**{"database.password": "hunter22", "api.key": "${env:K}", "key.converter": "x"}))
     warnings = [str(w) for w in literal_secrets([f])]
-    assert warnings == ["c/inv.json:6:5: database.password is a literal secret; prefer a placeholder such as ${env:NAME}"]
+    assert warnings == [
+        "c/inv.json:6:5: database.password is a literal secret; prefer a placeholder such as ${env:NAME}"
+    ]
 
 
 # ---------------------------------------------------------------------- diff and plan
@@ -280,7 +294,10 @@ def test_diff_rendering_masks_secrets_but_keeps_placeholders() -> None:
     assert KeyChange("database.password", "old-secret", "new-secret").render() == (
         f"~ database.password: {MASK} -> {MASK} (secret changed)"
     )
-    assert KeyChange("database.password", "${env:A}", "lit-secret").render() == f"~ database.password: ${{env:A}} -> {MASK}"
+    assert (
+        KeyChange("database.password", "${env:A}", "lit-secret").render()
+        == f"~ database.password: ${{env:A}} -> {MASK}"
+    )
     assert KeyChange("api.key", None, "abc").render() == f"+ api.key: {MASK}"
     assert KeyChange("key.converter", "a", "b").render() == "~ key.converter: a -> b"
 
@@ -308,7 +325,11 @@ def test_plan_create_update_unchanged_and_orphans_without_prune() -> None:
         "by-hand": {"name": "by-hand", "connector.class": PG},
     }
     plan = make_plan([new, upd, same], current, "connectors")
-    assert [(a.kind, a.name) for a in plan.actions] == [("create", "new"), ("update", "upd"), ("unchanged", "same")]
+    assert [(a.kind, a.name) for a in plan.actions] == [
+        ("create", "new"),
+        ("update", "upd"),
+        ("unchanged", "same"),
+    ]
     assert plan.orphans == ("gone",)
     upd_action = plan.actions[1]
     assert upd_action.changes == (
@@ -337,7 +358,9 @@ def test_plan_adopts_a_connector_created_by_hand_with_the_scope_marker() -> None
     f = as_file(good("inv"))
     by_hand = stored(f, {SCOPE_KEY: None})
     plan = make_plan([f], {"inv": by_hand}, "connectors")
-    assert [(a.kind, a.changes) for a in plan.actions] == [("update", (KeyChange(SCOPE_KEY, None, "connectors"),))]
+    assert [(a.kind, a.changes) for a in plan.actions] == [
+        ("update", (KeyChange(SCOPE_KEY, None, "connectors"),))
+    ]
 
 
 def test_plan_render_is_terraform_like_and_masks_literal_secrets() -> None:

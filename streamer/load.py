@@ -1,0 +1,777 @@
+"""``streamer load``: seed target tables from a consistent snapshot of the source, in bulk.
+
+How a load joins the stream
+---------------------------
+1. The loader opens one snapshot of the source for all its workers: it creates a *temporary
+   logical replication slot* with ``EXPORT_SNAPSHOT`` and every worker imports that snapshot
+   (``SET TRANSACTION SNAPSHOT``) in a ``REPEATABLE READ`` transaction. The slot's
+   ``restart_lsn`` R is a point before the first change of every transaction the snapshot does
+   not see (logical decoding must be able to decode those from R on).
+2. Rows are written with the version ``pg_version(R - 1)``. Every change the snapshot misses has
+   an LSN >= R, so the consumer's version guard applies it over the loaded row; changes the
+   snapshot already holds and that are older than R are skipped. Between R and the snapshot a
+   few changes the snapshot already holds may be applied again: they are re-applied in order, so
+   the row converges to the same state (the guard never lets a row move back past what the
+   stream has applied).
+3. Loaded rows never overwrite a newer row (same guard), and after every chunk of a table is
+   loaded, rows older than the load's floor (and rows without a version) are deleted: they were
+   not in the snapshot, so they no longer exist at the source.
+4. While a table is being loaded it is marked ``loading`` in ``_streamer_loads``; consumers
+   hold back that table's partitions until the load is done, so a delete streamed during the
+   load cannot be undone by a snapshot row written after it.
+
+Without the replication privilege the loader falls back to ``pg_export_snapshot()`` and writes
+rows with the lowest version: still correct (every streamed change applies over them), only the
+stream re-applies more.
+
+Order of operations for "add a table": add it to the connector's ``table.include.list`` and
+``streamer connectors apply`` (the connector's slot now captures it), then ``streamer load
+--table schema.table``, and run (or keep running) ``streamer consume``.
+
+Reading and writing
+-------------------
+Each table is split into chunks of ``--chunk-rows`` keys by a keyset scan of the primary key
+(never ``OFFSET``); ``--workers`` threads take chunks from a queue, each with its own source
+and target connection. A chunk is read with ``COPY (SELECT ... WHERE key > lo AND key <= hi
+ORDER BY key) TO STDOUT``. PostgreSQL targets receive the bytes as they are with ``COPY ...
+FROM STDIN`` (straight into an empty table, else into a temporary table and one guarded merge);
+other targets get the text parsed into the same Python values the stream decoder produces and
+written with the sink's batched upserts. Each chunk's completion is recorded in the target in
+the chunk's own transaction, so ``--resume`` continues an interrupted load with the chunks not
+yet done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+import json
+import queue
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from streamer import logs, state
+from streamer.errors import StreamerError
+from streamer.events import (
+    ChangeEvent,
+    ColumnType,
+    Op,
+    Origin,
+    SourcePosition,
+    TableId,
+    format_lsn,
+    parse_lsn,
+    pg_version,
+)
+from streamer.pgtypes import SESSION_OPTIONS, ColumnPlan, PgType, builtin_type, column_plan
+from streamer.schema import Route, TargetTable, cast_type
+from streamer.sink import Sink
+
+LOWEST_VERSION = pg_version(0)
+_COPY_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{1,2}|[0-7]{1,3}|.)")
+_SIMPLE_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+
+
+class LoadError(StreamerError):
+    """The load cannot start or continue; the message says why."""
+
+
+class NoPrimaryKeyError(LoadError):
+    """A table without a primary key; copy it whole with ``--no-key``."""
+
+
+# ---------------------------------------------------------------- source description
+@dataclasses.dataclass(frozen=True)
+class SourceColumn:
+    name: str
+    plan: ColumnPlan
+    type_name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceTable:
+    schema: str
+    table: str
+    columns: tuple[SourceColumn, ...]
+    key: tuple[str, ...]
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    @property
+    def column_types(self) -> dict[str, ColumnType]:
+        return {c.name: c.plan.column_type for c in self.columns}
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _connect(params: Mapping[str, Any], **extra: Any) -> Any:
+    options = " ".join(f"-c {k}={v}" for k, v in SESSION_OPTIONS)
+    return psycopg2.connect(**{**params, "options": options, "application_name": "streamer-load"}, **extra)
+
+
+class _Types:
+    """Type lookup for column plans: built-in OIDs, else the source catalog."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.cache: dict[int, PgType] = {}
+
+    def __call__(self, oid: int) -> PgType:
+        known = builtin_type(oid) or self.cache.get(oid)
+        if known is not None:
+            return known
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT t.typname, t.typtype, t.typcategory, t.typelem, t.typbasetype, t.typtypmod, t.typdelim, "
+                "CASE WHEN t.typtype = 'e' THEN ARRAY(SELECT e.enumlabel::text FROM pg_enum e "
+                "WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder) END FROM pg_type t WHERE t.oid = %s",
+                (oid,),
+            )
+            row = cur.fetchone()
+        found = (
+            PgType(oid, f"oid{oid}")
+            if row is None
+            else PgType(
+                oid,
+                row[0],
+                row[1],
+                row[2],
+                int(row[3]),
+                int(row[4]),
+                int(row[5]),
+                row[6],
+                tuple(row[7] or ()),
+            )
+        )
+        self.cache[oid] = found
+        return found
+
+
+def describe_source(conn: Any, schema: str, table: str) -> SourceTable:
+    """Columns (with the ColumnTypes Debezium would give them) and primary key of a source table."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+            (schema, table),
+        )
+        row = cur.fetchone()
+        if row is None:
+            raise LoadError(f"source table {schema}.{table} does not exist")
+        relid = row[0]
+        cur.execute(
+            "SELECT a.attname, a.atttypid, a.atttypmod, a.attnotnull, t.typname, pg_get_expr(d.adbin, d.adrelid) "
+            "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+            "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+            "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            (relid,),
+        )
+        cols = cur.fetchall()
+        cur.execute(
+            "SELECT a.attname FROM pg_index i "
+            "CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+            "WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.ord",
+            (relid,),
+        )
+        key = tuple(r[0] for r in cur.fetchall())
+    lookup = _Types(conn)
+    serial = {"int2": "smallserial", "int4": "serial", "int8": "bigserial"}
+    columns = []
+    for name, oid, typmod, notnull, typname, default in cols:
+        source_type = serial[typname] if typname in serial and default and "nextval(" in default else typname
+        plan = column_plan(name, int(oid), int(typmod), lookup, optional=not notnull, source_type=source_type)
+        columns.append(SourceColumn(name, plan, typname))
+    return SourceTable(schema, table, tuple(columns), key)
+
+
+# ---------------------------------------------------------------- snapshot
+@dataclasses.dataclass
+class Snapshot:
+    """An exported snapshot of the source and the version rows loaded from it carry."""
+
+    name: str
+    version: str
+    consistent_lsn: int | None
+    holder: Any  # the connection keeping the snapshot alive until the workers imported it
+    method: str
+
+    def release(self) -> None:
+        if self.holder is not None:
+            try:
+                self.holder.close()
+            finally:
+                self.holder = None
+
+
+def open_snapshot(params: Mapping[str, Any]) -> Snapshot:
+    """A temporary replication slot's exported snapshot (exact version), else ``pg_export_snapshot``."""
+    slot = "streamer_load_" + uuid.uuid4().hex[:12]
+    try:
+        repl = _connect(params, connection_factory=psycopg2.extras.LogicalReplicationConnection)
+    except psycopg2.OperationalError as exc:
+        if "replication" not in str(exc).lower() and "pg_hba" not in str(exc):
+            raise LoadError(f"cannot connect to the source: {str(exc).strip()}") from exc
+        repl = None
+    if repl is not None:
+        try:
+            cur = repl.cursor()
+            cur.execute(f"CREATE_REPLICATION_SLOT {slot} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT")
+            _slot, consistent, snapshot_name, _plugin = cur.fetchone()
+            with _connect(params) as plain, plain.cursor() as c2:
+                c2.execute("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+                restart = parse_lsn(c2.fetchone()[0])
+            plain.close()
+            return Snapshot(
+                snapshot_name,
+                pg_version(max(restart - 1, 0)),
+                parse_lsn(consistent),
+                repl,
+                "replication slot",
+            )
+        except psycopg2.Error as exc:
+            repl.close()
+            logs.get("load").warning(
+                "no replication slot for the snapshot; falling back", error=str(exc).strip()
+            )
+    conn = _connect(params)
+    conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_export_snapshot()")
+        name = cur.fetchone()[0]
+    return Snapshot(name, LOWEST_VERSION, None, conn, "pg_export_snapshot (no replication privilege)")
+
+
+# ---------------------------------------------------------------- chunks
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    no: int
+    lo: tuple[Any, ...] | None  # exclusive
+    hi: tuple[Any, ...] | None  # inclusive
+
+
+def _key_json(key: tuple[Any, ...] | None) -> str | None:
+    if key is None:
+        return None
+    return json.dumps([v if isinstance(v, int | str) else str(v) for v in key])
+
+
+def _key_from_json(text: str | None) -> tuple[Any, ...] | None:
+    return None if text is None else tuple(json.loads(text))
+
+
+def plan_chunks(cur: Any, src: SourceTable, chunk_rows: int) -> tuple[list[Chunk], int]:
+    """Chunk boundaries from a keyset scan of the key (inside the snapshot), and the row count."""
+    keys = ", ".join(_quote(k) for k in src.key)
+    table = f"{_quote(src.schema)}.{_quote(src.table)}"
+    cur.execute(
+        f"SELECT {keys}, n FROM (SELECT {keys}, row_number() OVER (ORDER BY {keys}) AS rn, "  # noqa: S608
+        f"count(*) OVER () AS n FROM {table}) x WHERE rn %% %s = 0 OR rn = n ORDER BY {keys}",
+        (chunk_rows,),
+    )
+    rows = cur.fetchall()
+    total = int(rows[-1][-1]) if rows else 0
+    bounds = [tuple(r[:-1]) for r in rows]
+    chunks: list[Chunk] = []
+    lo: tuple[Any, ...] | None = None
+    for i, hi in enumerate(bounds):
+        last = i == len(bounds) - 1
+        chunks.append(Chunk(i, lo, None if last else hi))
+        lo = hi
+    if not chunks:
+        chunks.append(Chunk(0, None, None))
+    return chunks, total
+
+
+# ---------------------------------------------------------------- COPY text parsing (non-PostgreSQL targets)
+def _unescape(field: str) -> str:
+    def repl(m: re.Match[str]) -> str:
+        s = m.group(1)
+        if s[0] == "x" and len(s) > 1:
+            return chr(int(s[1:], 16))
+        if s[0].isdigit():
+            return chr(int(s, 8))
+        return _SIMPLE_ESCAPES.get(s, s)
+
+    return _COPY_ESCAPE.sub(repl, field) if "\\" in field else field
+
+
+def parse_copy_text(data: str, converters: Sequence[Callable[[str], Any] | None]) -> Iterator[list[Any]]:
+    """Rows of COPY text format as Python values (``\\N`` is NULL)."""
+    for line in data.split("\n"):
+        if not line:
+            continue
+        out: list[Any] = []
+        for field, conv in zip(line.split("\t"), converters, strict=True):
+            if field == "\\N":
+                out.append(None)
+            else:
+                text = _unescape(field)
+                out.append(conv(text) if conv is not None else text)
+        yield out
+
+
+# ---------------------------------------------------------------- the loader
+@dataclasses.dataclass
+class TableReport:
+    table: str
+    target: str
+    rows: int = 0
+    chunks: int = 0
+    chunks_skipped: int = 0
+    seconds: float = 0.0
+    swept: int = 0
+
+
+class Loader:
+    """Loads source tables into the sink's target. One instance per ``streamer load`` run."""
+
+    def __init__(
+        self,
+        source_url: str,
+        sink: Sink,
+        *,
+        workers: int = 2,
+        chunk_rows: int = 50_000,
+        resume: bool = False,
+        no_key: bool = False,
+        progress: Any = None,
+    ) -> None:
+        self.params = _dsn_params(source_url)
+        self.sink = sink
+        self.engine = sink.engine
+        self.dialect = sink.dialect
+        self.workers = max(1, workers)
+        self.chunk_rows = max(1, chunk_rows)
+        self.resume = resume
+        self.no_key = no_key
+        self.progress = progress
+        self.log = logs.get("load")
+        self.database = ""
+
+    # -------------------------------------------------------- entry point
+    def run(self, tables: Sequence[str]) -> list[TableReport]:
+        """Load each ``schema.table``; all tables from one snapshot."""
+        state.upgrade(self.engine)
+        snapshot = open_snapshot(self.params)
+        self.log.info(
+            "snapshot",
+            method=snapshot.method,
+            version=snapshot.version,
+            consistent_lsn=format_lsn(snapshot.consistent_lsn)
+            if snapshot.consistent_lsn is not None
+            else None,
+        )
+        reports: list[TableReport] = []
+        try:
+            conns = [self._worker_source(snapshot) for _ in range(self.workers)]
+            snapshot.release()  # every worker holds the snapshot now
+            try:
+                with conns[0].cursor() as cur:
+                    cur.execute("SELECT current_database()")
+                    self.database = cur.fetchone()[0]
+                for name in tables:
+                    reports.append(self._load_table(conns, name, snapshot.version))
+            finally:
+                for c in conns:
+                    c.close()
+        finally:
+            snapshot.release()
+        return reports
+
+    def _worker_source(self, snapshot: Snapshot) -> Any:
+        conn = _connect(self.params)
+        conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+        with conn.cursor() as cur:
+            cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot.name,))
+        return conn
+
+    # -------------------------------------------------------- one table
+    def _load_table(self, conns: list[Any], name: str, version: str) -> TableReport:
+        schema, _, table = name.rpartition(".")
+        schema = schema or "public"
+        src = describe_source(conns[0], schema, table)
+        if not src.key and not self.no_key:
+            raise NoPrimaryKeyError(
+                f"source table {src.qualified} has no primary key: changes to it cannot be applied by key; "
+                "copy it whole with --no-key (no resume, no merge with the stream)"
+            )
+        route = self.sink.router.route(TableId(self.database, schema, table))
+        target = self._ensure_target(src, route, version)
+        report = TableReport(src.qualified, route.qualified)
+        started = time.monotonic()
+        chunks, total, floor = self._chunks(conns[0], src, route, version)
+        done = {c.no for c in chunks if c.no in self._done_chunks(route)}
+        report.chunks = len(chunks)
+        report.chunks_skipped = len(done)
+        fresh = not done and self._is_empty(route)
+        task = None
+        if self.progress is not None:
+            task = self.progress.add_task(f"{src.qualified} -> {route.qualified}", total=total)
+        todo: queue.Queue[Chunk] = queue.Queue()
+        for c in chunks:
+            if c.no not in done:
+                todo.put(c)
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def work(conn: Any) -> None:
+            while not errors:
+                try:
+                    chunk = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    n = self._copy_chunk(conn, src, route, target, chunk, version, fresh)
+                except BaseException as exc:  # reported by the caller after all workers stop
+                    errors.append(exc)
+                    return
+                with lock:
+                    report.rows += n
+                    if self.progress is not None and task is not None:
+                        self.progress.advance(task, n)
+
+        threads = [threading.Thread(target=work, args=(c,), daemon=True) for c in conns]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        report.swept = self._finish(route, target, floor, report.rows)
+        report.seconds = time.monotonic() - started
+        self.log.info(
+            "table loaded",
+            table=src.qualified,
+            target=route.qualified,
+            rows=report.rows,
+            seconds=round(report.seconds, 2),
+            swept=report.swept,
+        )
+        return report
+
+    def _ensure_target(self, src: SourceTable, route: Route, version: str) -> TargetTable:
+        sample = ChangeEvent(
+            op=Op.READ,
+            table=TableId(self.database, src.schema, src.table),
+            key={},
+            before=None,
+            after=None,
+            columns=src.column_types,
+            key_columns=src.key,
+            position=SourcePosition(version, snapshot=True),
+            txid=None,
+            source_ts=None,
+            event_ts=None,
+            origin=Origin("", 0, 0),
+        )
+        return self.sink.schema.ensure(route, sample, allow_no_key=self.no_key)
+
+    def _chunks(
+        self, conn: Any, src: SourceTable, route: Route, version: str
+    ) -> tuple[list[Chunk], int, str]:
+        """This load's chunks: planned now, or (``--resume``) the ones recorded by the interrupted load."""
+        loads, chunks_t = state.loads_table, state.load_chunks_table
+        with self.engine.begin() as tconn:
+            row = tconn.execute(sa.select(loads).where(loads.c.table_name == route.qualified)).first()
+            if self.resume and row is not None and row.status == "loading":
+                recorded = tconn.execute(
+                    sa.select(chunks_t)
+                    .where(chunks_t.c.table_name == route.qualified)
+                    .order_by(chunks_t.c.chunk_no)
+                ).all()
+                chunks = [
+                    Chunk(r.chunk_no, _key_from_json(r.lo_key), _key_from_json(r.hi_key)) for r in recorded
+                ]
+                with conn.cursor() as cur:
+                    cur.execute(f"SELECT count(*) FROM {_quote(src.schema)}.{_quote(src.table)}")  # noqa: S608
+                    total = int(cur.fetchone()[0])
+                tconn.execute(
+                    sa.update(loads)
+                    .where(loads.c.table_name == route.qualified)
+                    .values(snapshot_version=version, started_at=_now())
+                )
+                # rows written by the interrupted attempt carry its (older) version: sweep below that
+                return chunks, total, min(row.floor_version, version)
+        if self.resume and row is not None and row.status == "done":
+            self.log.info("already loaded; loading again", table=route.qualified)
+        with conn.cursor() as cur:
+            if src.key:
+                chunks, total = plan_chunks(cur, src, self.chunk_rows)
+            else:
+                cur.execute(f"SELECT count(*) FROM {_quote(src.schema)}.{_quote(src.table)}")  # noqa: S608
+                chunks, total = [Chunk(0, None, None)], int(cur.fetchone()[0])
+        with self.engine.begin() as tconn:
+            tconn.execute(sa.delete(chunks_t).where(chunks_t.c.table_name == route.qualified))
+            tconn.execute(sa.delete(loads).where(loads.c.table_name == route.qualified))
+            tconn.execute(
+                sa.insert(loads).values(
+                    table_name=route.qualified,
+                    source_table=src.qualified,
+                    status="loading",
+                    floor_version=version,
+                    snapshot_version=version,
+                    rows_loaded=0,
+                    started_at=_now(),
+                )
+            )
+            if chunks:
+                tconn.execute(
+                    sa.insert(chunks_t),
+                    [
+                        {
+                            "table_name": route.qualified,
+                            "chunk_no": c.no,
+                            "lo_key": _key_json(c.lo),
+                            "hi_key": _key_json(c.hi),
+                            "done": False,
+                            "rows_loaded": None,
+                        }
+                        for c in chunks
+                    ],
+                )
+        return chunks, total, version
+
+    def _done_chunks(self, route: Route) -> set[int]:
+        t = state.load_chunks_table
+        with self.engine.connect() as conn:
+            return {
+                r[0]
+                for r in conn.execute(
+                    sa.select(t.c.chunk_no).where(t.c.table_name == route.qualified, t.c.done.is_(True))
+                )
+            }
+
+    def _is_empty(self, route: Route) -> bool:
+        t = sa.table(route.target_table, schema=route.target_schema)
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.literal(1)).select_from(t).limit(1)).first() is None
+
+    def _finish(self, route: Route, target: TargetTable, floor: str, rows: int) -> int:
+        """Sweep rows the snapshot did not have, mark the load done (one transaction)."""
+        ver = target.version_column
+        t = sa.table(route.target_table, sa.column(ver), schema=route.target_schema)
+        loads = state.loads_table
+        with self.engine.begin() as conn:
+            swept = 0
+            if target.key:
+                swept = conn.execute(
+                    sa.delete(t).where(sa.or_(t.c[ver].is_(None), t.c[ver] < floor))
+                ).rowcount
+            conn.execute(
+                sa.update(loads)
+                .where(loads.c.table_name == route.qualified)
+                .values(status="done", finished_at=_now(), rows_loaded=loads.c.rows_loaded + rows)
+            )
+        return int(swept or 0)
+
+    # -------------------------------------------------------- one chunk
+    def _select(
+        self, cur: Any, src: SourceTable, route: Route, chunk: Chunk, version: str
+    ) -> tuple[str, list[str]]:
+        """The chunk's COPY source query and the target column names it yields, in order."""
+        exprs: list[str] = []
+        names: list[str] = []
+        for c in src.columns:
+            target = route.target_column(c.name)
+            if target is None:
+                continue
+            expr = _quote(c.name)
+            if c.type_name == "money":
+                expr += "::numeric"
+            if target in route.cast and self.dialect == "postgresql":
+                expr = f"CAST({expr} AS {cast_type(route.cast[target]).compile(dialect=self.engine.dialect)})"
+            exprs.append(expr)
+            names.append(target)
+        exprs.append(cur.mogrify("%s::varchar", (version,)).decode())
+        names.append(self.sink.version_column)
+        where, params = _range(src.key, chunk)
+        order = ", ".join(_quote(k) for k in src.key)
+        sql = (
+            f"SELECT {', '.join(exprs)} FROM {_quote(src.schema)}.{_quote(src.table)}"  # noqa: S608
+            + (f" WHERE {where}" if where else "")
+            + (f" ORDER BY {order}" if order else "")
+        )
+        return cur.mogrify(sql, params).decode(), names
+
+    def _copy_chunk(
+        self,
+        conn: Any,
+        src: SourceTable,
+        route: Route,
+        target: TargetTable,
+        chunk: Chunk,
+        version: str,
+        fresh: bool,
+    ) -> int:
+        with conn.cursor() as cur:
+            query, names = self._select(cur, src, route, chunk, version)
+            buf = io.BytesIO()
+            cur.copy_expert(f"COPY ({query}) TO STDOUT", buf)
+            rows = int(cur.rowcount)
+        buf.seek(0)
+        if self.dialect == "postgresql":
+            self._write_pg(route, target, names, buf, chunk, rows, fresh)
+        else:
+            self._write_other(src, route, target, buf.getvalue().decode(), chunk, rows, version)
+        return rows
+
+    def _checkpoint(self, conn: Connection, route: Route, chunk: Chunk, rows: int) -> None:
+        t, loads = state.load_chunks_table, state.loads_table
+        conn.execute(
+            sa.update(t)
+            .where(t.c.table_name == route.qualified, t.c.chunk_no == chunk.no)
+            .values(done=True, rows_loaded=rows)
+        )
+        del loads  # rows_loaded of the table is summed at the end
+
+    def _write_pg(
+        self,
+        route: Route,
+        target: TargetTable,
+        names: list[str],
+        buf: io.BytesIO,
+        chunk: Chunk,
+        rows: int,
+        fresh: bool,
+    ) -> None:
+        prep = self.engine.dialect.identifier_preparer
+        table = prep.format_table(sa.table(route.target_table, schema=route.target_schema))
+        cols = ", ".join(prep.quote(n) for n in names)
+        with self.engine.begin() as conn:
+            dbapi: Any = conn.connection.dbapi_connection
+            assert dbapi is not None
+            with dbapi.cursor() as cur:
+                if fresh or not target.key:
+                    try:
+                        cur.execute("SAVEPOINT streamer_copy")
+                        cur.copy_expert(f"COPY {table} ({cols}) FROM STDIN", buf)
+                        cur.execute("RELEASE SAVEPOINT streamer_copy")
+                        self._checkpoint(conn, route, chunk, rows)
+                        return
+                    except psycopg2.errors.UniqueViolation:
+                        if not target.key:
+                            raise
+                        cur.execute("ROLLBACK TO SAVEPOINT streamer_copy")
+                        buf.seek(0)  # someone wrote these keys meanwhile: merge instead
+                stage = prep.quote("_streamer_load_" + uuid.uuid4().hex[:12])
+                ver = prep.quote(target.version_column)
+                key = ", ".join(prep.quote(k) for k in target.key)
+                cur.execute(f"CREATE TEMP TABLE {stage} (LIKE {table}) ON COMMIT DROP")
+                cur.copy_expert(f"COPY {stage} ({cols}) FROM STDIN", buf)
+                updates = ", ".join(
+                    f"{prep.quote(n)} = EXCLUDED.{prep.quote(n)}" for n in names if n not in target.key
+                )
+                cur.execute(
+                    f"INSERT INTO {table} AS t ({cols}) SELECT {cols} FROM {stage} "  # noqa: S608
+                    f"ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE t.{ver} IS NULL OR t.{ver} < EXCLUDED.{ver}"
+                )
+            self._checkpoint(conn, route, chunk, rows)
+
+    def _write_other(
+        self,
+        src: SourceTable,
+        route: Route,
+        target: TargetTable,
+        text: str,
+        chunk: Chunk,
+        rows: int,
+        version: str,
+    ) -> None:
+        kept = [c for c in src.columns if route.target_column(c.name) is not None]
+        converters = [c.plan.convert for c in kept] + [None]
+        table = TableId(self.database, src.schema, src.table)
+        columns = src.column_types
+        position = SourcePosition(version, snapshot=True)
+        origin = Origin("", 0, 0)
+        events = []
+        for values in parse_copy_text(text, converters):
+            after = {c.name: v for c, v in zip(kept, values, strict=False)}
+            events.append(
+                ChangeEvent(
+                    op=Op.READ,
+                    table=table,
+                    key={k: after[k] for k in src.key},
+                    before=None,
+                    after=after,
+                    columns=columns,
+                    key_columns=src.key,
+                    position=position,
+                    txid=None,
+                    source_ts=None,
+                    event_ts=None,
+                    origin=origin,
+                )
+            )
+        self.sink.apply(
+            events,
+            {},
+            "",
+            record_state=False,
+            in_transaction=lambda conn: self._checkpoint(conn, route, chunk, rows),
+        )
+        del target
+
+
+def _range(key: Sequence[str], chunk: Chunk) -> tuple[str, list[Any]]:
+    if not key:
+        return "", []
+    cols = "(" + ", ".join(_quote(k) for k in key) + ")"
+    marks = "(" + ", ".join(["%s"] * len(key)) + ")"
+    parts: list[str] = []
+    params: list[Any] = []
+    if chunk.lo is not None:
+        parts.append(f"{cols} > {marks}")
+        params.extend(chunk.lo)
+    if chunk.hi is not None:
+        parts.append(f"{cols} <= {marks}")
+        params.extend(chunk.hi)
+    return " AND ".join(parts), params
+
+
+def _dsn_params(url: str) -> dict[str, Any]:
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        url = scheme.split("+", 1)[0] + "://" + rest
+    return dict(psycopg2.extensions.parse_dsn(url))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def loading_tables(conn: Connection) -> set[str]:
+    """Target tables a load is writing now (consumers hold their partitions back)."""
+    t = state.loads_table
+    return {r[0] for r in conn.execute(sa.select(t.c.table_name).where(t.c.status == "loading"))}
+
+
+def tables_from_connectors(directory: Path) -> list[str]:
+    """The tables the connector files capture (``table.include.list``, plain names only)."""
+    tables: list[str] = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            listed = json.loads(path.read_text())["config"].get("table.include.list", "")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        for name in str(listed).split(","):
+            name = name.strip()
+            if name and not any(ch in name for ch in "*?[]()|+\\") and name not in tables:
+                tables.append(name)
+    return tables
