@@ -74,10 +74,13 @@ test: lint
 connectors: install
 	$(BIN)/streamer connectors apply --wait 120
 
-demo: install
-	@echo "make demo arrives with the operations issue"; exit 1
+# the main job on the embedded default: stack, sample data, connectors, load, consumers, live
+# workload, status, validation (STREAMER_TARGET_URL points the target elsewhere)
+demo: install up
+	$(BIN)/streamer demo
 
 bench: install
+	$(BIN)/pip install -q -e ".[dev,bench]"
 	$(BIN)/python -m streamer.bench
 
 clean: down

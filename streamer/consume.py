@@ -103,7 +103,8 @@ def default_topic_regex(connectors_dir: Path) -> str:
             f"no topic regex: set consumer.topics (STREAMER_CONSUMER__TOPICS) or add connector files with "
             f"topic.prefix to {connectors_dir}"
         )
-    return rf"^(?:{'|'.join(sorted(set(prefixes)))})\.[^.]+\.[^.]+$"
+    # librdkafka's regex engine has no non-capturing groups
+    return rf"^({'|'.join(sorted(set(prefixes)))})\.[^.]+\.[^.]+$"
 
 
 @dataclasses.dataclass
@@ -121,6 +122,19 @@ class Stats:
     last_positions: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchReport:
+    """One batch after its database and Kafka commits (for metrics)."""
+
+    number: int  # 1, 2, ... in this process
+    records: int
+    result: ApplyResult
+    events: Sequence[ChangeEvent]
+    offsets: Mapping[tuple[str, int], tuple[int, int]]  # per partition: first offset read, next offset
+    apply_seconds: float  # the database transaction(s), retries included
+    committed_at: float  # time.time() right after the database commit
+
+
 @dataclasses.dataclass
 class Hooks:
     """Optional observers (metrics); every callable may be None."""
@@ -129,6 +143,7 @@ class Hooks:
     on_retry: Callable[[], None] | None = None
     on_dead_letter: Callable[[], None] | None = None
     on_stats: Callable[[str], None] | None = None
+    on_batch_report: Callable[[BatchReport], None] | None = None
 
 
 class ConsumerProcess:
@@ -369,12 +384,17 @@ class ConsumerProcess:
         self._drain()
         if prepared is not None:
             assert self._executor is not None
-            future = self._executor.submit(
-                self._apply_with_retry, prepared.events, prepared.positions, prepared.origins, prepared.dead
-            )
+            future = self._executor.submit(self._apply_timed, prepared)
             self._inflight = (future, prepared)
             if wait or prepared.poison is not None:
                 self._drain()
+
+    def _apply_timed(self, prepared: _Prepared) -> ApplyResult:
+        started = time.monotonic()
+        result = self._apply_with_retry(prepared.events, prepared.positions, prepared.origins, prepared.dead)
+        prepared.committed_at = time.time()
+        prepared.apply_seconds = time.monotonic() - started
+        return result
 
     def _decode(self, batch: list[Message]) -> _Prepared:
         prepared = _Prepared(started=time.monotonic())
@@ -400,6 +420,7 @@ class ConsumerProcess:
                     prepared.events.append(decoded)
                     prepared.origins[(topic, partition, offset)] = msg
             prepared.positions[(topic, partition)] = offset + 1
+            prepared.first.setdefault((topic, partition), offset)
             prepared.records += 1
         return prepared
 
@@ -464,13 +485,29 @@ class ConsumerProcess:
         elapsed = time.monotonic() - prepared.started
         if self.hooks.on_batch is not None:
             self.hooks.on_batch(result, elapsed, prepared.events)
-        self.log.debug(
+        offsets = {tp: (prepared.first.get(tp, nxt - 1), nxt) for tp, nxt in prepared.positions.items()}
+        if self.hooks.on_batch_report is not None:
+            self.hooks.on_batch_report(
+                BatchReport(
+                    self.stats.batches,
+                    prepared.records,
+                    result,
+                    prepared.events,
+                    offsets,
+                    prepared.apply_seconds,
+                    prepared.committed_at,
+                )
+            )
+        self.log.info(
             "batch applied",
+            batch=self.stats.batches,
             records=prepared.records,
             events=result.events,
             tables=result.tables,
             seconds=round(elapsed, 4),
-            offsets={f"{t}[{p}]": o for (t, p), o in sorted(prepared.positions.items())},
+            apply_seconds=round(prepared.apply_seconds, 4),
+            partitions=[f"{t}[{p}]" for t, p in sorted(offsets)],
+            offsets={f"{t}[{p}]": [first, nxt - 1] for (t, p), (first, nxt) in sorted(offsets.items())},
         )
         if prepared.poison is not None:
             msg, err = prepared.poison
@@ -606,6 +643,9 @@ class _Prepared:
     positions: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
     dead: list[tuple[Message, Exception]] = dataclasses.field(default_factory=list)
     poison: tuple[Message, Exception] | None = None
+    first: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
+    apply_seconds: float = 0.0
+    committed_at: float = 0.0
 
 
 class _FailedEvent(Exception):

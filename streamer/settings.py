@@ -65,7 +65,7 @@ class ConsumerSettings(_Section):
     # small timeouts make group joins take seconds, not tens of seconds (see README)
     session_timeout_ms: int = Field(6000, ge=1000)
     heartbeat_interval_ms: int = Field(1000, ge=100)
-    metadata_refresh_ms: int = Field(5000, ge=100)  # how soon a new table's topic is picked up
+    metadata_refresh_ms: int = Field(2000, ge=100)  # how soon a new table's topic is picked up
     statistics_interval_ms: int = Field(0, ge=0)  # librdkafka statistics (lag), 0 = off
     retry_attempts: int = Field(8, ge=1)  # transient database errors, whole batch
     retry_max_wait_s: float = Field(10.0, gt=0)
