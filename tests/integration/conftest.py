@@ -50,3 +50,39 @@ def target(target_kind: str, stack: Stack, tmp_path: Path) -> Iterator[tuple[str
         engine = create_target_engine(target_url(target_kind, stack, tmp_path))
     yield target_url(target_kind, stack, tmp_path), engine
     engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _drop_target_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that used `unique`, drop what it left in the shared PostgreSQL and MariaDB targets."""
+    if "unique" not in request.fixturenames or "stack" not in request.fixturenames:
+        yield
+        return
+    name = request.getfixturevalue("unique")
+    stack: Stack = request.getfixturevalue("stack")
+    yield
+    pg = create_target_engine(stack.settings.target_url)
+    try:
+        with pg.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+            for (table,) in conn.execute(
+                sa.text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE :p"),
+                {"p": f"{name}%"},
+            ).all():
+                quoted = conn.dialect.identifier_preparer.quote(table)  # hostile names too
+                conn.execute(sa.text(f"DROP TABLE IF EXISTS public.{quoted} CASCADE"))
+    finally:
+        pg.dispose()
+    try:
+        my = create_target_engine(MARIADB_URL)
+        with my.begin() as conn:
+            for (table,) in conn.execute(
+                sa.text(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name LIKE :p"
+                ),
+                {"p": f"{name}%"},
+            ).all():
+                conn.execute(sa.text(f"DROP TABLE IF EXISTS {conn.dialect.identifier_preparer.quote(table)}"))
+        my.dispose()
+    except sa.exc.OperationalError:
+        pass  # no MariaDB database yet: nothing to drop

@@ -32,7 +32,6 @@ FILE_SOURCE = "org.apache.kafka.connect.file.FileStreamSourceConnector"
 # ---------------------------------------------------------------------- helpers
 def cli(stack: Stack, directory: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """`streamer connectors ARGS --dir DIRECTORY --connect-url URL` in a subprocess."""
-    print(f"{time.monotonic():.1f} cli {args}", flush=True)
     cmd = [sys.executable, "-m", "streamer.cli", "connectors", *args]
     cmd += ["--dir", str(directory), "--connect-url", stack.settings.connect_url]
     env = {**os.environ, "COLUMNS": "200"}
@@ -61,11 +60,6 @@ def config_topic(stack: Stack) -> str:
 
 
 def config_records(stack: Stack, name: str) -> int:
-    print(f"{time.monotonic():.1f} records", flush=True)
-    return _config_records(stack, name)
-
-
-def _config_records(stack: Stack, name: str) -> int:
     """How many records Connect wrote to its config topic for connector ``name``'s config.
 
     Every ``PUT /connectors/{name}/config`` writes one (``connector-<name>``), even an identical
@@ -122,7 +116,7 @@ def workdir(tmp_path: Path, unique: str) -> Path:
 
 @pytest.fixture
 def cleanup(stack: Stack) -> Iterator[Callable[..., None]]:
-    """``cleanup(name, prefix=None, tables=(), role=None)``: undone after the test, in reverse order."""
+    """``cleanup(name, prefix=None, tables=(), role=None)``: connectors deleted, then slots, topics, tables, roles."""
     items: list[tuple[str, str | None, tuple[str, ...], str | None]] = []
 
     def register(
@@ -131,13 +125,12 @@ def cleanup(stack: Stack) -> Iterator[Callable[..., None]]:
         items.append((name, prefix, tables, role))
 
     yield register
-    admin = AdminClient({"bootstrap.servers": stack.settings.bootstrap_servers})
-    for name, prefix, tables, role in reversed(items):
+    for name, _prefix, _tables, _role in items:  # all deletions first: their rebalances overlap
         delete_connector(stack, name)
+    admin = AdminClient({"bootstrap.servers": stack.settings.bootstrap_servers})
+    for name, prefix, tables, role in items:
         if prefix is not None:
-            drop_connector(
-                stack, name, prefix
-            )  # waits for the slot to be released, drops it and the publication
+            drop_connector(stack, name, prefix)  # waits for the slot's release; drops it and the publication
             topics = [
                 t
                 for t in admin.list_topics(timeout=10).topics
@@ -148,6 +141,8 @@ def cleanup(stack: Stack) -> Iterator[Callable[..., None]]:
                     future.result(10)
                 except Exception:  # a topic another cleanup already removed
                     pass
+        if not tables and not role:
+            continue
         conn = source_connection(stack)
         try:
             with conn.cursor() as cur:
@@ -262,20 +257,35 @@ def test_create_reapply_update_and_prune(
 ) -> None:
     table = unique
     create_tables(stack, table)
+    extra, by_hand, other = f"{unique}-extra", f"{unique}-hand", f"{unique}-other"
     cleanup(unique, prefix=unique, tables=(table,))
+    for name in (extra, by_hand, other):
+        cleanup(name)
+    # bystanders prune must never touch: one made by hand, one applied from a directory of another name
+    resp = httpx.put(
+        f"{stack.settings.connect_url}/connectors/{by_hand}/config",
+        json=file_source(f"{unique}-h"),
+        timeout=90,
+    )
+    assert resp.status_code == 201, resp.text
+    other_dir = tmp_path / f"{unique}-elsewhere"
+    other_dir.mkdir()
+    write_connector(other_dir, other, file_source(f"{unique}-o"))
+    assert cli(stack, other_dir, "apply").returncode == 0
     path = write_connector(
         workdir, unique, debezium_config(stack, unique, f"public.{table}", **{"snapshot.mode": "no_data"})
     )
+    extra_path = write_connector(workdir, extra, file_source(f"{unique}-x"))
 
     created = cli(stack, workdir, "apply", "--wait", "90")
     assert created.returncode == 0, created.stdout + created.stderr
     assert f"+ create {unique}  ({path})" in created.stdout
-    assert (
-        "    + database.password: ${env:STREAMER_SOURCE_PASSWORD}" in created.stdout
-    )  # placeholder, as written
+    assert f"+ create {extra}  ({extra_path})" in created.stdout
+    # the placeholder is pushed and shown as written; Connect stores it unresolved
+    assert "    + database.password: ${env:STREAMER_SOURCE_PASSWORD}" in created.stdout
     assert f"{unique}: RUNNING, 1 task(s)" in created.stdout
     stored = get(stack, f"/connectors/{unique}/config").json()
-    assert stored["database.password"] == "${env:STREAMER_SOURCE_PASSWORD}"  # Connect keeps the placeholder
+    assert stored["database.password"] == "${env:STREAMER_SOURCE_PASSWORD}"
     assert stored["streamer.scope"] == unique
 
     # the second apply PUTs nothing: no new config record, the same walsender serves the slot
@@ -284,7 +294,7 @@ def test_create_reapply_update_and_prune(
     again = cli(stack, workdir, "apply", "--wait", "30")
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"= unchanged {unique}  ({path})" in again.stdout
-    assert "Plan: 0 to create, 0 to update, 1 unchanged, 0 to delete." in again.stdout
+    assert "Plan: 0 to create, 0 to update, 2 unchanged, 0 to delete." in again.stdout
     time.sleep(2)  # a restart, had there been one, would have reconnected by now
     assert config_records(stack, unique) == records
     assert slot_pid(stack, f"{unique}_slot") == pid
@@ -296,11 +306,12 @@ def test_create_reapply_update_and_prune(
     path.write_text(json.dumps(data, indent=2))
     plan = cli(stack, workdir, "plan")
     assert plan.returncode == 0, plan.stderr
-    assert plan.stdout.splitlines()[:4] == [
+    assert plan.stdout.splitlines() == [
+        f"= unchanged {extra}  ({extra_path})",
         f"~ update {unique}  ({path})",
         "    + heartbeat.interval.ms: 5000",
         "    ~ snapshot.mode: no_data -> never",
-        "Plan: 0 to create, 1 to update, 0 unchanged, 0 to delete.",
+        "Plan: 0 to create, 1 to update, 1 unchanged, 0 to delete.",
     ]
     updated = cli(stack, workdir, "apply", "--wait", "90")
     assert updated.returncode == 0, updated.stdout + updated.stderr
@@ -308,23 +319,7 @@ def test_create_reapply_update_and_prune(
     assert get(stack, f"/connectors/{unique}/config").json()["heartbeat.interval.ms"] == "5000"
     assert config_records(stack, unique) == records + 1
 
-    # prune: only this directory's connectors without a file; never one made by hand or from another dir
-    extra, by_hand, other = f"{unique}-extra", f"{unique}-hand", f"{unique}-other"
-    for name in (extra, by_hand, other):
-        cleanup(name)
-    extra_path = write_connector(workdir, extra, file_source(f"{unique}-x"))
-    resp = httpx.put(
-        f"{stack.settings.connect_url}/connectors/{by_hand}/config",
-        json=file_source(f"{unique}-h"),
-        timeout=60,
-    )
-    assert resp.status_code == 201, resp.text
-    other_dir = tmp_path / f"{unique}-elsewhere"
-    other_dir.mkdir()
-    write_connector(other_dir, other, file_source(f"{unique}-o"))
-    assert cli(stack, other_dir, "apply").returncode == 0
-    assert cli(stack, workdir, "apply").returncode == 0
-    assert get(stack, f"/connectors/{extra}").status_code == 200
+    # prune: only this directory's connectors without a file
     extra_path.unlink()
     kept = cli(stack, workdir, "plan")
     assert f"have no file and are kept (--prune deletes them): {extra}" in kept.stdout
