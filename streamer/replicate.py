@@ -53,12 +53,23 @@ received one is left to the server (it sends it again next time), exit 0.
 ------------
 Creates the publication (``FOR TABLE`` the ``--tables``; an existing one gets the missing tables
 added) and the slot (``pgoutput``) when missing and reuses them when present. A new slot's
-*consistent point* is printed: changes committed after it are streamed, changes before it are
-not. For an initial load the loader uses that LSN as the version of the rows it copies (the
-snapshot exported with the slot is only usable while the creating replication connection stays
-idle, which is not the case here: copy with a snapshot taken after the slot was created, and
-stamp the rows with the consistent point; stream events of the same rows carry later LSNs and
-win under the version guard, the loader's rows never overwrite newer ones).
+*consistent point* C is printed: every transaction committed after C is streamed, none before;
+and its restart LSN R (at or before C). The snapshot the slot exports is only usable while its
+creating connection stays idle, which it does not here, so an initial load takes its own
+snapshot, after C:
+
+1. ``streamer replicate --create --tables ... --max-events 0`` (slot and publication, exit);
+2. ``streamer load --table ...``: its snapshot is later than C, so every change it misses is in
+   the slot. The rows it copies must carry a version below every change the snapshot misses,
+   and such a change may belong to a transaction that started before C and commits after it, so
+   its LSN can be *below* C: C itself is not a safe floor. The slot's restart LSN minus one is
+   (decoding starts there, so no change of a transaction committed after C is older); the
+   loader takes the same floor from its own temporary slot. Streamed changes then win under the
+   version guard and the loaded rows never overwrite newer ones;
+3. ``streamer replicate`` (before, during or after the load): while the load marks a table
+   ``loading`` in ``_streamer_loads``, batches touching it are held back (feedback continues),
+   as ``streamer consume`` holds partitions, so a delete cannot be undone by a snapshot row
+   written after it.
 """
 
 from __future__ import annotations
@@ -79,6 +90,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
+import sqlalchemy as sa
 import tenacity
 
 from streamer import logs
@@ -265,13 +277,13 @@ class SourceCatalog:
 
     def slot(self, name: str) -> dict[str, Any] | None:
         rows = self.query(
-            "SELECT plugin, slot_type, database, active, active_pid, confirmed_flush_lsn::text "
+            "SELECT plugin, slot_type, database, active, active_pid, confirmed_flush_lsn::text, restart_lsn::text "
             "FROM pg_replication_slots WHERE slot_name = %s",
             (name,),
         )
         if not rows:
             return None
-        plugin, slot_type, database, active, pid, confirmed = rows[0]
+        plugin, slot_type, database, active, pid, confirmed, restart = rows[0]
         return {
             "plugin": plugin,
             "type": slot_type,
@@ -279,6 +291,7 @@ class SourceCatalog:
             "active": active,
             "active_pid": pid,
             "confirmed_flush": _lsn_text(confirmed),
+            "restart": _lsn_text(restart),
         }
 
     def check_slot(self, name: str, info: Mapping[str, Any]) -> None:
@@ -385,6 +398,8 @@ class ReplicateStats:
     reconnects: int = 0
     last_lsn: int = 0  # end LSN of the last transaction applied
     started: float = dataclasses.field(default_factory=time.monotonic)
+    first_message_at: float | None = None  # time.perf_counter() of the first replication message
+    last_batch_at: float | None = None  # time.perf_counter() when the last batch was committed
 
 
 @dataclasses.dataclass
@@ -393,6 +408,40 @@ class SlotReport:
     created: bool
     consistent_point: int | None = None
     snapshot_name: str | None = None
+    restart_lsn: int | None = None  # a load joined to this slot stamps its rows with at most restart_lsn - 1
+
+
+class _StreamLost(Exception):
+    """The replication connection broke (server restart, network): reconnect from the applied LSN."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error).strip())
+        self.error = error
+
+
+class _BatchFailed(Exception):
+    """A permanent error that applying event by event could not pin on one event."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _as_dbapi_error(exc: BaseException) -> BaseException:
+    """A raw psycopg2 error (the sink's COPY path uses the DBAPI cursor) as SQLAlchemy would wrap it,
+    so that :func:`~streamer.db.is_transient` and :func:`~streamer.sink.is_permanent` can judge it."""
+    if isinstance(exc, psycopg2.Error):
+        wrapped: BaseException = sa.exc.DBAPIError.instance(None, None, exc, psycopg2.Error)
+        return wrapped
+    return exc
+
+
+def _transient(exc: BaseException) -> bool:
+    return is_transient(_as_dbapi_error(exc))
+
+
+def _permanent(exc: BaseException) -> bool:
+    return is_permanent(_as_dbapi_error(exc))
 
 
 class _FailedEvent(Exception):
@@ -470,6 +519,9 @@ class ReplicationProcess:
         self._applied_lsn = 0  # end LSN of the last transaction committed in the target
         self._skip_to = 0  # transactions ending at or before this are already applied or pending
         self._status_interval = 10.0
+        self._messages = 0
+        self._loading: set[str] = set()
+        self._loading_checked = -1e9
 
     def stop(self, *_: object) -> None:
         """Finish the complete transactions received, confirm, and return (signal-handler compatible)."""
@@ -537,7 +589,8 @@ class ReplicationProcess:
         )
         return catalog
 
-    def _open_stream(self, catalog: SourceCatalog) -> Any:
+    def _open_stream(self, catalog: SourceCatalog, *, start: bool = True) -> Any:
+        """A replication connection: creates the slot first (``--create``), then starts streaming."""
         params = dict(catalog.params)
         params["options"] = _session_options(params.get("options"))
         params["application_name"] = f"streamer-replicate-{self.slot}"
@@ -545,11 +598,11 @@ class ReplicationProcess:
             conn = psycopg2.connect(connection_factory=psycopg2.extras.LogicalReplicationConnection, **params)
         except psycopg2.OperationalError as exc:
             text = str(exc).strip()
-            if "replication" in text and ("pg_hba" in text or "permission" in text or "must be" in text):
+            if "pg_hba" in text or "permission" in text or "must be" in text or "authentication" in text:
                 raise ReplicationPrivilegeError(
                     f"the source refuses a replication connection: {text}"
                 ) from exc
-            raise
+            raise _StreamLost(exc) from exc
         self._conn = conn
         cur = conn.cursor()
         self._cursor = cur
@@ -562,12 +615,22 @@ class ReplicationProcess:
                 if info is not None:
                     catalog.check_slot(self.slot, info)
             else:
-                self.slot_report = SlotReport(name, True, parse_lsn(point), snapshot)
+                info = catalog.slot(self.slot)
+                restart = info["restart"] if info is not None else None
+                self.slot_report = SlotReport(name, True, parse_lsn(point), snapshot, restart)
                 self.report(
-                    f"created slot {name} (pgoutput) at consistent point {point}: changes committed after it "
-                    "are streamed; an initial load stamps its rows with this LSN"
+                    f"created slot {name} (pgoutput) at consistent point {point}: transactions committed "
+                    f"after it are streamed; restart LSN {format_lsn(restart) if restart else '-'}: an initial "
+                    "load taken from now on stamps its rows with a version below it (streamer load does)"
                 )
-                self.log.info("slot created", consistent_point=point, snapshot=snapshot)
+                self.log.info(
+                    "slot created",
+                    consistent_point=point,
+                    restart_lsn=format_lsn(restart) if restart else None,
+                    snapshot=snapshot,
+                )
+        if not start:
+            return cur
         proto = "2" if catalog.server_version >= 140000 else "1"
         options = {"proto_version": proto, "publication_names": quote_ident(self.publication)}
         if proto == "2":
@@ -587,6 +650,13 @@ class ReplicationProcess:
             ) from exc
         except psycopg2.errors.UndefinedObject as exc:
             raise SlotNotFoundError(f"{str(exc).strip()}: run with --create to make it") from exc
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            raise _StreamLost(exc) from exc
+        except psycopg2.Error as exc:
+            raise ReplicationError(f"the source refused to start replication: {str(exc).strip()}") from exc
+        if self._applied_lsn:
+            # the target holds everything up to here: let a slot that lags (crash before its feedback) catch up
+            self._confirm(cur, self._applied_lsn)
         self.log.info(
             "streaming",
             proto_version=proto,
@@ -615,7 +685,12 @@ class ReplicationProcess:
             catalog = self._prepare()
             if self.max_events is not None and self.max_events <= 0:
                 if self.create and self.slot_report is None:
-                    self._open_stream(catalog)  # creates the slot
+                    try:
+                        self._open_stream(catalog, start=False)  # creates the slot
+                    except _StreamLost as lost:
+                        raise ReplicationError(
+                            f"cannot open a replication connection: {lost}"
+                        ) from lost.error
                 return self.stats
             self._run_sessions(catalog)
         finally:
@@ -638,14 +713,17 @@ class ReplicationProcess:
     def _run_sessions(self, catalog: SourceCatalog) -> None:
         failures = 0
         while not self._stop.is_set():
+            received = self._messages
             try:
                 cur = self._open_stream(catalog)
-                failures = 0
                 self._session(cur)
                 return
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                if isinstance(exc, psycopg2.errors.ObjectInUse):
-                    raise SlotInUseError(f"replication slot {self.slot!r}: {str(exc).strip()}") from exc
+            except (_StreamLost, SlotInUseError) as lost:
+                if isinstance(lost, SlotInUseError) and failures == 0:
+                    raise  # another reader; on a reconnect it is our own old session, still ending
+                exc: BaseException = lost.error if isinstance(lost, _StreamLost) else lost
+                if self._messages > received:  # the connection worked for a while: a fresh failure
+                    failures = 0
                 failures += 1
                 if self._pending:  # complete transactions are fine: apply them before reconnecting
                     self._flush(None)
@@ -660,10 +738,6 @@ class ReplicationProcess:
                     "replication connection lost, reconnecting", error=str(exc).strip()[:300], wait=wait
                 )
                 self._stop.wait(wait)
-            except psycopg2.Error as exc:
-                raise ReplicationError(f"the source ended replication: {str(exc).strip()}") from exc
-            except ProtocolError as exc:
-                raise ReplicationError(f"cannot read the replication stream: {exc}") from exc
 
     def _session(self, cur: Any) -> None:
         assembler = self._assembler
@@ -674,12 +748,24 @@ class ReplicationProcess:
         last_progress = time.monotonic()
         self._last_activity = time.monotonic()
         while not self._stop.is_set():
-            msg = cur.read_message()
+            try:
+                msg = cur.read_message()
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                raise _StreamLost(exc) from exc
+            except psycopg2.Error as exc:
+                raise ReplicationError(f"the source ended replication: {str(exc).strip()}") from exc
             now = time.monotonic()
             if msg is not None:
                 self._last_activity = now
+                self._messages += 1
+                if self.stats.first_message_at is None:
+                    self.stats.first_message_at = time.perf_counter()
                 try:
                     txn = assembler.feed(msg.payload, msg.data_start)
+                except ProtocolError as exc:
+                    raise ReplicationError(f"cannot read the replication stream: {exc}") from exc
+                except psycopg2.Error as exc:
+                    raise ReplicationError(f"source catalog query failed: {str(exc).strip()}") from exc
                 except PgValueError as exc:  # error policy stop: what came before it is fine
                     if self._pending:
                         self._flush(cur)
@@ -701,15 +787,6 @@ class ReplicationProcess:
             if self.max_events is not None and self.stats.events_applied >= self.max_events:
                 self.log.info("max events reached, stopping", max_events=self.max_events)
                 break
-            if msg is not None:
-                continue
-            if (
-                self.until_idle is not None
-                and not self._pending
-                and now - self._last_activity >= self.until_idle
-            ):
-                self.log.info("idle, stopping", idle_seconds=self.until_idle)
-                break
             if now - last_progress >= 5:
                 last_progress = now
                 elapsed = max(now - self.stats.started, 1e-9)
@@ -720,6 +797,15 @@ class ReplicationProcess:
                     rate=round(self.stats.events_applied / elapsed, 1),
                     lsn=format_lsn(self.stats.last_lsn),
                 )
+            if msg is not None:
+                continue
+            if (
+                self.until_idle is not None
+                and not self._pending
+                and now - self._last_activity >= self.until_idle
+            ):
+                self.log.info("idle, stopping", idle_seconds=self.until_idle)
+                break
             timeout = 0.2
             if self._pending:
                 timeout = max(0.0, min(timeout, cfg.batch_max_ms / 1000 - (now - self._batch_started)))
@@ -727,12 +813,16 @@ class ReplicationProcess:
                 select.select([conn], [], [], timeout)
             except InterruptedError:
                 pass
+            except (OSError, ValueError) as exc:  # the connection's socket is gone
+                raise _StreamLost(exc) from exc
         if self._pending:
             self._flush(cur)
 
     def _accept(self, txn: Transaction) -> None:
         if txn.end_lsn <= self._skip_to:
             self.stats.skipped_transactions += 1
+            if txn.end_lsn <= self._applied_lsn and self._cursor is not None:
+                self._confirm(self._cursor, txn.end_lsn)  # in the target already: confirm it
             self.log.debug(
                 "transaction already applied, skipped", xid=txn.xid, end_lsn=format_lsn(txn.end_lsn)
             )
@@ -754,20 +844,18 @@ class ReplicationProcess:
             return
         started = time.monotonic()
         events = [ev for txn in batch for ev in txn.events]
+        if not self._wait_for_loads(events, cur):
+            return  # stopped while a load ran: nothing applied nor confirmed, the server sends it again
         end_lsn = batch[-1].end_lsn
         positions = {(self.topic, 0): end_lsn}
         result = self._apply_with_retry(events, positions, batch, cur)
         self._applied_lsn = end_lsn
-        if cur is not None:
-            try:
-                cur.send_feedback(write_lsn=end_lsn, flush_lsn=end_lsn, apply_lsn=end_lsn, force=True)
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                # the target holds the position; the slot catches up with the next feedback
-                self.log.warning("feedback failed; the target holds the position", error=str(exc).strip())
+        self._confirm(cur, end_lsn)
         self.stats.transactions += len(batch)
         self.stats.events_applied += result.events
         self.stats.batches += 1
         self.stats.last_lsn = end_lsn
+        self.stats.last_batch_at = time.perf_counter()
         elapsed = time.monotonic() - started
         if self.on_batch is not None:
             self.on_batch(result, elapsed, batch)
@@ -779,6 +867,39 @@ class ReplicationProcess:
             seconds=round(elapsed, 4),
             end_lsn=format_lsn(end_lsn),
         )
+
+    # ------------------------------------------------------------ tables ``streamer load`` is writing
+    def _loading_tables(self, fresh: bool = False) -> set[str]:
+        """Target tables a load is writing now (re-read at most every 2 s unless ``fresh``)."""
+        now = time.monotonic()
+        if fresh or now - self._loading_checked >= 2.0:
+            from streamer.load import loading_tables
+
+            with self.sink.engine.connect() as conn:
+                self._loading = loading_tables(conn)
+            self._loading_checked = now
+        return self._loading
+
+    def _wait_for_loads(self, events: Sequence[ChangeEvent], cur: Any) -> bool:
+        """Hold the stream while ``streamer load`` writes a table of the batch (as consume holds partitions):
+        a delete applied before the load's snapshot row is written would be undone by it. False if stopped."""
+        if not self._loading_tables():
+            return True
+        route = self.sink.router.route
+        tables = {route(ev.table).qualified for ev in events}
+        held = False
+        while True:
+            busy = tables & self._loading_tables(fresh=held)
+            if not busy:
+                if held:
+                    self.log.info("load finished: resuming the stream")
+                return True
+            if not held:
+                held = True
+                self.log.info("holding the stream while tables are loaded", tables=sorted(busy))
+            if self._stop.wait(1.0):
+                return False
+            self._keepalive(cur)
 
     def _apply_with_retry(
         self,
@@ -800,16 +921,23 @@ class ReplicationProcess:
             try:
                 return self.sink.apply(events, positions, self.group, before_commit=before_commit)
             except Exception as exc:
-                if is_transient(exc) or not is_permanent(exc):
+                if _transient(exc) or not _permanent(exc):
                     raise
             # a permanent error in the batch: event by event, to find the culprit(s)
-            return self.sink.apply(
-                events,
-                positions,
-                self.group,
-                isolate=True,
-                before_commit=before_commit if self.cfg.error_policy == "dlq" else _refuse_failures,
-            )
+            try:
+                return self.sink.apply(
+                    events,
+                    positions,
+                    self.group,
+                    isolate=True,
+                    before_commit=before_commit if self.cfg.error_policy == "dlq" else _refuse_failures,
+                )
+            except _FailedEvent:
+                raise
+            except Exception as exc:
+                if _transient(exc) or not _permanent(exc):
+                    raise
+                raise _BatchFailed(exc) from exc
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             self.stats.retries += 1
@@ -820,7 +948,7 @@ class ReplicationProcess:
             self._keepalive(cur)
 
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(is_transient),
+            retry=tenacity.retry_if_exception(_transient),
             stop=tenacity.stop_after_attempt(self.cfg.retry_attempts),
             wait=tenacity.wait_exponential(multiplier=0.2, max=self.cfg.retry_max_wait_s),
             sleep=lambda seconds: self._sleep_with_keepalive(seconds, cur),
@@ -829,6 +957,13 @@ class ReplicationProcess:
         )
         try:
             return retrying(attempt)
+        except _BatchFailed as failed:
+            first = min((ev.position.lsn or 0 for ev in events), default=0)
+            raise ReplicationApplyError(
+                f"{format_lsn(first)}..{format_lsn(batch[-1].commit_lsn)}",
+                f"a change of this batch of {len(batch)} transaction(s) (applying it event by event did not "
+                f"isolate it): {type(failed.error).__name__}: {str(failed.error)[:1000]}",
+            ) from None
         except _FailedEvent as failed:
             lsn = failed.event.position.lsn or 0
             raise ReplicationApplyError(
@@ -836,6 +971,16 @@ class ReplicationProcess:
                 f"{failed.event.table.qualified} ({failed.event.op.value}): "
                 f"{type(failed.error).__name__}: {str(failed.error)[:1000]}",
             ) from None
+
+    def _confirm(self, cur: Any, lsn: int) -> None:
+        """Tell the server everything up to ``lsn`` is in the target (only ever called with such an LSN)."""
+        if cur is None:
+            return
+        try:
+            cur.send_feedback(write_lsn=lsn, flush_lsn=lsn, apply_lsn=lsn, force=True)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            # the target holds the position; the slot catches up after the reconnect
+            self.log.warning("feedback failed; the target holds the position", error=str(exc).strip())
 
     def _keepalive(self, cur: Any) -> None:
         if cur is None:

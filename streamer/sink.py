@@ -60,7 +60,7 @@ KeyTuple = tuple[Any, ...]
 def _iso_dt(v: dt.datetime) -> str:
     if v.tzinfo is not None:
         v = v.astimezone(dt.UTC).replace(tzinfo=None)
-    return v.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return v.isoformat(sep=" ", timespec="microseconds")  # zero-padded years, unlike strftime
 
 
 def _utc_naive(v: dt.datetime) -> dt.datetime:
@@ -459,12 +459,12 @@ class Sink:
         q = prep.quote
         ver = q(table.version_column)
         stage = q("_streamer_stage_" + _digest(target, *table.columns))
-        dbapi = conn.connection.dbapi_connection
-        assert dbapi is not None
+        key = ", ".join(q(k) for k in table.key)
+        dbapi: Any = conn.connection.dbapi_connection
+        base_error: type[Exception] = conn.dialect.loaded_dbapi.Error
         cur = dbapi.cursor()
         try:
             cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {target}) ON COMMIT DELETE ROWS")
-            key = ", ".join(q(k) for k in table.key)
             for cols, rows in groups.items():
                 names = [*cols, table.version_column]
                 collist = ", ".join(q(c) for c in names)
@@ -486,6 +486,11 @@ class Sink:
                     f"AND (t.{ver} IS NULL OR t.{ver} < s.{ver})"
                 )
                 cur.execute(f"TRUNCATE {stage}")
+        except base_error as exc:
+            # raised as SQLAlchemy raises driver errors, so retries and error policies see one kind
+            raise sa.exc.DBAPIError.instance(
+                f"COPY/merge into {target}", None, exc, base_error, dialect=conn.dialect
+            ) from exc
         finally:
             cur.close()
 

@@ -143,7 +143,10 @@ def _micros(v: Any) -> Any:
 
 def _json(v: Any) -> str:
     if isinstance(v, str | bytes):
-        v = json.loads(v)
+        try:
+            v = json.loads(v)
+        except ValueError:
+            pass  # a driver that already decoded a JSON string value hands back the bare string
     return json.dumps(v, sort_keys=True, separators=(",", ":"), default=str)
 
 
@@ -403,7 +406,8 @@ def _pg_read(col: Any, c: SourceColumn) -> Any:
     """PostgreSQL read expressions: money as numeric, enums/domains/bit strings as text."""
     if isinstance(col.type, postgresql.MONEY):
         return sa.cast(col, sa.Numeric).label(c.name)
-    if c.kind == "text" and not isinstance(col.type, sa.String):
+    if (c.kind == "text" and not isinstance(col.type, sa.String)) or c.kind == "json":
+        # json as its text: psycopg2 would hand a JSON string value back as a bare str
         return sa.cast(col, sa.Text).label(c.name)
     return col.label(c.name)
 

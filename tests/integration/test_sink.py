@@ -7,9 +7,11 @@ import decimal
 import uuid
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from streamer import state
+from streamer.db import is_transient
 from streamer.events import (
     UNAVAILABLE,
     ChangeEvent,
@@ -21,7 +23,7 @@ from streamer.events import (
     pg_version,
 )
 from streamer.schema import Router, SchemaManager
-from streamer.sink import Sink
+from streamer.sink import Sink, is_permanent
 
 COLUMNS = {
     "id": ColumnType("int64", optional=False),
@@ -178,3 +180,38 @@ def test_hostile_identifiers_are_quoted(target, unique: str) -> None:
     sink.apply([event], {("t", 0): 1}, "g3")
     rows = _rows(engine, sink, table)
     assert rows[1]['evil"`col'] == "v"
+
+
+def test_rejected_event_is_isolated_and_the_rest_applied(target, unique: str) -> None:
+    """A constraint violation (any dialect, PostgreSQL's COPY path included) is a permanent error
+    that names the event; the isolate mode applies everything else."""
+    _url, engine = target
+    sink = _sink(engine)
+    ev = Events(unique)
+    route = sink.router.route(ev.table)
+    prep = engine.dialect.identifier_preparer
+    name = prep.format_table(sa.table(route.target_table, schema=route.target_schema))
+    with engine.begin() as conn:
+        if route.target_schema:
+            conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {prep.quote(route.target_schema)}"))
+        conn.execute(
+            sa.text(
+                f"CREATE TABLE {name} (id BIGINT PRIMARY KEY, name VARCHAR(50) NOT NULL CHECK (name <> 'bad'), "
+                f"{VERSION} VARCHAR(40))"
+            )
+        )
+
+    def row(i: int, n: str) -> dict[str, Any]:
+        return {"id": i, "name": n}
+
+    events = [
+        ev(Op.CREATE, 1, row(1, "ok"), 10),
+        ev(Op.CREATE, 2, row(2, "bad"), 20),
+        ev(Op.CREATE, 3, row(3, "fine"), 30),
+    ]
+    with pytest.raises(sa.exc.DBAPIError) as err:
+        sink.apply(events, {("topic", 0): 3}, "gx")
+    assert is_permanent(err.value) and not is_transient(err.value)
+    result = sink.apply(events, {("topic", 0): 3}, "gx", isolate=True)
+    assert [e.origin.offset for e, _ in result.failed] == [2]
+    assert {k: v["name"] for k, v in _rows(engine, sink, ev.table).items()} == {1: "ok", 3: "fine"}

@@ -859,3 +859,45 @@ def test_decimal_context_is_not_limited_to_28_digits() -> None:
     with decimal.localcontext() as ctx:
         ctx.prec = 5
         assert conv(1700, text, num(110, 43)).as_tuple() == Decimal(text).as_tuple()
+
+
+# --------------------------------------------------------------------------- the process's bookkeeping
+
+
+def test_transactions_not_beyond_the_target_position_are_skipped() -> None:
+    from typing import cast
+
+    from streamer.pgoutput import Transaction
+    from streamer.replicate import ReplicationProcess
+    from streamer.settings import load_settings
+    from streamer.sink import Sink
+
+    proc = ReplicationProcess(
+        load_settings(env={}), cast(Sink, None), source_url="postgresql://x/y", slot="s", publication="p"
+    )
+    proc._applied_lsn = proc._skip_to = 0x500  # what _streamer_offsets held at start
+
+    def txn(end: int) -> Transaction:
+        return Transaction(1, end - 0x10, end, dt.datetime(2024, 1, 1, tzinfo=dt.UTC), [], 10)
+
+    for end in (0x400, 0x500):  # resent by a slot that lags the target
+        proc._accept(txn(end))
+    assert proc.stats.skipped_transactions == 2 and proc._pending == []
+    proc._accept(txn(0x510))  # the next one (its commit record may start exactly at 0x500)
+    proc._accept(txn(0x510))  # the same one again (after a reconnect, while still pending)
+    assert [t.end_lsn for t in proc._pending] == [0x510] and proc.stats.skipped_transactions == 3
+
+
+def test_dead_letter_policy_needs_a_file() -> None:
+    from typing import cast
+
+    from streamer.errors import SettingsError
+    from streamer.replicate import ReplicationProcess
+    from streamer.settings import load_settings
+    from streamer.sink import Sink
+
+    settings = load_settings(env={}, overrides={"consumer": {"error_policy": "dlq"}})
+    with pytest.raises(SettingsError, match="--dlq-file"):
+        ReplicationProcess(
+            settings, cast(Sink, None), source_url="postgresql://x/y", slot="s", publication="p"
+        )
