@@ -129,6 +129,16 @@ def consume(
     error_policy: Annotated[
         str | None, typer.Option(help="stop or dlq (default: consumer.error_policy).")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on this port (with --processes N: ports P to P+N-1)."),
+    ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Run N consumer processes in this group under a supervisor that restarts them."
+        ),
+    ] = None,
 ) -> None:
     """Read change events as a member of a consumer group and apply them to the target."""
     from streamer import logs, state
@@ -141,6 +151,22 @@ def consume(
             overrides={"consumer": {"error_policy": error_policy}}, path=_config_path(ctx)
         )
     logs.configure(settings.log_format, settings.log_level)
+    if processes is not None:  # issue 6: supervisor of N `streamer consume` children
+        from streamer.supervise import supervise_consume
+
+        options = {
+            "group": group,
+            "topics": topics,
+            "until-idle": until_idle,
+            "max-events": max_events,
+            "error-policy": error_policy,
+        }
+        raise typer.Exit(supervise_consume(processes, _config_path(ctx), options, metrics_port))
+    hooks = None
+    if metrics_port is not None:  # issue 6: Prometheus metrics through ConsumerProcess's hooks
+        from streamer.metrics import start_metrics
+
+        settings, hooks = start_metrics(settings, group or settings.consumer.group, metrics_port)
     sink = build_sink(settings)
     try:
         state.upgrade(sink.engine)
@@ -152,6 +178,7 @@ def consume(
             topics=topics,
             until_idle=until_idle,
             max_events=max_events,
+            hooks=hooks,
         )
         stats = proc.run()
     finally:
@@ -352,6 +379,21 @@ def validate(
             )
         Console().print(out)
     if not ok:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- demo
+@app.command("demo")
+def demo(
+    ctx: typer.Context,
+    rows: Annotated[int, typer.Option(help="Sample rows in the source (three tables).")] = 100_000,
+    seconds: Annotated[float, typer.Option(help="Duration of the live workload.")] = 30.0,
+    consumers: Annotated[int, typer.Option(help="Consumers in the group.")] = 2,
+) -> None:
+    """The whole pipeline on sample data (needs the stack: `make up`); exit 1 unless validation passes."""
+    from streamer.demo import run
+
+    if not run(settings_of(ctx), rows=rows, seconds=seconds, consumers=consumers):
         raise typer.Exit(1)
 
 
@@ -760,6 +802,88 @@ def replicate(
 
 
 # ---------------------------------------------------------------- end replicate
+
+
+# ---------------------------------------------------------------- operations (issue 6): replay, status
+@app.command("replay")
+def replay(
+    ctx: typer.Context,
+    group: Annotated[str, typer.Option(help="The consumer group to move.")],
+    to: Annotated[
+        list[str],
+        typer.Option(
+            help="earliest, latest, an ISO-8601 timestamp (UTC without a zone), or TOPIC:PARTITION:OFFSET "
+            "positions (repeat --to, separate with commas, or list more after it)."
+        ),
+    ],
+    positions: Annotated[
+        list[str] | None, typer.Argument(help="More TOPIC:PARTITION:OFFSET positions.", show_default=False)
+    ] = None,
+    topics: Annotated[
+        str | None,
+        typer.Option(help="Topic regex (default: the group's topics and the consumer's topic regex)."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the moves; change nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the moves as JSON.")] = False,
+) -> None:
+    """Move a group's committed Kafka offsets and the target's stored offsets together; refused while it has members."""
+    from streamer import replay as rp
+
+    settings = settings_of(ctx)
+    target = rp.parse_to([*to, *(positions or [])])
+    plan = rp.make_plan(settings, group, target, topics)
+    if as_json:
+        print(json.dumps(plan.to_json(dry_run), indent=2))
+    else:
+        _ops_console().print(rp.render(plan, dry_run))
+    if dry_run:
+        rp.refuse_if_active(plan)  # a dry run reports the refusal too (exit 1)
+        return
+    rp.execute(settings, plan)
+    print(
+        f"moved group {group!r} to {plan.target} on {len(plan.moves)} partition(s): the next "
+        f"consume re-reads {plan.reread} record(s) and skips {plan.skipped}",
+        file=sys.stderr if as_json else sys.stdout,
+    )
+
+
+def _ops_console() -> Console:
+    # names (tables, topics) are data, not markup; not a terminal: wide enough not to fold them
+    return Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 200)
+
+
+@app.command("status")
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (schema: streamer/status.py).")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh in place until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
+    group: Annotated[str | None, typer.Option(help="Consumer group (default: consumer.group).")] = None,
+    topics: Annotated[
+        str | None,
+        typer.Option(help="Topic regex (default: the group's topics and the consumer's topic regex)."),
+    ] = None,
+) -> None:
+    """Connectors and tasks, the consumer group, offsets and true lag per partition, table positions, dead letters.
+
+    Exit 1 when a part cannot be read or a connector is not RUNNING (not with --watch).
+    """
+    from streamer import status as st
+
+    settings = settings_of(ctx)
+    if watch:
+        st.watch(settings, group, topics, interval, _ops_console())
+        return
+    doc = st.collect(settings, group, topics)
+    if as_json:
+        print(st.to_json(doc))
+    else:
+        _ops_console().print(st.render(doc))
+    if not doc["ok"]:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- end operations
 
 
 def main() -> None:

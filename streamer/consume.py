@@ -63,7 +63,7 @@ from streamer.decode import Decoder
 from streamer.errors import DecodeError, StreamerError
 from streamer.events import ChangeEvent
 from streamer.settings import Settings
-from streamer.sink import ApplyResult, Sink, is_permanent
+from streamer.sink import ApplyResult, EventRejectedError, Sink, is_permanent, refuse_failures
 from streamer.state import load_offsets
 
 
@@ -342,6 +342,8 @@ class ConsumerProcess:
                 self._pending_bytes += len(msg.value() or b"") + len(msg.key() or b"")
             if msgs:
                 self._last_activity = now
+            if self._inflight is not None and self._inflight[0].done():
+                self._drain()  # a quiet stream: commit to Kafka and account now, not at the next batch
             if self._pending and (
                 len(self._pending) >= cfg.batch_max_events
                 or self._pending_bytes >= cfg.batch_max_bytes
@@ -542,7 +544,7 @@ class ConsumerProcess:
                 positions,
                 self.group,
                 isolate=True,
-                before_commit=before_commit if self.cfg.error_policy == "dlq" else _refuse_failures,
+                before_commit=before_commit if self.cfg.error_policy == "dlq" else refuse_failures,
             )
             return result
 
@@ -555,7 +557,7 @@ class ConsumerProcess:
         )
         try:
             return retrying(attempt)
-        except _FailedEvent as failed:
+        except EventRejectedError as failed:
             o = failed.event.origin
             raise PoisonRecordError(
                 o.topic, o.partition, o.offset, f"{type(failed.error).__name__}: {failed.error}"
@@ -646,17 +648,6 @@ class _Prepared:
     first: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
     apply_seconds: float = 0.0
     committed_at: float = 0.0
-
-
-class _FailedEvent(Exception):
-    def __init__(self, event: ChangeEvent, error: Exception) -> None:
-        self.event, self.error = event, error
-
-
-def _refuse_failures(result: ApplyResult) -> None:
-    if result.failed:
-        ev, exc = result.failed[0]
-        raise _FailedEvent(ev, exc)
 
 
 def build_decoder(settings: Settings) -> Decoder:

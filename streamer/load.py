@@ -75,7 +75,16 @@ from streamer.events import (
     parse_lsn,
     pg_version,
 )
-from streamer.pgtypes import SESSION_OPTIONS, ColumnPlan, PgType, builtin_type, column_plan
+from streamer.pgtypes import (
+    SESSION_OPTIONS,
+    TYPE_QUERY,
+    ColumnPlan,
+    PgType,
+    builtin_type,
+    column_plan,
+    reported_type_name,
+    type_from_row,
+)
 from streamer.schema import Route, TargetTable, cast_type
 from streamer.sink import Sink
 
@@ -137,28 +146,8 @@ class _Types:
         if known is not None:
             return known
         with self.conn.cursor() as cur:
-            cur.execute(
-                "SELECT t.typname, t.typtype, t.typcategory, t.typelem, t.typbasetype, t.typtypmod, t.typdelim, "
-                "CASE WHEN t.typtype = 'e' THEN ARRAY(SELECT e.enumlabel::text FROM pg_enum e "
-                "WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder) END FROM pg_type t WHERE t.oid = %s",
-                (oid,),
-            )
-            row = cur.fetchone()
-        found = (
-            PgType(oid, f"oid{oid}")
-            if row is None
-            else PgType(
-                oid,
-                row[0],
-                row[1],
-                row[2],
-                int(row[3]),
-                int(row[4]),
-                int(row[5]),
-                row[6],
-                tuple(row[7] or ()),
-            )
-        )
+            cur.execute(TYPE_QUERY, (oid,))
+            found = type_from_row(oid, cur.fetchone())
         self.cache[oid] = found
         return found
 
@@ -192,10 +181,9 @@ def describe_source(conn: Any, schema: str, table: str) -> SourceTable:
         )
         key = tuple(r[0] for r in cur.fetchall())
     lookup = _Types(conn)
-    serial = {"int2": "smallserial", "int4": "serial", "int8": "bigserial"}
     columns = []
     for name, oid, typmod, notnull, typname, default in cols:
-        source_type = serial[typname] if typname in serial and default and "nextval(" in default else typname
+        source_type = reported_type_name(typname, default)
         plan = column_plan(name, int(oid), int(typmod), lookup, optional=not notnull, source_type=source_type)
         columns.append(SourceColumn(name, plan, typname))
     return SourceTable(schema, table, tuple(columns), key)

@@ -95,7 +95,7 @@ import math
 import re
 import struct
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Final, Protocol
@@ -268,6 +268,29 @@ _BUILTIN_ARRAYS: Final = {
     3913: 3912,
     3927: 3926,
 }
+
+
+# what a catalog lookup of a type reads (one row, or none when the type was dropped since)
+TYPE_QUERY: Final = (
+    "SELECT t.typname, t.typtype, t.typcategory, t.typelem, t.typbasetype, t.typtypmod, t.typdelim, "
+    "CASE WHEN t.typtype = 'e' THEN ARRAY(SELECT e.enumlabel::text FROM pg_enum e "
+    "WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder) END "
+    "FROM pg_type t WHERE t.oid = %s"
+)
+_SERIALS: Final = {"int2": "smallserial", "int4": "serial", "int8": "bigserial"}
+
+
+def type_from_row(oid: int, row: Sequence[Any] | None) -> PgType:
+    """The :class:`PgType` of a :data:`TYPE_QUERY` row; a dropped type's values are taken as text."""
+    if row is None:
+        return PgType(oid, f"oid{oid}")
+    name, kind, category, elem, base, typmod, delim, labels = row
+    return PgType(oid, name, kind, category, int(elem), int(base), int(typmod), delim, tuple(labels or ()))
+
+
+def reported_type_name(typname: str, default: str | None) -> str:
+    """The type name Debezium reports (pgjdbc's): integer columns fed by a sequence are serials."""
+    return _SERIALS[typname] if typname in _SERIALS and default and "nextval(" in default else typname
 
 
 def builtin_type(oid: int) -> PgType | None:

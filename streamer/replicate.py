@@ -115,9 +115,17 @@ from streamer.pgoutput import (
     TransactionAssembler,
     tuple_values,
 )
-from streamer.pgtypes import SESSION_OPTIONS, PgType, PgValueError, builtin_type
+from streamer.pgtypes import (
+    SESSION_OPTIONS,
+    TYPE_QUERY,
+    PgType,
+    PgValueError,
+    builtin_type,
+    reported_type_name,
+    type_from_row,
+)
 from streamer.settings import Settings
-from streamer.sink import ApplyResult, Sink, is_permanent
+from streamer.sink import ApplyResult, EventRejectedError, Sink, is_permanent, refuse_failures
 from streamer.state import load_offsets
 
 SLOT_BUSY_GRACE_S = 5.0  # how long a slot still held by another process is waited for at start
@@ -207,20 +215,8 @@ class SourceCatalog:
         known = builtin_type(oid) or self._types.get(oid)
         if known is not None:
             return known
-        rows = self.query(
-            "SELECT t.typname, t.typtype, t.typcategory, t.typelem, t.typbasetype, t.typtypmod, t.typdelim, "
-            "CASE WHEN t.typtype = 'e' THEN ARRAY(SELECT e.enumlabel::text FROM pg_enum e "
-            "WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder) END "
-            "FROM pg_type t WHERE t.oid = %s",
-            (oid,),
-        )
-        if not rows:
-            found = PgType(oid, f"oid{oid}")  # dropped since: take its values as text
-        else:
-            name, kind, category, elem, base, typmod, delim, labels = rows[0]
-            found = PgType(
-                oid, name, kind, category, int(elem), int(base), int(typmod), delim, tuple(labels or ())
-            )
+        rows = self.query(TYPE_QUERY, (oid,))
+        found = type_from_row(oid, rows[0] if rows else None)
         self._types[oid] = found
         return found
 
@@ -243,14 +239,10 @@ class SourceCatalog:
         source_types: dict[str, str] = {}
         comments: dict[str, str] = {}
         not_null: set[str] = set()
-        serial = {"int2": "smallserial", "int4": "serial", "int8": "bigserial"}
         for name, notnull, typname, default, comment in cols:
             if notnull:
                 not_null.add(name)
-            # pgjdbc (whose names Debezium propagates) reports integer columns fed by a sequence as serials
-            source_types[name] = (
-                serial[typname] if typname in serial and default and "nextval(" in default else typname
-            )
+            source_types[name] = reported_type_name(typname, default)
             if comment:
                 comments[name] = comment
         return RelationMeta(tuple(r[0] for r in pk), frozenset(not_null), source_types, comments)
@@ -442,17 +434,6 @@ def _transient(exc: BaseException) -> bool:
 
 def _permanent(exc: BaseException) -> bool:
     return is_permanent(_as_dbapi_error(exc))
-
-
-class _FailedEvent(Exception):
-    def __init__(self, event: ChangeEvent, error: Exception) -> None:
-        self.event, self.error = event, error
-
-
-def _refuse_failures(result: ApplyResult) -> None:
-    if result.failed:
-        ev, exc = result.failed[0]
-        raise _FailedEvent(ev, exc)
 
 
 def _jsonable(values: Mapping[str, Any] | None) -> Any:
@@ -930,9 +911,9 @@ class ReplicationProcess:
                     positions,
                     self.group,
                     isolate=True,
-                    before_commit=before_commit if self.cfg.error_policy == "dlq" else _refuse_failures,
+                    before_commit=before_commit if self.cfg.error_policy == "dlq" else refuse_failures,
                 )
-            except _FailedEvent:
+            except EventRejectedError:
                 raise
             except Exception as exc:
                 if _transient(exc) or not _permanent(exc):
@@ -964,7 +945,7 @@ class ReplicationProcess:
                 f"a change of this batch of {len(batch)} transaction(s) (applying it event by event did not "
                 f"isolate it): {type(failed.error).__name__}: {str(failed.error)[:1000]}",
             ) from None
-        except _FailedEvent as failed:
+        except EventRejectedError as failed:
             lsn = failed.event.position.lsn or 0
             raise ReplicationApplyError(
                 format_lsn(lsn),

@@ -284,6 +284,22 @@ class ApplyResult:
             self.truncates[table] = plan.truncate_version
 
 
+class EventRejectedError(StreamerError):
+    """The target rejected one event of a batch applied with ``isolate=True`` (error policy stop)."""
+
+    def __init__(self, event: ChangeEvent, error: Exception) -> None:
+        self.event, self.error = event, error
+        o = event.origin
+        super().__init__(f"{o.topic}[{o.partition}]@{o.offset}: {type(error).__name__}: {error}")
+
+
+def refuse_failures(result: ApplyResult) -> None:
+    """A ``before_commit`` for error policy ``stop``: any rejected event rolls the batch back."""
+    if result.failed:
+        ev, exc = result.failed[0]
+        raise EventRejectedError(ev, exc)
+
+
 def is_permanent(exc: BaseException) -> bool:
     """Errors that retrying cannot cure and that belong to the data (constraint, type, schema)."""
     if isinstance(exc, StreamerError):

@@ -292,21 +292,6 @@ class _Side:
             return int(conn.execute(sa.select(sa.func.count()).select_from(self.t)).scalar_one())
 
 
-def read_rows(
-    engine: Engine,
-    schema: str | None,
-    table: str,
-    columns: Sequence[SourceColumn],
-    key: Sequence[str],
-    names: Mapping[str, str] | None = None,
-) -> dict[tuple[Any, ...], tuple[Any, ...]]:
-    """All rows of a table, normalized, keyed by normalized primary key. ``names`` renames columns.
-
-    Reads through reflected column types, so e.g. SQLite's DATETIME text comes back as datetime.
-    """
-    return _Side(engine, schema, table, columns, key, names).rows()[0]
-
-
 def _digest(rows: Mapping[tuple[Any, ...], tuple[Any, ...]]) -> str:
     h = hashlib.sha256()
     for k in sorted(rows, key=repr):
@@ -421,20 +406,5 @@ def compare_tables(
     rename: Mapping[str, str] | None = None,
     drop: Iterable[str] = (),
 ) -> TableDiff:
-    """Compare two whole tables row by row and column by column (for tests and small tables)."""
-    columns, key = describe(source, *source_table)
-    if not key:
-        raise ValidationSetupError(f"source table {source_table[1]} has no primary key")
-    dropped = set(drop)
-    columns = [c for c in columns if c.name not in dropped]
-    src = read_rows(source, *source_table, columns, key)
-    tgt = read_rows(target, *target_table, columns, key, names=rename)
-    diff = TableDiff(source_rows=len(src), target_rows=len(tgt))
-    for k, row in src.items():
-        other = tgt.get(k)
-        if other is None:
-            diff.missing.append(k)
-        elif other != row:
-            diff.changed.append((k, [c.name for c, a, b in zip(columns, row, other, strict=True) if a != b]))
-    diff.extra = [k for k in tgt if k not in src]
-    return diff
+    """Compare two whole tables: range checksums, then row by row and column by column where they differ."""
+    return validate_table(source, source_table, target, target_table, rename=rename, drop=drop)

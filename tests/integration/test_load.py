@@ -171,7 +171,9 @@ def test_interrupted_load_resumes(stack: Stack, captured: str, tmp_path: Path) -
         ).scalar_one()
     target.dispose()
     assert status == "loading" and finished < total
-    resumed = streamer("load", "--table", f"{schema}.orders", "--chunk-rows", "20", "--resume", "--json", url=url)
+    resumed = streamer(
+        "load", "--table", f"{schema}.orders", "--chunk-rows", "20", "--resume", "--json", url=url
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     (report,) = json.loads(resumed.stdout)
     # the chunks the first run finished are skipped, the rest loaded

@@ -67,3 +67,54 @@ def test_source_postgres_is_logical_and_makes_the_target_database() -> None:
     assert "wal_level=logical" in src["command"]
     s = load_settings(env={}).stack
     assert f"CREATE DATABASE {s.target_database}" in compose["configs"]["create-target-db"]["content"]
+
+
+# ---------------------------------------------------------------- the streamer service (issue 6)
+def test_streamer_service_runs_consume_from_the_repository() -> None:
+    compose = _compose()
+    svc = compose["services"]["streamer"]
+    assert svc["image"] == "python:3.11-slim"
+    assert "build" not in svc  # no Dockerfile: the top-level layout is fixed
+    command = " ".join(svc["command"])
+    assert "pip install" in command and "exec streamer consume" in command
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
+    for path in ("pyproject.toml", "README.md", "streamer", "connectors"):
+        assert mounts[f"/src/{path}"] == f"./{path}"
+        assert (ROOT / path).exists()
+    # installed from a copy: the mounts are read-only, the build writes next to the sources
+    assert all(v.endswith(":ro") for v in svc["volumes"] if v.startswith("./"))
+    assert "cp -r /src/. /app" in command and "/app" in command.split("pip install", 1)[1]
+    for volume in (v.split(":")[0] for v in svc["volumes"] if not v.startswith("./")):
+        assert volume in compose["volumes"]
+
+
+def test_streamer_service_is_scalable() -> None:
+    svc = _compose()["services"]["streamer"]
+    # --scale needs replicas that do not collide: no fixed name, host port or hostname
+    assert "container_name" not in svc and "hostname" not in svc and "ports" not in svc
+    assert svc["expose"] == ["9108"]
+    assert "--metrics-port 9108" in " ".join(svc["command"])
+    assert "9108/metrics" in " ".join(svc["healthcheck"]["test"])
+    # one group for every replica; graceful stop long enough to finish a batch and leave the group
+    assert svc["environment"]["STREAMER_CONSUMER__GROUP"]
+    assert svc["stop_signal"] == "SIGTERM"
+    assert int(str(svc["stop_grace_period"]).rstrip("s")) >= 30
+    assert str(svc["restart"]).startswith("on-failure:")  # bounded: a poison record does not loop forever
+    assert svc["profiles"] == ["streamer"]  # `make up` starts the stack only
+
+
+def test_streamer_service_settings_point_at_the_compose_services() -> None:
+    services = _compose()["services"]
+    svc = services["streamer"]
+    env = {k: str(v) for k, v in svc["environment"].items()}
+    s = load_settings(env=env)  # every name is a real setting, every value valid
+    kafka_env = services["kafka"]["environment"]
+    assert f"INTERNAL://{s.bootstrap_servers}" in kafka_env["KAFKA_ADVERTISED_LISTENERS"]
+    assert s.connect_url == "http://connect:8083"
+    src = services["source"]["environment"]
+    for url, database in ((s.source_url, src["POSTGRES_DB"]), (s.target_url, "target")):
+        assert url == f"postgresql://{src['POSTGRES_USER']}:{src['POSTGRES_PASSWORD']}@source:5432/{database}"
+    assert "CREATE DATABASE target" in _compose()["configs"]["create-target-db"]["content"]
+    assert s.log_format == "json"
+    for dep in ("kafka", "source", "connect"):
+        assert svc["depends_on"][dep]["condition"] == "service_healthy"
