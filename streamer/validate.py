@@ -241,6 +241,9 @@ class _Side:
                 self.exprs.append(sa.null().label(c.name))
             elif engine.dialect.name == "postgresql":
                 self.exprs.append(_pg_read(self.t.c[n], c))
+            elif c.kind == "json":
+                # as text everywhere: a JSON null must not read back as SQL NULL
+                self.exprs.append(sa.cast(self.t.c[n], sa.Text).label(c.name))
             else:
                 self.exprs.append(self.t.c[n].label(c.name))
         self.key_cols = [self.t.c[names.get(k, k)] for k in key]
@@ -392,7 +395,7 @@ def _pg_read(col: Any, c: SourceColumn) -> Any:
     if isinstance(col.type, postgresql.MONEY):
         return sa.cast(col, sa.Numeric).label(c.name)
     if (c.kind == "text" and not isinstance(col.type, sa.String)) or c.kind == "json":
-        # json as its text: psycopg2 would hand a JSON string value back as a bare str
+        # json as its text: psycopg2 would hand a JSON string value back as a bare str, a JSON null as None
         return sa.cast(col, sa.Text).label(c.name)
     return col.label(c.name)
 
