@@ -139,9 +139,12 @@ def _wait_until(cond, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_kill_9_mid_batch_then_restart(stack: Stack, pipeline, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_kill_9_mid_batch_then_restart(stack: Stack, pipeline, tmp_path: Path, kind: str) -> None:
     schema, topics = pipeline["schema"], pipeline["topics"]
-    url = target_url("postgresql", stack, tmp_path)
+    if kind == "mariadb":
+        _mariadb_engine().dispose()
+    url = target_url(kind, stack, tmp_path)
     group = f"{schema}-k9"
     small = {"STREAMER_CONSUMER__BATCH_MAX_EVENTS": "40"}
     for round_ in range(3):
@@ -162,9 +165,12 @@ def test_kill_9_mid_batch_then_restart(stack: Stack, pipeline, tmp_path: Path) -
     assert_same(stack, schema, url)
 
 
-def test_three_consumers_one_killed(stack: Stack, pipeline, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_three_consumers_one_killed(stack: Stack, pipeline, tmp_path: Path, kind: str) -> None:
     schema, topics = pipeline["schema"], pipeline["topics"]
-    url = target_url("postgresql", stack, tmp_path)
+    if kind == "mariadb":
+        _mariadb_engine().dispose()
+    url = target_url(kind, stack, tmp_path)
     group = f"{schema}-three"
     env = consumer_env(url, STREAMER_CONSUMER__BATCH_MAX_EVENTS="50")
     procs = [
@@ -190,20 +196,30 @@ def test_three_consumers_one_killed(stack: Stack, pipeline, tmp_path: Path) -> N
 
 def _versions(url: str, schema: str) -> dict[tuple[str, Any], str]:
     engine = create_target_engine(url)
+    router = Router(engine.dialect.name)
     try:
         out = {}
         with engine.connect() as conn:
             for table in SAMPLE_TABLES:
-                rows = conn.execute(sa.text(f'SELECT id, {VERSION} FROM "{schema}"."{table}"'))
+                route = router.route(TableId("inventory", schema, table))
+                t = sa.table(
+                    route.target_table, sa.column("id"), sa.column(VERSION), schema=route.target_schema
+                )
+                rows = conn.execute(sa.select(t.c.id, t.c[VERSION]))
                 out.update({(table, r[0]): r[1] for r in rows})
         return out
     finally:
         engine.dispose()
 
 
-def test_replay_from_earliest_converges_and_never_moves_back(stack: Stack, pipeline, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_replay_from_earliest_converges_and_never_moves_back(
+    stack: Stack, pipeline, tmp_path: Path, kind: str
+) -> None:
     schema, topics = pipeline["schema"], pipeline["topics"]
-    url = target_url("postgresql", stack, tmp_path)
+    if kind == "mariadb":
+        _mariadb_engine().dispose()
+    url = target_url(kind, stack, tmp_path)
     group = f"{schema}-replay"
     run_workload(_dsn(stack), schema, transactions=100, seed=31)
     first = run_consumer(group, topics, url, "--until-idle", "10")
