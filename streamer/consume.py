@@ -360,8 +360,8 @@ class ConsumerProcess:
             ):
                 self.log.info("idle, stopping", idle_seconds=self.until_idle)
                 break
-            if self._held and not msgs:
-                self._release_held()
+            if self._held:
+                self._release_held()  # the loading set is re-read at most every 2 s
             if now - last_progress >= 5:
                 last_progress = now
                 elapsed = max(now - self.stats.started, 1e-9)

@@ -185,3 +185,54 @@ def test_interrupted_load_resumes(stack: Stack, captured: str, tmp_path: Path) -
     assert report["rows"] == source_rows - 20 * finished  # chunks of exactly 20 keys
     checked = streamer("validate", "--table", f"{schema}.orders", "--json", url=url)
     assert checked.returncode == 0, checked.stdout
+
+
+def test_consumer_holds_a_table_while_it_is_loading(stack: Stack, captured: str, tmp_path: Path) -> None:
+    """A table marked loading in _streamer_loads gets none of its events applied until the load is done."""
+    schema = captured
+    url = target_url("postgresql", stack, tmp_path)
+    run_workload(stack.settings.source_url, schema, transactions=60, seed=8)
+    target = create_target_engine(url)
+    from streamer import state
+
+    state.upgrade(target)
+    with target.begin() as conn:
+        conn.execute(
+            sa.insert(state.loads_table).values(
+                table_name=f"{schema}.orders",
+                source_table=f"{schema}.orders",
+                status="loading",
+                floor_version="pg:0000000000000000",
+                snapshot_version="pg:0000000000000000",
+                rows_loaded=0,
+                started_at=sa.func.now(),
+            )
+        )
+    topics = rf"^{schema}\.{schema}\.[^.]+$"
+    group = f"{schema}-hold"
+    first = streamer("consume", "--group", group, "--topics", topics, "--until-idle", "8", url=url)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "holding partition while its table is loaded" in first.stderr
+    with target.connect() as conn:
+        insp = sa.inspect(conn)
+        orders = (
+            conn.execute(sa.text(f'SELECT count(*) FROM "{schema}".orders')).scalar_one()
+            if insp.has_table("orders", schema=schema)
+            else 0
+        )
+        customers = conn.execute(sa.text(f'SELECT count(*) FROM "{schema}".customers')).scalar_one()
+    assert orders == 0 and customers > 0
+    # the load finishes (here: just loads the table for real), and the held events follow
+    loaded = streamer("load", "--table", f"{schema}.orders", url=url)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    second = streamer("consume", "--group", group, "--topics", topics, "--until-idle", "8", url=url)
+    assert second.returncode == 0, second.stderr[-3000:]
+    with target.connect() as conn:
+        applied = conn.execute(
+            sa.text("SELECT last_version FROM _streamer_tables WHERE table_name = :t"),
+            {"t": f"{schema}.orders"},
+        ).scalar()
+    target.dispose()
+    assert applied is not None  # orders' streamed events were applied after the load
+    checked = streamer("validate", "--table", f"{schema}.orders", "--json", url=url)
+    assert checked.returncode == 0, checked.stdout
