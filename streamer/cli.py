@@ -295,7 +295,7 @@ def validate(
     from streamer.db import create_target_engine
     from streamer.events import TableId
     from streamer.load import tables_from_connectors
-    from streamer.schema import Router, RouteSpec
+    from streamer.sink import build_router
     from streamer.validate import validate_table
 
     settings = settings_of(ctx)
@@ -306,11 +306,7 @@ def validate(
         )
     source = create_target_engine(settings.source_url)
     target = create_target_engine(settings.target_url)
-    routes = {
-        n: RouteSpec(r.target, dict(r.rename), tuple(r.drop), dict(r.cast))
-        for n, r in settings.routes.items()
-    }
-    router = Router(target.dialect.name, routes)
+    router = build_router(settings, target.dialect.name)
     results = []
     try:
         database = source.url.database

@@ -416,8 +416,9 @@ class ConsumerProcess:
                 prepared.dead.append((msg, exc))
             else:
                 if isinstance(decoded, ChangeEvent):
-                    if loading and self.sink.router.route(decoded.table).qualified in loading:
-                        self._hold(topic, partition, offset, self.sink.router.route(decoded.table).qualified)
+                    table = self.sink.router.route(decoded.table).qualified if loading else ""
+                    if table in loading:
+                        self._hold(topic, partition, offset, table)
                         continue
                     prepared.events.append(decoded)
                     prepared.origins[(topic, partition, offset)] = msg

@@ -37,6 +37,7 @@ from rich.table import Table
 
 from streamer import logs, state
 from streamer.consume import ConsumerProcess, Hooks, build_decoder
+from streamer.db import create_target_engine
 from streamer.errors import StreamerError
 from streamer.events import ChangeEvent, TableId
 from streamer.load import Loader
@@ -230,7 +231,7 @@ def run(settings: Settings, rows: int = 100_000, seconds: float = 30.0, consumer
 
     _step(console, 8, "streamer validate")
     results: list[tuple[str, str, TableDiff]] = []
-    source = sa.create_engine(settings.source_url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    source = create_target_engine(settings.source_url)
     vsink = build_sink(settings)
     try:
         for t in SAMPLE_TABLES:

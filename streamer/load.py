@@ -617,17 +617,17 @@ class Loader:
         if self.dialect == "postgresql":
             self._write_pg(route, target, names, buf, chunk, rows, fresh)
         else:
-            self._write_other(src, route, target, buf.getvalue().decode(), chunk, rows, version)
+            self._write_other(src, route, buf.getvalue().decode(), chunk, rows, version)
         return rows
 
     def _checkpoint(self, conn: Connection, route: Route, chunk: Chunk, rows: int) -> None:
-        t, loads = state.load_chunks_table, state.loads_table
+        """Mark a chunk done (the table's rows_loaded is summed when the load finishes)."""
+        t = state.load_chunks_table
         conn.execute(
             sa.update(t)
             .where(t.c.table_name == route.qualified, t.c.chunk_no == chunk.no)
             .values(done=True, rows_loaded=rows)
         )
-        del loads  # rows_loaded of the table is summed at the end
 
     def _write_pg(
         self,
@@ -676,7 +676,6 @@ class Loader:
         self,
         src: SourceTable,
         route: Route,
-        target: TargetTable,
         text: str,
         chunk: Chunk,
         rows: int,
@@ -714,7 +713,6 @@ class Loader:
             record_state=False,
             in_transaction=lambda conn: self._checkpoint(conn, route, chunk, rows),
         )
-        del target
 
 
 def _range(key: Sequence[str], chunk: Chunk) -> tuple[str, list[Any]]:

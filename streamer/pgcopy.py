@@ -119,25 +119,30 @@ def _escaped_text(v: Any) -> str:
     return _escape(_text(v))
 
 
-# type -> COPY field; types whose text can hold no tab, newline or backslash skip escaping
+# types whose text form can hold no tab, newline or backslash: their COPY field is that text
+_PLAIN = (
+    int,
+    float,
+    decimal.Decimal,
+    dt.datetime,
+    InfiniteDatetime,
+    dt.date,
+    InfiniteDate,
+    dt.time,
+    EndOfDay,
+    dt.timedelta,
+    uuid.UUID,
+)
+# type -> COPY field; any other type: its text, escaped
 _COPY: dict[type, Callable[[Any], str]] = {
+    **{t: _TEXT[t] for t in _PLAIN},
     type(None): lambda v: NULL,
     str: _escape,
-    int: str,
     bool: lambda v: "t" if v else "f",
-    float: _float,
-    decimal.Decimal: _decimal,
-    dt.datetime: _datetime,
-    InfiniteDatetime: _datetime,
-    dt.date: _date,
-    InfiniteDate: _date,
-    dt.time: _time,
-    EndOfDay: _time,
-    dt.timedelta: _interval,
-    uuid.UUID: str,
-    bytes: lambda v: "\\\\x" + v.hex(),
-    bytearray: lambda v: "\\\\x" + v.hex(),
-    memoryview: lambda v: "\\\\x" + bytes(v).hex(),
+    # bytea's text starts with a backslash, doubled for COPY
+    bytes: lambda v: "\\" + _bytes(v),
+    bytearray: lambda v: "\\" + _bytes(v),
+    memoryview: lambda v: "\\" + _bytes(v),
 }
 
 

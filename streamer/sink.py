@@ -515,16 +515,22 @@ def _digest(*parts: str) -> str:
     return hashlib.sha1("\x00".join(parts).encode()).hexdigest()[:16]
 
 
-def build_sink(settings: Settings, engine: Engine | None = None) -> Sink:
-    """The sink the settings describe: target URL, routes, version column, schema mode, truncate policy."""
-    from streamer.db import create_target_engine
+def build_router(settings: Settings, dialect: str) -> Router:
+    """The router for a target dialect with the settings' ``[routes]``."""
     from streamer.schema import RouteSpec
 
-    engine = engine or create_target_engine(settings.target_url)
-    c = settings.consumer
     routes = {
         name: RouteSpec(r.target, dict(r.rename), tuple(r.drop), dict(r.cast))
         for name, r in settings.routes.items()
     }
-    router = Router(engine.dialect.name, routes)
+    return Router(dialect, routes)
+
+
+def build_sink(settings: Settings, engine: Engine | None = None) -> Sink:
+    """The sink the settings describe: target URL, routes, version column, schema mode, truncate policy."""
+    from streamer.db import create_target_engine
+
+    engine = engine or create_target_engine(settings.target_url)
+    c = settings.consumer
+    router = build_router(settings, engine.dialect.name)
     return Sink(engine, router, SchemaManager(engine, c.version_column, c.schema_mode), truncate=c.truncate)

@@ -71,13 +71,25 @@ def _connector(stack: Stack, prefix: str, table: str) -> dict[str, str]:
     }
 
 
-def produce_records(stack: Stack, prefix: str, rows: int) -> tuple[str, int]:
-    """Create a table, capture it, write ``rows`` inserts and ``rows // 2`` updates; wait for them in Kafka."""
+def produce_records(
+    stack: Stack,
+    prefix: str,
+    rows: int,
+    setup: Sequence[tuple[str, tuple[Any, ...]]] = (),
+    deliver_timeout: float = 600,
+) -> tuple[str, int]:
+    """Create a table, capture it, write ``rows`` inserts and ``rows // 2`` updates; wait for them in Kafka.
+
+    ``setup`` statements run right after the table is created, before anything is written (the
+    replicate benchmark makes its own publication and slot there). Returns (topic, records).
+    """
     table = prefix
     conn = psycopg2.connect(stack.source_admin_dsn(stack.cfg.source_database))
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute(f"CREATE TABLE public.{table} ({COLUMNS})")
+        for statement, params in setup:
+            cur.execute(statement, params)
     url = stack.settings.connect_url
     httpx.put(
         f"{url}/connectors/{prefix}/config", json=_connector(stack, prefix, table), timeout=60
@@ -102,7 +114,7 @@ def produce_records(stack: Stack, prefix: str, rows: int) -> tuple[str, int]:
     conn.close()
     topic = f"{prefix}.public.{table}"
     expected = rows + rows // 2
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + deliver_timeout
     while time.monotonic() < deadline:
         if _topic_size(stack.settings, topic) >= expected:
             return topic, expected

@@ -30,7 +30,7 @@ import psycopg2
 import sqlalchemy as sa
 
 from streamer import logs, state
-from streamer.bench.consume import COLUMNS, _cleanup, _connector, _topic_size, apply_consumer
+from streamer.bench.consume import _cleanup, apply_consumer, produce_records
 from streamer.db import create_target_engine
 from streamer.replicate import ReplicationProcess
 from streamer.settings import load_settings
@@ -43,44 +43,18 @@ def prepare(stack: Stack, prefix: str, rows: int) -> tuple[str, str, int]:
 
     Returns (table, topic, number of change events).
     """
-    table = prefix
     slot = f"{prefix}_rslot"
-    conn = psycopg2.connect(stack.source_admin_dsn(stack.cfg.source_database))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE TABLE public.{table} ({COLUMNS})")
-        cur.execute(f'CREATE PUBLICATION "{prefix}_rpub" FOR TABLE public.{table}')
-        cur.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
-    url = stack.settings.connect_url
-    httpx.put(
-        f"{url}/connectors/{prefix}/config", json=_connector(stack, prefix, table), timeout=60
-    ).raise_for_status()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        st = httpx.get(f"{url}/connectors/{prefix}/status", timeout=10).json()
-        if st.get("tasks") and st["tasks"][0]["state"] == "RUNNING":
-            break
-        time.sleep(0.5)
-    time.sleep(2)
-    with conn.cursor() as cur:  # the statements of streamer.bench.consume.produce_records
-        for start in range(0, rows, 10_000):
-            n = min(10_000, rows - start)
-            cur.execute(
-                f"INSERT INTO public.{table} SELECT g, 'name ' || g, 'u' || g || '@example.com', (g % 100000) / 100.0, "
-                "g * 1.5, g % 2 = 0, now() - g * interval '1 second', localtimestamp, "
-                "jsonb_build_object('g', g, 'tags', jsonb_build_array('a', 'b')) "
-                f"FROM generate_series({start + 1}, {start + n}) g"
-            )
-        cur.execute(f"UPDATE public.{table} SET amount = amount + 1, active = NOT active WHERE id % 2 = 0")
-    conn.close()
-    topic = f"{prefix}.public.{table}"
-    expected = rows + rows // 2
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if _topic_size(stack.settings, topic) >= expected:
-            return table, topic, expected
-        time.sleep(1)
-    raise RuntimeError(f"Debezium did not deliver {expected} records to {topic} in time")
+    topic, expected = produce_records(
+        stack,
+        prefix,
+        rows,
+        setup=[
+            (f'CREATE PUBLICATION "{prefix}_rpub" FOR TABLE public.{prefix}', ()),
+            ("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)),
+        ],
+        deliver_timeout=300,
+    )
+    return prefix, topic, expected
 
 
 def apply_replicate(stack: Stack, prefix: str, table: str, expected: int, schema: str) -> float:
