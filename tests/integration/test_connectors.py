@@ -349,9 +349,13 @@ def test_status_pause_resume_restart_delete(stack: Stack, workdir: Path, unique:
         return dict(rows[0]) | {"rc": proc.returncode}
 
     def wait_state(state: str) -> None:
+        """Until the connector and every task report ``state`` (the tasks follow the connector)."""
         deadline = time.monotonic() + 30
-        while get(stack, f"/connectors/{unique}/status").json()["connector"]["state"] != state:
-            assert time.monotonic() < deadline, f"not {state} after 30 s"
+        while True:
+            st = get(stack, f"/connectors/{unique}/status").json()
+            if st["connector"]["state"] == state and all(t["state"] == state for t in st["tasks"]):
+                return
+            assert time.monotonic() < deadline, f"not {state} after 30 s: {st}"
             time.sleep(0.3)
 
     running = status()
@@ -363,7 +367,6 @@ def test_status_pause_resume_restart_delete(stack: Stack, workdir: Path, unique:
 
     assert cli(stack, workdir, "pause", unique).returncode == 0
     wait_state("PAUSED")
-    time.sleep(0.5)  # the tasks follow the connector
     assert status() | {"rc": 0} == running | {
         "state": "PAUSED",
         "tasks": [running["tasks"][0] | {"state": "PAUSED"}],
