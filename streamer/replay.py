@@ -394,7 +394,7 @@ def execute(settings: Settings, plan: ReplayPlan) -> None:
     try:
         state.upgrade(engine)
         with engine.begin() as conn:
-            state.save_offsets(conn, plan.group, {(m.topic, m.partition): m.new for m in moves})
+            state.save_offsets(conn, plan.group, {(m.topic, m.partition): m.new for m in moves}, force=True)
     except sa.exc.SQLAlchemyError as exc:
         raise ReplayError(
             f"Kafka's offsets of group {plan.group!r} were moved but the target's _streamer_offsets could not "

@@ -293,6 +293,26 @@ class EventRejectedError(StreamerError):
         super().__init__(f"{o.topic}[{o.partition}]@{o.offset}: {type(error).__name__}: {error}")
 
 
+class FencedBatchError(StreamerError):
+    """A batch starts before the offset already stored for one of its partitions: another owner
+    (the member the partition moved to) applied past it. Nothing of the batch was written."""
+
+    def __init__(
+        self, group: str, partitions: Mapping[tuple[str, int], int], first: Mapping[tuple[str, int], int]
+    ):
+        self.group = group
+        self.partitions = dict(partitions)  # (topic, partition) -> the stored next offset
+        self.first = {tp: first[tp] for tp in partitions}
+        where = ", ".join(
+            f"{t}[{p}] batch from {self.first[(t, p)]}, stored {o}"
+            for (t, p), o in sorted(self.partitions.items())
+        )
+        super().__init__(
+            f"batch of group {group!r} fenced: another owner already applied past it ({where}); "
+            "nothing of it was written"
+        )
+
+
 def refuse_failures(result: ApplyResult) -> None:
     """A ``before_commit`` for error policy ``stop``: any rejected event rolls the batch back."""
     if result.failed:
@@ -336,6 +356,8 @@ class Sink:
         before_commit: Callable[[ApplyResult], None] | None = None,
         record_state: bool = True,
         in_transaction: Callable[[Connection], None] | None = None,
+        first: Mapping[tuple[str, int], int] | None = None,
+        identities: Mapping[tuple[str, int], state.OffsetIdentity] | None = None,
     ) -> ApplyResult:
         """Apply events and record ``positions`` ((topic, partition) -> next offset) in one transaction.
 
@@ -346,6 +368,12 @@ class Sink:
         dead letters there, so a crash cannot lose them); if it raises, nothing is committed.
         ``in_transaction`` writes more in the same transaction (the loader's checkpoint);
         ``record_state=False`` leaves streamer's state tables alone.
+
+        ``first`` ((topic, partition) -> the batch's first offset) fences zombie batches: before
+        anything is written the partitions' stored offset rows are locked, and when one already
+        holds an offset past the batch's first offset (another owner applied past it) the whole
+        batch is refused with :class:`FencedBatchError`. ``identities`` are stored with the offsets
+        (see :func:`streamer.state.save_offsets`; a stored offset never moves backwards).
         """
         result = ApplyResult()
         # DDL first, outside the data transaction (SQLite allows one writer at a time)
@@ -371,6 +399,11 @@ class Sink:
                     raise
                 broken[tkey] = exc
         with self.engine.begin() as conn:
+            if first:
+                stored = state.lock_offsets(conn, group, first)
+                ahead = {tp: off for tp, off in stored.items() if off > first[tp]}
+                if ahead:
+                    raise FencedBatchError(group, ahead, first)
             truncated = state.truncate_versions(conn, [t.route.qualified for t in tables.values()])
             if not isolate:
                 self._apply_plans(conn, coalesce(events, self.router), tables, truncated, result)
@@ -401,7 +434,7 @@ class Sink:
                         truncated[name] = result.truncates[name] = max(v, result.truncates.get(name, ""))
             if record_state:
                 state.record_tables(conn, result.last_versions, result.truncates)
-                state.save_offsets(conn, group, positions)
+                state.save_offsets(conn, group, positions, identities)
             if in_transaction is not None:
                 in_transaction(conn)
             if before_commit is not None:

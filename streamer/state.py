@@ -2,7 +2,10 @@
 
 * ``_streamer_offsets``: per consumer group and topic-partition, the next offset to read. Written
   in the same transaction as the rows it covers, so it is exact even when the Kafka commit that
-  follows is lost; on assignment the consumer starts from it when it is ahead of Kafka's.
+  follows is lost; on assignment the consumer starts from it when it is ahead of Kafka's. It
+  only moves forward (except by ``streamer replay``), and carries the identity of the topic it
+  came from (``topic_id``, ``fingerprint`` of the record at ``next_offset - 1``), checked on
+  every assignment.
 * ``_streamer_tables``: per target table, the newest source position applied and the position
   of the latest truncate (changes older than that are not applied again).
 * ``_streamer_loads`` and ``_streamer_load_chunks``: the loader's progress per table and chunk
@@ -15,6 +18,7 @@ version table is ``_streamer_alembic_version`` so it never meets a user's ``alem
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -38,6 +42,8 @@ offsets_table = sa.Table(
     sa.Column("partition_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("next_offset", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("topic_id", sa.String(64)),  # the broker's topic id, when it has one
+    sa.Column("fingerprint", sa.String(64)),  # identity of the record at next_offset - 1
 )
 tables_table = sa.Table(
     "_streamer_tables",
@@ -134,14 +140,138 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
-def save_offsets(conn: Connection, group: str, positions: Mapping[tuple[str, int], int]) -> None:
-    """Record the next offsets of a group's partitions (inside the caller's transaction)."""
+@dataclasses.dataclass(frozen=True)
+class OffsetIdentity:
+    """What a stored offset belongs to: the topic's id (None when the broker has none) and a
+    fingerprint of the record at ``next_offset - 1`` (None when unknown)."""
+
+    topic_id: str | None = None
+    fingerprint: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredOffset:
+    """One ``_streamer_offsets`` row: the next offset and its identity."""
+
+    next_offset: int
+    identity: OffsetIdentity = OffsetIdentity()
+
+
+def save_offsets(
+    conn: Connection,
+    group: str,
+    positions: Mapping[tuple[str, int], int],
+    identities: Mapping[tuple[str, int], OffsetIdentity] | None = None,
+    *,
+    force: bool = False,
+) -> None:
+    """Record the next offsets of a group's partitions (inside the caller's transaction).
+
+    A stored offset never moves backwards: a row already at a larger offset is left as it is
+    (a late writer cannot undo a newer owner's progress). ``force=True`` (``streamer replay``)
+    writes the offsets as given. The identity written with each offset is the one in
+    ``identities``, or none (NULL) when it has no entry.
+    """
     now = _now()
+    idents = identities or {}
     rows = [
-        {"consumer_group": group, "topic": t, "partition_id": p, "next_offset": o, "updated_at": now}
+        {
+            "consumer_group": group,
+            "topic": t,
+            "partition_id": p,
+            "next_offset": o,
+            "updated_at": now,
+            "topic_id": idents.get((t, p), _NO_IDENTITY).topic_id,
+            "fingerprint": idents.get((t, p), _NO_IDENTITY).fingerprint,
+        }
         for (t, p), o in sorted(positions.items())
     ]
-    _upsert(conn, offsets_table, rows, ["next_offset", "updated_at"])
+    cols = ["topic_id", "fingerprint", "updated_at", "next_offset"]  # next_offset last (MySQL order)
+    if force:
+        _upsert(conn, offsets_table, rows, cols)
+        return
+    if not rows:
+        return
+    t = offsets_table
+    key = [c.name for c in t.primary_key.columns]
+    dialect = conn.dialect.name
+    stmt: Any
+    if dialect in ("postgresql", "sqlite"):
+        ins = postgresql.insert(t) if dialect == "postgresql" else sqlite.insert(t)
+        stmt = ins.on_conflict_do_update(
+            index_elements=key,
+            set_={c: ins.excluded[c] for c in cols},
+            where=t.c.next_offset <= ins.excluded.next_offset,
+        )
+    elif dialect in ("mysql", "mariadb"):
+        my = mysql.insert(t)
+        forward = t.c.next_offset <= my.inserted.next_offset
+        # assignments run left to right: next_offset changes last, so `forward` sees the old value
+        stmt = my.on_duplicate_key_update(
+            [(c, sa.case((forward, my.inserted[c]), else_=t.c[c])) for c in cols]
+        )
+    else:
+        raise NotImplementedError(dialect)
+    conn.execute(stmt, rows)
+
+
+_NO_IDENTITY = OffsetIdentity()
+
+
+def lock_offsets(
+    conn: Connection, group: str, partitions: Iterable[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    """The stored next offsets of ``partitions``, their rows locked until the transaction ends.
+
+    PostgreSQL and MySQL/MariaDB: ``SELECT .. FOR UPDATE`` (rows in key order, so two writers
+    cannot deadlock on them). SQLite has one writer at a time: the read inside the write
+    transaction is enough (a writer that committed in between makes this one's write fail with
+    "database is locked", a transient error, and its retry reads again).
+    """
+    wanted = sorted(set(partitions))
+    if not wanted:
+        return {}
+    t = offsets_table
+    q = (
+        sa.select(t.c.topic, t.c.partition_id, t.c.next_offset)
+        .where(t.c.consumer_group == group, t.c.topic.in_(sorted({tp for tp, _ in wanted})))
+        .order_by(t.c.topic, t.c.partition_id)
+    )
+    if conn.dialect.name != "sqlite":
+        q = q.with_for_update()
+    found = {(r.topic, r.partition_id): int(r.next_offset) for r in conn.execute(q)}
+    return {tp: found[tp] for tp in wanted if tp in found}
+
+
+def load_offset_rows(
+    conn: Connection, group: str, topics: Iterable[str] | None = None
+) -> dict[tuple[str, int], StoredOffset]:
+    """The recorded next offsets of a group with their identities, optionally only for some topics."""
+    t = offsets_table
+    q = sa.select(t.c.topic, t.c.partition_id, t.c.next_offset, t.c.topic_id, t.c.fingerprint).where(
+        t.c.consumer_group == group
+    )
+    if topics is not None:
+        q = q.where(t.c.topic.in_(list(topics)))
+    return {
+        (r.topic, r.partition_id): StoredOffset(int(r.next_offset), OffsetIdentity(r.topic_id, r.fingerprint))
+        for r in conn.execute(q)
+    }
+
+
+def forget_offset(conn: Connection, group: str, tp: tuple[str, int], seen: int) -> bool:
+    """Delete a stored offset found to belong to another incarnation of its topic, only when it
+    still holds ``seen`` (a newer owner's write stays). True when it was deleted."""
+    t = offsets_table
+    res = conn.execute(
+        sa.delete(t).where(
+            t.c.consumer_group == group,
+            t.c.topic == tp[0],
+            t.c.partition_id == tp[1],
+            t.c.next_offset == seen,
+        )
+    )
+    return bool(res.rowcount)
 
 
 def load_offsets(

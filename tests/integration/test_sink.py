@@ -215,3 +215,53 @@ def test_rejected_event_is_isolated_and_the_rest_applied(target, unique: str) ->
     result = sink.apply(events, {("topic", 0): 3}, "gx", isolate=True)
     assert [e.origin.offset for e, _ in result.failed] == [2]
     assert {k: v["name"] for k, v in _rows(engine, sink, ev.table).items()} == {1: "ok", 3: "fine"}
+
+
+def test_zombie_batch_is_fenced(target, unique: str) -> None:
+    """Owner B applied [10..20) with a delete of key k; zombie A's older batch starting at 5 with an
+    insert of k is refused with FencedBatchError: k stays deleted, the stored offset stays 20."""
+    from streamer.sink import FencedBatchError
+
+    _url, engine = target
+    sink = _sink(engine)
+    ev = Events(unique)
+    tp = (f"{unique}-topic", 0)
+    group = f"{unique}-g"
+    keep = ev(Op.CREATE, 1, _row(1, "kept"), 50)
+    sink.apply([keep, ev(Op.CREATE, 2, _row(2, "k"), 60)], {tp: 10}, group, first={tp: 0})
+    # owner B: offsets 10..19, the delete of key 2 among them
+    ev.offset = 9
+    b = [ev(Op.UPDATE, 1, _row(1, "b"), 200), ev(Op.DELETE, 2, None, 210)]
+    sink.apply(b, {tp: 20}, group, first={tp: 10})
+    # zombie A: its batch from offset 5 re-inserts key 2 with a newer-looking version
+    ev.offset = 4
+    zombie = [ev(Op.CREATE, 2, _row(2, "zombie"), 300), ev(Op.CREATE, 3, _row(3, "zombie"), 310)]
+    with pytest.raises(FencedBatchError) as err:
+        sink.apply(zombie, {tp: 12}, group, first={tp: 5})
+    assert err.value.partitions == {tp: 20}
+    rows = _rows(engine, sink, ev.table)
+    assert {k: v["name"] for k, v in rows.items()} == {1: "b"}
+    with engine.connect() as conn:
+        assert state.load_offsets(conn, group, [tp[0]]) == {tp: 20}
+    # the next batch of B (from 20) is applied
+    ev.offset = 19
+    sink.apply([ev(Op.CREATE, 4, _row(4, "next"), 400)], {tp: 21}, group, first={tp: 20})
+    assert sorted(_rows(engine, sink, ev.table)) == [1, 4]
+
+
+def test_stored_offsets_never_move_backwards(target, unique: str) -> None:
+    """save_offsets keeps the larger offset; only an explicit replay (force) moves one back."""
+    _url, engine = target
+    state.upgrade(engine)
+    group = f"{unique}-g"
+    a, b = (f"{unique}-t", 0), (f"{unique}-t", 1)
+    with engine.begin() as conn:
+        state.save_offsets(conn, group, {a: 20, b: 7})
+    with engine.begin() as conn:
+        state.save_offsets(conn, group, {a: 5, b: 9})
+    with engine.connect() as conn:
+        assert state.load_offsets(conn, group) == {a: 20, b: 9}
+    with engine.begin() as conn:
+        state.save_offsets(conn, group, {a: 3}, force=True)
+    with engine.connect() as conn:
+        assert state.load_offsets(conn, group) == {a: 3, b: 9}
