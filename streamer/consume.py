@@ -17,6 +17,17 @@ the group's committed Kafka offset (the process died between the database commit
 commit), else from Kafka's. So a crash anywhere loses nothing and applies nothing twice; and
 the version guard makes even a replay of applied records harmless.
 
+That offset is checked first (:mod:`streamer.offsetcheck`): each stored offset carries the
+topic's id and a fingerprint of the record before it, so an offset of a deleted and re-created
+topic, of another cluster, or past the partition's end is not used: the partition is read again
+from its start, with a warning naming topic, partition, both offsets and the reason.
+
+Fencing: each batch transaction locks its partitions' stored offset rows and refuses the batch
+(:class:`~streamer.sink.FencedBatchError`) when one is already past the batch's first offset: a
+member that lost the partition while its batch was in flight cannot write over the new owner's
+work. Such partitions are treated as lost (their pending records dropped, nothing committed for
+them); the rest of the batch is applied again.
+
 Errors
 ------
 * Transient database errors (lost connection, deadlock, serialization failure) retry the whole
@@ -48,6 +59,7 @@ from typing import Any
 
 import tenacity
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     OFFSET_INVALID,
     Consumer,
     KafkaError,
@@ -56,15 +68,24 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
 
 from streamer import logs
 from streamer.db import is_transient
 from streamer.decode import Decoder
 from streamer.errors import DecodeError, StreamerError
 from streamer.events import ChangeEvent
+from streamer.offsetcheck import check_starts, fingerprint
 from streamer.settings import Settings
-from streamer.sink import ApplyResult, EventRejectedError, Sink, is_permanent, refuse_failures
-from streamer.state import load_offsets
+from streamer.sink import (
+    ApplyResult,
+    EventRejectedError,
+    FencedBatchError,
+    Sink,
+    is_permanent,
+    refuse_failures,
+)
+from streamer.state import OffsetIdentity, StoredOffset, forget_offset, load_offset_rows
 
 
 class PoisonRecordError(StreamerError):
@@ -186,6 +207,8 @@ class ConsumerProcess:
         self._loading: set[str] = set()
         self._loading_checked = -1e9
         self._inflight: tuple[concurrent.futures.Future[ApplyResult], _Prepared] | None = None
+        self._topic_ids: dict[str, str | None] = {}
+        self._fenced: set[tuple[str, int]] = set()  # partitions dropped by the last fenced batch
 
     # ------------------------------------------------------------ kafka plumbing
     def _consumer_config(self) -> dict[str, Any]:
@@ -231,15 +254,21 @@ class ConsumerProcess:
                 (tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=30)
             }
             with self.sink.engine.connect() as conn:
-                stored = load_offsets(conn, self.group, {tp.topic for tp in partitions})
+                stored = load_offset_rows(conn, self.group, {tp.topic for tp in partitions})
+            starts: dict[tuple[str, int], tuple[int, StoredOffset | None]] = {}
             for tp in partitions:
                 key = (tp.topic, tp.partition)
                 kafka_off = committed.get(key, OFFSET_INVALID)
                 ours = stored.get(key)
-                if ours is not None and (kafka_off < 0 or ours > kafka_off):
-                    tp.offset = ours
+                if ours is not None and (kafka_off < 0 or ours.next_offset > kafka_off):
+                    starts[key] = (ours.next_offset, ours)
                 elif kafka_off >= 0:
-                    tp.offset = kafka_off
+                    starts[key] = (kafka_off, None)
+            self._check_starts(partitions, starts, stored)
+            for tp in partitions:
+                key = (tp.topic, tp.partition)
+                if key in starts:
+                    tp.offset = starts[key][0]
                 self._assigned.add(key)
             self.log.info(
                 "partitions assigned",
@@ -247,6 +276,39 @@ class ConsumerProcess:
             )
         consumer.incremental_assign(partitions)
         self._last_activity = time.monotonic()
+
+    def _check_starts(
+        self,
+        partitions: list[TopicPartition],
+        starts: dict[tuple[str, int], tuple[int, StoredOffset | None]],
+        stored: Mapping[tuple[str, int], StoredOffset],
+    ) -> None:
+        """Verify each start offset belongs to this topic (see :mod:`streamer.offsetcheck`); a
+        partition whose offset fails is re-read from its start, and a stale stored row is dropped."""
+        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
+        ids, failed = check_starts(
+            self.settings.bootstrap_servers, admin, {tp.topic for tp in partitions}, starts
+        )
+        for tp in partitions:
+            self._topic_ids[tp.topic] = ids.get(tp.topic)
+        for key, reason in sorted(failed.items()):
+            offset, row = starts.pop(key)
+            ours = stored.get(key)
+            self.log.warning(
+                "stored offset does not belong to this topic: reading the partition again from its start",
+                topic=key[0],
+                partition=key[1],
+                offset=offset,
+                source="target" if row is not None else "kafka",
+                stored_offset=ours.next_offset if ours is not None else None,
+                stored_topic_id=ours.identity.topic_id if ours is not None else None,
+                topic_id=ids.get(key[0]),
+                reason=reason,
+            )
+            if ours is not None:
+                with self.sink.engine.begin() as conn:
+                    forget_offset(conn, self.group, key, ours.next_offset)
+            starts[key] = (OFFSET_BEGINNING, None)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._pending or self._inflight is not None:
@@ -384,6 +446,8 @@ class ConsumerProcess:
         batch, self._pending, self._pending_bytes = self._pending, [], 0
         prepared = self._decode(batch) if batch else None
         self._drain()
+        if prepared is not None and self._fenced:
+            prepared = prepared.without(self._fenced)  # read before the seek back; read again
         if prepared is not None:
             assert self._executor is not None
             future = self._executor.submit(self._apply_timed, prepared)
@@ -393,13 +457,14 @@ class ConsumerProcess:
 
     def _apply_timed(self, prepared: _Prepared) -> ApplyResult:
         started = time.monotonic()
-        result = self._apply_with_retry(prepared.events, prepared.positions, prepared.origins, prepared.dead)
+        result = self._apply_with_retry(prepared)
         prepared.committed_at = time.time()
         prepared.apply_seconds = time.monotonic() - started
         return result
 
     def _decode(self, batch: list[Message]) -> _Prepared:
         prepared = _Prepared(started=time.monotonic())
+        last: dict[tuple[str, int], Message] = {}
         loading = self._loading_tables()
         for msg in batch:
             topic, partition, offset = _coords(msg)
@@ -424,7 +489,11 @@ class ConsumerProcess:
                     prepared.origins[(topic, partition, offset)] = msg
             prepared.positions[(topic, partition)] = offset + 1
             prepared.first.setdefault((topic, partition), offset)
+            prepared.counts[(topic, partition)] = prepared.counts.get((topic, partition), 0) + 1
+            last[(topic, partition)] = msg
             prepared.records += 1
+        for tp, msg in last.items():
+            prepared.identities[tp] = OffsetIdentity(self._topic_ids.get(tp[0]), fingerprint(msg))
         return prepared
 
     # ------------------------------------------------------------ tables being loaded
@@ -478,7 +547,17 @@ class ConsumerProcess:
             return
         future, prepared = self._inflight
         self._inflight = None
-        result = future.result()
+        self._fenced = set()
+        while True:
+            try:
+                result = future.result()
+                break
+            except FencedBatchError as fenced:
+                rest = self._on_fenced(prepared, fenced)
+                if rest is None:
+                    return
+                assert self._executor is not None
+                prepared, future = rest, self._executor.submit(self._apply_timed, rest)
         self._commit(prepared.positions)
         self.stats.records += prepared.records
         self.stats.events_applied += result.events
@@ -516,13 +595,40 @@ class ConsumerProcess:
             msg, err = prepared.poison
             raise PoisonRecordError(*_coords(msg), err.reason if isinstance(err, DecodeError) else str(err))
 
-    def _apply_with_retry(
-        self,
-        events: list[ChangeEvent],
-        positions: dict[tuple[str, int], int],
-        origins: Mapping[tuple[str, int, int], Message],
-        dead: list[tuple[Message, Exception]],
-    ) -> ApplyResult:
+    def _on_fenced(self, prepared: _Prepared, fenced: FencedBatchError) -> _Prepared | None:
+        """Another owner applied past this batch in some partitions: treat them as lost (drop their
+        pending records, commit nothing for them, seek them to the stored offset in case they are
+        still ours) and return the rest of the batch to apply again, or None when nothing is left."""
+        lost = set(fenced.partitions)
+        self._fenced |= lost
+        kept = [m for m in self._pending if _coords(m)[:2] not in lost]
+        self.log.warning(
+            "batch fenced: another member applied these partitions past it; dropping them",
+            partitions={
+                f"{t}[{p}]": [fenced.first[(t, p)], o] for (t, p), o in sorted(fenced.partitions.items())
+            },
+            dropped_pending=len(self._pending) - len(kept),
+        )
+        self._pending = kept
+        self._pending_bytes = sum(len(m.value() or b"") + len(m.key() or b"") for m in kept)
+        if self._consumer is not None:
+            for (t, p), off in sorted(fenced.partitions.items()):
+                if (t, p) in self._assigned:
+                    try:
+                        self._consumer.seek(TopicPartition(t, p, off))
+                    except KafkaException as exc:
+                        self.log.warning("seek after fence failed", topic=t, partition=p, error=str(exc))
+        rest = prepared.without(lost)
+        return rest if rest.records or rest.poison is not None else None
+
+    def _apply_with_retry(self, prepared: _Prepared) -> ApplyResult:
+        events, positions, origins, dead = (
+            prepared.events,
+            prepared.positions,
+            prepared.origins,
+            prepared.dead,
+        )
+
         def before_commit(result: ApplyResult) -> None:
             letters = list(dead)
             for ev, exc in result.failed:
@@ -533,8 +639,15 @@ class ConsumerProcess:
 
         def attempt() -> ApplyResult:
             try:
-                return self.sink.apply(events, positions, self.group, before_commit=before_commit)
-            except DeadLetterError:
+                return self.sink.apply(
+                    events,
+                    positions,
+                    self.group,
+                    before_commit=before_commit,
+                    first=prepared.first,
+                    identities=prepared.identities,
+                )
+            except (DeadLetterError, FencedBatchError):
                 raise
             except Exception as exc:
                 if is_transient(exc) or not is_permanent(exc):
@@ -546,6 +659,8 @@ class ConsumerProcess:
                 self.group,
                 isolate=True,
                 before_commit=before_commit if self.cfg.error_policy == "dlq" else refuse_failures,
+                first=prepared.first,
+                identities=prepared.identities,
             )
             return result
 
@@ -649,6 +764,28 @@ class _Prepared:
     first: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
     apply_seconds: float = 0.0
     committed_at: float = 0.0
+    counts: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)  # records per partition
+    identities: dict[tuple[str, int], OffsetIdentity] = dataclasses.field(default_factory=dict)
+
+    def without(self, partitions: set[tuple[str, int]]) -> _Prepared:
+        """The same batch minus the records of ``partitions``."""
+
+        def keep(msg: Message) -> bool:
+            return _coords(msg)[:2] not in partitions
+
+        poison = self.poison if self.poison is not None and keep(self.poison[0]) else None
+        return _Prepared(
+            started=self.started,
+            records=self.records - sum(n for tp, n in self.counts.items() if tp in partitions),
+            events=[e for e in self.events if (e.origin.topic, e.origin.partition) not in partitions],
+            origins={k: m for k, m in self.origins.items() if k[:2] not in partitions},
+            positions={tp: o for tp, o in self.positions.items() if tp not in partitions},
+            dead=[(m, e) for m, e in self.dead if keep(m)],
+            poison=poison,
+            first={tp: o for tp, o in self.first.items() if tp not in partitions},
+            counts={tp: n for tp, n in self.counts.items() if tp not in partitions},
+            identities={tp: i for tp, i in self.identities.items() if tp not in partitions},
+        )
 
 
 def build_decoder(settings: Settings) -> Decoder:
