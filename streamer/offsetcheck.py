@@ -181,7 +181,10 @@ def check_starts(
         marks = {}
     highs = {tp: int(w.high) for tp, w in marks.items()}
     readable = {tp: off for tp, off in wanted.items() if tp in highs and off <= highs[tp]}
-    probes = records_before(bootstrap, readable)
+    try:
+        probes = records_before(bootstrap, readable)
+    except KafkaException:
+        probes = {}  # unread: judged "could not be read", so read again from the start
     failed: dict[TP, str] = {}
     for tp, off in wanted.items():
         reason = judge(off, starts[tp][1], ids.get(tp[0]), highs.get(tp), probes.get(tp))
