@@ -220,7 +220,9 @@ def test_truncate_has_no_key_and_no_rows(fmt: str) -> None:
 
 
 @pytest.mark.parametrize("fmt", [*FORMATS, "json-schemaless"])
-@pytest.mark.parametrize(("op", "snapshot"), [("c", "false"), ("u", "false"), ("d", "false"), ("r", "incremental")])
+@pytest.mark.parametrize(
+    ("op", "snapshot"), [("c", "false"), ("u", "false"), ("d", "false"), ("r", "incremental")]
+)
 def test_envelope_without_a_log_position_is_refused(fmt: str, op: str, snapshot: str) -> None:
     """Without lsn (or file/pos) the version would be "" and the guard would drop later changes."""
     rec = Records(fmt, COLUMNS)
@@ -237,7 +239,9 @@ def test_envelope_without_a_log_position_is_refused(fmt: str, op: str, snapshot:
 def test_snapshot_rows_carry_their_lsn() -> None:
     rec = Records("json", COLUMNS)
     src = source(snapshot="first")
-    event = decode_one(rec, {"id": 1}, value_payload("r", after={"id": 1, "name": None, "price": None}, src=src))
+    event = decode_one(
+        rec, {"id": 1}, value_payload("r", after={"id": 1, "name": None, "price": None}, src=src)
+    )
     assert isinstance(event, ChangeEvent)
     assert event.position.snapshot and event.position.version == pg_version(src["lsn"])
 
