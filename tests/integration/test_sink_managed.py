@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from streamer import state
+from streamer.db import create_target_engine
 from streamer.events import (
     UNAVAILABLE,
     ChangeEvent,
@@ -23,8 +24,10 @@ from streamer.events import (
     TableId,
     pg_version,
 )
+from streamer.load import Loader
 from streamer.schema import Router, SchemaManager
 from streamer.sink import Sink
+from streamer.stack import Stack
 
 VERSION = "_streamer_version"
 COLUMNS = {
@@ -155,3 +158,59 @@ def test_managed_not_null_table_takes_deletes_and_toast_updates(target, unique: 
     assert _table(engine, qualified) == expected
     with engine.connect() as conn:
         assert state.load_offsets(conn, "g", ["topic"]) == {("topic", 0): 15}
+
+
+def test_loader_merges_into_a_managed_not_null_table(stack: Stack, unique: str) -> None:
+    """The loader's merge path (target not empty) stages only the columns it copies."""
+    source = create_target_engine(stack.settings.source_url)
+    target = create_target_engine(stack.settings.target_url)
+    big = "L" * 20_000
+    try:
+        with source.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{unique}"'))
+            conn.execute(
+                sa.text(
+                    f'CREATE TABLE "{unique}".items (id BIGINT PRIMARY KEY, name TEXT NOT NULL, body TEXT NOT NULL)'
+                )
+            )
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO \"{unique}\".items VALUES (1, 'one', :b), (2, 'two', 'small'), (3, 'three', :b)"
+                ),
+                {"b": big},
+            )
+        state.upgrade(target)
+        with target.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{unique}"'))
+            conn.execute(
+                sa.text(
+                    f'CREATE TABLE "{unique}".items (id BIGINT PRIMARY KEY, name TEXT NOT NULL, body TEXT NOT NULL, '
+                    f"note VARCHAR(20) NOT NULL DEFAULT 'n/a', {VERSION} TEXT)"
+                )
+            )
+            conn.execute(
+                sa.text(f"INSERT INTO \"{unique}\".items VALUES (1, 'someone else', 'x', 'kept', NULL)")
+            )
+        sink = Sink(target, Router("postgresql"), SchemaManager(target, VERSION, "managed"))
+        (report,) = Loader(stack.settings.source_url, sink, workers=1).run([f"{unique}.items"])
+        assert report.rows == 3
+        with target.connect() as conn:
+            rows = {
+                r[0]: tuple(r[1:])
+                for r in conn.execute(
+                    sa.text(f'SELECT id, name, body, note, {VERSION} FROM "{unique}".items')
+                )
+            }
+        versions = {r[3] for r in rows.values()}
+        assert len(versions) == 1 and next(iter(versions)).startswith("pg:")
+        (v,) = versions
+        assert rows == {
+            1: ("one", big, "kept", v),
+            2: ("two", "small", "n/a", v),
+            3: ("three", big, "n/a", v),
+        }
+    finally:
+        with source.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{unique}" CASCADE'))
+        source.dispose()
+        target.dispose()
