@@ -5,12 +5,15 @@ target rows.
 
 Per batch:
 
-1. events are grouped by target table and coalesced by primary key in order (the last change of
-   a key wins; a delete after an insert leaves nothing; values the source left out because they
-   were unchanged TOAST columns are filled from an earlier change of the same key in the batch);
-2. per table, one upsert statement (PostgreSQL and SQLite ``INSERT .. ON CONFLICT DO UPDATE``,
-   MySQL/MariaDB ``INSERT .. ON DUPLICATE KEY UPDATE``) executed over all rows, and one delete
-   statement over all deleted keys;
+1. events are grouped by target table and coalesced by primary key (:func:`coalesce`): the plan
+   leaves the rows applying the events one by one in arrival order with the version guard would;
+   per key at most one delete, run first, and one upsert; values the source left out because they
+   were unchanged TOAST columns are filled from the previous upsert of the same key in the batch;
+2. per table, one delete statement over all deleted keys, then one upsert statement per set of
+   columns (PostgreSQL and SQLite ``INSERT .. ON CONFLICT DO UPDATE``, MySQL/MariaDB
+   ``INSERT .. ON DUPLICATE KEY UPDATE``) executed over all rows; rows lacking columns (unchanged
+   TOAST) insert the missing keys and then run a guarded ``UPDATE``, because the upsert forms
+   check NOT NULL before they find the conflict;
 3. the positions the batch reached are written to streamer's state tables in the same transaction.
 
 Version guard
@@ -25,7 +28,7 @@ reaches the delete: replays converge once they have drained, as the README state
 
 Unavailable (unchanged TOAST) values are never written: such a column is left out of the update;
 if the row does not exist in the target at all, it is inserted with NULL there (the target never
-had the value to keep).
+had the value to keep; a NOT NULL column rejects it, and the error policy names the event).
 """
 
 from __future__ import annotations

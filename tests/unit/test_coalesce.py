@@ -202,7 +202,7 @@ def _impossible_target(state: State, events: list[ChangeEvent]) -> bool:
     return False
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(events_and_state())
 def test_coalesced_plan_equals_one_by_one_application(case: tuple[State, list[ChangeEvent]]) -> None:
     state, events = case
