@@ -48,7 +48,8 @@ Record kinds
   as ``Op.UPDATE``** with ``before=None``. The table comes from ``__db``/``__schema``/``__table``
   (or ``__source_*``) and else from the topic (``<prefix>.<schema>.<table>``; without a MySQL
   hint, ``__file``/``__pos``/``__connector``, the middle part is taken as the schema).
-  Use ``add.fields=op,lsn,source.ts_ms,db,schema,table`` to carry everything.
+  Use ``add.fields=op,lsn,source.ts_ms,db,schema,table`` to carry everything; ``lsn`` (MySQL:
+  ``file,pos,row``) is required, see ``position`` below.
 * any other JSON/struct: :class:`DecodeError` ("not a Debezium envelope").
 
 Events
@@ -61,10 +62,13 @@ Events
 * ``position``: PostgreSQL ``version=pg_version(lsn)``, ``commit_lsn`` from the first element of
   ``sequence`` (Debezium's "last committed LSN"); MySQL/MariaDB
   ``version=mysql_version(<binlog file number>, pos, row)`` and ``gtid``; ``snapshot`` is true
-  for every ``source.snapshot`` value except ``false``/missing. **A source that gives no log
-  position (PostgreSQL incremental-snapshot rows, which Debezium sends without ``lsn``, other
-  connectors, flattened records without ``__lsn``) gets ``version == ""``**: order those by
-  Kafka offset.
+  for every ``source.snapshot`` value except ``false``/missing (snapshot rows carry the LSN or
+  binlog coordinates of their snapshot too). **A row change without a log position** (a source
+  block with neither ``lsn`` nor ``file``/``pos``, a flattened record without ``__lsn`` or
+  ``__file``/``__pos``) **is refused with** :class:`MissingPositionError`, whose message names the
+  setting that adds it (``ExtractNewRecordState``'s ``add.fields=lsn``, or ``file,pos,row``):
+  with an empty version the sink's guard could not order the change and would drop the later
+  changes of its key. No ``ChangeEvent`` ever has an empty version.
 * ``txid``: PostgreSQL ``txId``, MySQL ``gtid``, else the transaction block's ``id``.
 * ``source_ts`` from ``source.ts_us`` (else ``ts_ms``, ``ts_ns``), ``event_ts`` from the
   envelope's ``ts_us`` (else ``ts_ms``, ``ts_ns``); both aware, UTC.
@@ -248,6 +252,16 @@ class SchemaRegistry(Protocol):
     """What the decoder needs of a schema registry client (``SchemaRegistryClient`` fits)."""
 
     def get_schema(self, schema_id: int) -> Any: ...
+
+
+class MissingPositionError(DecodeError):
+    """A row change carries no source log position (no ``lsn``, no binlog ``file``/``pos``).
+
+    Without a position the sink's version guard cannot order the change against others of its key
+    (an empty version compares below every other and equal to itself), so later changes would be
+    dropped silently; the record is refused instead, and the message names the connector setting
+    that adds the position.
+    """
 
 
 class SchemaRegistryUnavailableError(StreamerError):
@@ -1583,7 +1597,7 @@ class Decoder:
         if hint is not None and key_values:
             key_values = self._hint_key(key_values, hint)
         transaction = groups["transaction"] or None
-        position, txid, source_ts = self._position(source, transaction)
+        position, txid, source_ts = self._position(source, transaction, flattened=True)
         return _new_change_event(
             op=op,
             table=self._table(source.get("db"), source.get("schema"), source.get("table"), source, origin),
@@ -1735,8 +1749,9 @@ class Decoder:
         return found
 
     def _position(
-        self, source: Mapping[str, Any], transaction: Any
+        self, source: Mapping[str, Any], transaction: Any, *, flattened: bool = False
     ) -> tuple[SourcePosition, str | None, dt.datetime | None]:
+        """Position, transaction id and source time of a change; :class:`MissingPositionError` without a position."""
         snapshot = source.get("snapshot") not in _SNAPSHOT_FALSE
         lsn = source.get("lsn")
         txid: str | None = None
@@ -1773,8 +1788,21 @@ class Decoder:
                 snapshot=snapshot,
             )
             txid = gtid
+        elif flattened:
+            p = self._meta_prefix
+            raise MissingPositionError(
+                "no log position: a record flattened by ExtractNewRecordState must carry its source "
+                f"position; add lsn (PostgreSQL, gives {p}lsn) or file,pos,row (MySQL/MariaDB, gives "
+                f"{p}file/{p}pos/{p}row) to the transform's add.fields, e.g. "
+                "transforms.unwrap.add.fields=op,lsn,source.ts_ms (or the same names to add.headers)"
+            )
         else:
-            position = _new_position(version="", snapshot=snapshot)
+            raise MissingPositionError(
+                "no log position: the envelope's source block has neither lsn (PostgreSQL) nor "
+                "file/pos (MySQL/MariaDB), so the change cannot be ordered against the other changes "
+                "of its key; use Debezium's PostgreSQL or MySQL/MariaDB connector records unchanged "
+                "(with ExtractNewRecordState: add.fields=lsn, or file,pos,row)"
+            )
         if txid is None and isinstance(transaction, dict):
             tid = transaction.get("id")
             txid = None if tid is None else str(tid)

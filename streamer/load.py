@@ -661,7 +661,11 @@ class Loader:
                 stage = prep.quote("_streamer_load_" + uuid.uuid4().hex[:12])
                 ver = prep.quote(target.version_column)
                 key = ", ".join(prep.quote(k) for k in target.key)
-                cur.execute(f"CREATE TEMP TABLE {stage} (LIKE {table}) ON COMMIT DROP")
+                # exactly the copied columns, typed as the target's, without NOT NULL/defaults: a
+                # managed table's columns the load does not write must not be NULL in the stage
+                cur.execute(  # identifiers quoted by the dialect's preparer above
+                    f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols} FROM {table} WITH NO DATA"  # noqa: S608
+                )
                 cur.copy_expert(f"COPY {stage} ({cols}) FROM STDIN", buf)
                 updates = ", ".join(
                     f"{prep.quote(n)} = EXCLUDED.{prep.quote(n)}" for n in names if n not in target.key

@@ -5,12 +5,15 @@ target rows.
 
 Per batch:
 
-1. events are grouped by target table and coalesced by primary key in order (the last change of
-   a key wins; a delete after an insert leaves nothing; values the source left out because they
-   were unchanged TOAST columns are filled from an earlier change of the same key in the batch);
-2. per table, one upsert statement (PostgreSQL and SQLite ``INSERT .. ON CONFLICT DO UPDATE``,
-   MySQL/MariaDB ``INSERT .. ON DUPLICATE KEY UPDATE``) executed over all rows, and one delete
-   statement over all deleted keys;
+1. events are grouped by target table and coalesced by primary key (:func:`coalesce`): the plan
+   leaves the rows applying the events one by one in arrival order with the version guard would;
+   per key at most one delete, run first, and one upsert; values the source left out because they
+   were unchanged TOAST columns are filled from the previous upsert of the same key in the batch;
+2. per table, one delete statement over all deleted keys, then one upsert statement per set of
+   columns (PostgreSQL and SQLite ``INSERT .. ON CONFLICT DO UPDATE``, MySQL/MariaDB
+   ``INSERT .. ON DUPLICATE KEY UPDATE``) executed over all rows; rows lacking columns (unchanged
+   TOAST) insert the missing keys and then run a guarded ``UPDATE``, because the upsert forms
+   check NOT NULL before they find the conflict;
 3. the positions the batch reached are written to streamer's state tables in the same transaction.
 
 Version guard
@@ -25,7 +28,7 @@ reaches the delete: replays converge once they have drained, as the README state
 
 Unavailable (unchanged TOAST) values are never written: such a column is left out of the update;
 if the row does not exist in the target at all, it is inserted with NULL there (the target never
-had the value to keep).
+had the value to keep; a NOT NULL column rejects it, and the error policy names the event).
 """
 
 from __future__ import annotations
@@ -164,16 +167,43 @@ def _row(route: Route, values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+class MissingVersionError(StreamerError):
+    """A change event has an empty version (no source position): the guard could not order it."""
+
+    def __init__(self, event: ChangeEvent) -> None:
+        self.event = event
+        o = event.origin
+        super().__init__(
+            f"{o.topic}[{o.partition}]@{o.offset}: {event.op.value} on {event.table.qualified} has no source "
+            "position (empty version); the decoder refuses such records (MissingPositionError)"
+        )
+
+
 def coalesce(events: Iterable[ChangeEvent], router: Router) -> dict[tuple[str | None, str], TablePlan]:
-    """Net effect per target table of events given in consumption order."""
+    """Net effect per target table of events given in consumption (arrival) order.
+
+    Guarantee: executing the plan (truncate, then every delete of ``TablePlan.deletes``, then every
+    upsert of ``TablePlan.upserts``, each guarded by the version) leaves the target as applying the
+    events one by one with the guard, in arrival order, would; also when the positions of a key do
+    not grow with arrival (a deferrable primary key lets a transaction committed later insert a key
+    at a smaller LSN than an earlier-committed delete of it). Per key the plan holds at most one
+    delete and one upsert, and when it holds both the delete comes first. The one approximation:
+    unavailable (unchanged TOAST) values of an upsert are filled from the previous upsert of the
+    key in the batch, which is exact for every target state a source produces (no row of the key
+    has a version strictly between two consecutive changes of it).
+
+    An event with an empty version raises :class:`MissingVersionError`.
+    """
     plans: dict[tuple[str | None, str], TablePlan] = {}
     for ev in events:
+        version = ev.position.version
+        if not version:
+            raise MissingVersionError(ev)
         route = router.route(ev.table)
         tkey = (route.target_schema, route.target_table)
         plan = plans.get(tkey)
         if plan is None:
             plan = plans[tkey] = TablePlan(route, ev)
-        version = ev.position.version
         plan.events += 1
         plan.ops[ev.op.value] = plan.ops.get(ev.op.value, 0) + 1
         if version > plan.last_version:
@@ -188,23 +218,27 @@ def coalesce(events: Iterable[ChangeEvent], router: Router) -> dict[tuple[str | 
             continue  # older than a truncate already in this batch (another partition lagged)
         key_row = _row(route, ev.key)
         key = tuple(key_row.values())
+        prev = plan.upserts.get(key)
+        if prev is not None and prev[1] >= version:
+            continue  # after an upsert the row is at least that new: an older change does nothing
         if ev.op is Op.DELETE:
-            prev = plan.upserts.pop(key, None)
-            if prev is None or prev[1] <= version:
+            # [delete d?, upsert u, delete v > u] has the effect of one delete at max(d, v)
+            plan.upserts.pop(key, None)
+            gone = plan.deletes.get(key)
+            if gone is None or gone[1] < version:
                 plan.deletes[key] = (key_row, version)
             continue
         if ev.after is None:
             continue
         row = _row(route, ev.after)
-        prev = plan.upserts.get(key)
         if prev is not None:
-            if prev[1] > version:
-                continue
-            # fill unchanged-TOAST placeholders from the earlier change of this key
+            # fill unchanged-TOAST placeholders (and columns it lacks) from the earlier upsert of this key
+            merged = dict(prev[0])
             for col, val in row.items():
-                if val is UNAVAILABLE and col in prev[0]:
-                    row[col] = prev[0][col]
-        plan.deletes.pop(key, None)
+                if val is not UNAVAILABLE or col not in merged:
+                    merged[col] = val
+            row = merged
+        # a delete of this key stays and runs first: [delete, upsert] is kept as it is
         plan.upserts[key] = (row, version)
     return plans
 
@@ -245,6 +279,26 @@ def _upsert_statement(dialect: str, table: TargetTable, columns: Sequence[str]) 
             where=sa.or_(t.c[ver].is_(None), t.c[ver] < lite_ins.excluded[ver]),
         )
     raise NotImplementedError(f"no upsert statement for dialect {dialect}")
+
+
+def _partial_statements(table: TargetTable, columns: Sequence[str]) -> tuple[Any, Any]:
+    """(insert the rows whose key is missing, guarded update) for rows lacking some table columns.
+
+    ``INSERT .. ON CONFLICT/ON DUPLICATE KEY`` checks NOT NULL on the proposed row before it finds
+    the conflict, so a row without a NOT NULL column (unchanged TOAST, a column only the target has)
+    cannot take that path even when its key exists. Parameters are ``p_<i>`` in ``columns`` order.
+    """
+    ver = table.version_column
+    t = _light_table(table, columns)
+    params: dict[str, sa.BindParameter[Any]] = {c: sa.bindparam(f"p_{i}") for i, c in enumerate(columns)}
+    same_key = [t.c[k] == params[k] for k in table.key]
+    missing = ~sa.exists(sa.select(sa.literal(1)).select_from(t).where(*same_key))
+    insert = sa.insert(t).from_select(list(columns), sa.select(*params.values()).where(missing))
+    newer = sa.or_(t.c[ver].is_(None), t.c[ver] < params[ver])
+    update = (
+        sa.update(t).where(*same_key, newer).values({c: params[c] for c in columns if c not in table.key})
+    )
+    return insert, update
 
 
 def _delete_statement(table: TargetTable) -> Any:
@@ -470,9 +524,11 @@ class Sink:
         pg = self.dialect == "postgresql"
         adapt = None if pg else self.adapt  # COPY formats Python values itself
         known = set(table.columns)
+        carried: set[str] = set()  # columns the rows carry, unavailable ones included
         for row, version in plan.upserts.values():
             if truncated is not None and version < truncated:
                 continue
+            carried.update(c for c in row if c in known)
             cols = tuple(c for c, v in row.items() if v is not UNAVAILABLE and c in known)
             values = [row[c] for c in cols] if adapt is None else [adapt(row[c]) for c in cols]
             values.append(version)
@@ -480,20 +536,56 @@ class Sink:
         deletes = [
             [*(key_row.get(k) for k in table.key), version] for key_row, version in plan.deletes.values()
         ]
+        # groups lacking a column other rows carry (unchanged TOAST, older schema) cannot use
+        # INSERT .. ON CONFLICT: it checks NOT NULL before it sees the conflict
+        partial = {cols for cols in groups if not carried <= set(cols)}
         if pg:
-            self._merge_pg(conn, table, groups, deletes)
+            self._merge_pg(conn, table, groups, deletes, partial)
             return
         assert adapt is not None
-        for cols, rows in groups.items():
-            names = [*cols, ver]
-            conn.execute(
-                _upsert_statement(self.dialect, table, names),
-                [dict(zip(names, r, strict=True)) for r in rows],
-            )
-        if deletes:
+        if deletes:  # first: a key with a delete and an upsert in the plan was deleted, then written
             n = len(table.key)
             params = [{**{f"k_{i}": adapt(d[i]) for i in range(n)}, "v_version": d[n]} for d in deletes]
             conn.execute(_delete_statement(table), params)
+        for cols, rows in groups.items():
+            names = [*cols, ver]
+            if cols not in partial:
+                conn.execute(
+                    _upsert_statement(self.dialect, table, names),
+                    [dict(zip(names, r, strict=True)) for r in rows],
+                )
+                continue
+            # rows lacking columns: insert the missing keys, then a guarded update (see _partial_statements)
+            insert, update = _partial_statements(table, names)
+            bound = [{f"p_{i}": v for i, v in enumerate(r)} for r in rows]
+            if self.dialect not in ("mysql", "mariadb"):
+                conn.execute(insert, bound)
+            else:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert, bound)
+                except sa.exc.OperationalError as exc:
+                    # MySQL/MariaDB (strict mode) refuse any INSERT leaving out a NOT NULL column
+                    # without a default, whether or not a row is inserted: fine if every key exists
+                    if _mysql_code(exc) != _NO_DEFAULT_FOR_FIELD:
+                        raise
+                    if self._count_keys(conn, table, names, rows) < len(rows):
+                        raise
+            conn.execute(update, bound)
+
+    def _count_keys(
+        self, conn: Connection, table: TargetTable, names: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> int:
+        """How many of the rows' keys the target has."""
+        t = _light_table(table, table.key)
+        at = [names.index(k) for k in table.key]
+        cols = [t.c[k] for k in table.key]
+        found = 0
+        for i in range(0, len(rows), 500):
+            keys = [tuple(r[j] for j in at) for r in rows[i : i + 500]]
+            cond = cols[0].in_([k[0] for k in keys]) if len(cols) == 1 else sa.tuple_(*cols).in_(keys)
+            found += conn.execute(sa.select(sa.func.count()).select_from(t).where(cond)).scalar_one()
+        return found
 
     def _merge_pg(
         self,
@@ -501,40 +593,71 @@ class Sink:
         table: TargetTable,
         groups: Mapping[tuple[str, ...], list[list[Any]]],
         deletes: list[list[Any]],
+        partial: set[tuple[str, ...]],
     ) -> None:
-        """COPY rows into a temporary table, then one guarded merge (or delete) statement per group."""
+        """COPY rows into a temporary stage table, then one guarded delete and merge per group.
+
+        Each stage has exactly the columns its statement needs, typed as the target's columns and
+        without their constraints (``CREATE TEMP TABLE .. AS SELECT cols FROM target WITH NO DATA``
+        keeps types, drops NOT NULL, defaults and checks), so managed tables with NOT NULL columns
+        take deletes (key and version only) and rows lacking columns. Deletes run first (a key with
+        both was deleted, then written again). A group is merged with one ``INSERT .. ON CONFLICT
+        DO UPDATE .. WHERE older``; a ``partial`` group (lacking columns other rows carry: unchanged
+        TOAST values) inserts the keys the target lacks and then updates the older rows, because
+        ``ON CONFLICT`` checks NOT NULL before it sees the conflict.
+        """
         prep = conn.dialect.identifier_preparer
         target = prep.format_table(sa.table(table.route.target_table, schema=table.route.target_schema))
         q = prep.quote
         ver = q(table.version_column)
-        stage = q("_streamer_stage_" + _digest(target, *table.columns))
         key = ", ".join(q(k) for k in table.key)
+        match = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in table.key)
+        older = f"(t.{ver} IS NULL OR t.{ver} < s.{ver})"
         dbapi: Any = conn.connection.dbapi_connection
         base_error: type[Exception] = conn.dialect.loaded_dbapi.Error
         cur = dbapi.cursor()
+
+        def stage(names: Sequence[str], rows: list[list[Any]]) -> str:
+            collist = ", ".join(q(c) for c in names)
+            name = q("_streamer_stage_" + _digest(target, *names))
+            cur.execute(  # identifiers quoted by the dialect's preparer above
+                f"CREATE TEMP TABLE IF NOT EXISTS {name} ON COMMIT DELETE ROWS "  # noqa: S608
+                f"AS SELECT {collist} FROM {target} WITH NO DATA"
+            )
+            cur.copy_expert(f"COPY {name} ({collist}) FROM STDIN", io.StringIO(copy_rows(rows)))
+            return name
+
         try:
-            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {target}) ON COMMIT DELETE ROWS")
+            if deletes:
+                s = stage([*table.key, table.version_column], deletes)
+                cur.execute(  # identifiers quoted by the dialect's preparer above
+                    f"DELETE FROM {target} AS t USING {s} AS s WHERE {match} AND {older}"  # noqa: S608
+                )
+                cur.execute(f"TRUNCATE {s}")
             for cols, rows in groups.items():
                 names = [*cols, table.version_column]
                 collist = ", ".join(q(c) for c in names)
-                cur.copy_expert(f"COPY {stage} ({collist}) FROM STDIN", io.StringIO(copy_rows(rows)))
-                updates = ", ".join(f"{q(c)} = EXCLUDED.{q(c)}" for c in names if c not in table.key)
-                cur.execute(  # identifiers quoted by the dialect's preparer above
-                    f"INSERT INTO {target} AS t ({collist}) SELECT {collist} FROM {stage} "  # noqa: S608
-                    f"ON CONFLICT ({key}) DO UPDATE SET {updates} "
-                    f"WHERE t.{ver} IS NULL OR t.{ver} < EXCLUDED.{ver}"
-                )
-                cur.execute(f"TRUNCATE {stage}")
-            if deletes:
-                names = [*table.key, table.version_column]
-                collist = ", ".join(q(c) for c in names)
-                cur.copy_expert(f"COPY {stage} ({collist}) FROM STDIN", io.StringIO(copy_rows(deletes)))
-                match = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in table.key)
-                cur.execute(  # identifiers quoted by the dialect's preparer above
-                    f"DELETE FROM {target} AS t USING {stage} AS s WHERE {match} "  # noqa: S608
-                    f"AND (t.{ver} IS NULL OR t.{ver} < s.{ver})"
-                )
-                cur.execute(f"TRUNCATE {stage}")
+                s = stage(names, rows)
+                sets = ", ".join(f"{q(c)} = s.{q(c)}" for c in names if c not in table.key)
+                if cols not in partial:
+                    excluded = ", ".join(f"{q(c)} = EXCLUDED.{q(c)}" for c in names if c not in table.key)
+                    cur.execute(  # identifiers quoted by the dialect's preparer above
+                        f"INSERT INTO {target} AS t ({collist}) SELECT {collist} FROM {s} "  # noqa: S608
+                        f"ON CONFLICT ({key}) DO UPDATE SET {excluded} "
+                        f"WHERE t.{ver} IS NULL OR t.{ver} < EXCLUDED.{ver}"
+                    )
+                else:
+                    # ON CONFLICT DO NOTHING waits for a concurrent inserter of a key, so the update
+                    # below (a new statement, a new snapshot) sees every key of the stage
+                    cur.execute(  # identifiers quoted by the dialect's preparer above
+                        f"INSERT INTO {target} AS t ({collist}) SELECT {collist} FROM {s} AS s "  # noqa: S608
+                        f"WHERE NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {match}) "
+                        f"ON CONFLICT ({key}) DO NOTHING"
+                    )
+                    cur.execute(  # identifiers quoted by the dialect's preparer above
+                        f"UPDATE {target} AS t SET {sets} FROM {s} AS s WHERE {match} AND {older}"  # noqa: S608
+                    )
+                cur.execute(f"TRUNCATE {s}")
         except base_error as exc:
             # raised as SQLAlchemy raises driver errors, so retries and error policies see one kind
             raise sa.exc.DBAPIError.instance(
@@ -542,6 +665,14 @@ class Sink:
             ) from exc
         finally:
             cur.close()
+
+
+_NO_DEFAULT_FOR_FIELD = 1364  # MySQL/MariaDB ER_NO_DEFAULT_FOR_FIELD
+
+
+def _mysql_code(exc: sa.exc.DBAPIError) -> int | None:
+    args = getattr(exc.orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
 
 
 def _digest(*parts: str) -> str:

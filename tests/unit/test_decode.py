@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streamer.decode import Decoder
+from streamer.decode import Decoder, MissingPositionError
 from streamer.errors import DecodeError
 from streamer.events import (
     UNAVAILABLE,
@@ -219,15 +219,31 @@ def test_truncate_has_no_key_and_no_rows(fmt: str) -> None:
     assert event.table == TableId("inventory", "public", "items")
 
 
-def test_incremental_snapshot_row_without_lsn_has_empty_version() -> None:
+@pytest.mark.parametrize("fmt", [*FORMATS, "json-schemaless"])
+@pytest.mark.parametrize(
+    ("op", "snapshot"), [("c", "false"), ("u", "false"), ("d", "false"), ("r", "incremental")]
+)
+def test_envelope_without_a_log_position_is_refused(fmt: str, op: str, snapshot: str) -> None:
+    """Without lsn (or file/pos) the version would be "" and the guard would drop later changes."""
+    rec = Records(fmt, COLUMNS)
+    src = source(snapshot=snapshot, lsn=None, txId=None, sequence=None)
+    row = {"id": 1, "name": None, "price": None}
+    payload = value_payload(op, before=row if op == "d" else None, after=None if op == "d" else row, src=src)
+    with pytest.raises(MissingPositionError, match="no log position") as info:
+        decode_one(rec, {"id": 1}, payload, offset=31)
+    assert isinstance(info.value, DecodeError)
+    assert (info.value.topic, info.value.partition, info.value.offset) == (TOPIC, 2, 31)
+    assert "lsn" in str(info.value) and "file" in str(info.value)
+
+
+def test_snapshot_rows_carry_their_lsn() -> None:
     rec = Records("json", COLUMNS)
-    src = source(snapshot="incremental", lsn=None, txId=None, sequence=None)
+    src = source(snapshot="first")
     event = decode_one(
         rec, {"id": 1}, value_payload("r", after={"id": 1, "name": None, "price": None}, src=src)
     )
     assert isinstance(event, ChangeEvent)
-    assert event.position.version == "" and event.position.lsn is None and event.position.snapshot
-    assert event.txid is None
+    assert event.position.snapshot and event.position.version == pg_version(src["lsn"])
 
 
 def test_transaction_block_gives_txid_when_source_has_none() -> None:
@@ -379,19 +395,45 @@ def test_flattened_with_metadata(fmt: str) -> None:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_flattened_without_op_is_an_upsert_and_table_comes_from_topic(fmt: str) -> None:
     rec = Records(fmt, COLUMNS)
-    schema = flattened_schema(TOPIC, [])
-    value = rec.encode(schema, {"id": 6, "name": "x", "price": None}, f"{TOPIC}-value")
+    schema = flattened_schema(TOPIC, [{"type": "int64", "optional": True, "field": "__lsn"}])
+    value = rec.encode(schema, {"id": 6, "name": "x", "price": None, "__lsn": 4711}, f"{TOPIC}-value")
     event = rec.decoder().decode(TOPIC, 1, 2, rec.key({"id": 6}), value)
     assert isinstance(event, ChangeEvent)
     assert event.op is Op.UPDATE
     assert event.after == {"id": 6, "name": "x", "price": None} and event.before is None
     assert event.table == TableId(None, "public", "items")
-    assert event.position.version == ""
+    assert event.position.version == pg_version(4711)
+
+
+@pytest.mark.parametrize("fmt", [*FORMATS, "json-schemaless"])
+@pytest.mark.parametrize("meta", [["__table"], ["__op"], ["__op", "__deleted", "__table"]])
+def test_flattened_without_lsn_is_refused_naming_the_setting(fmt: str, meta: list[str]) -> None:
+    """``ExtractNewRecordState`` without ``add.fields=lsn``: no position, so refused, never version ""."""
+    rec = Records(fmt, COLUMNS)
+    fields = {"__op": "u", "__deleted": "true", "__table": "items"}
+    schema = flattened_schema(TOPIC, [{"type": "string", "optional": True, "field": f} for f in meta])
+    payload = {"id": 6, "name": "x", "price": None, **{f: fields[f] for f in meta}}
+    value = rec.encode(schema, payload, f"{TOPIC}-value")
+    with pytest.raises(MissingPositionError) as info:
+        rec.decoder().decode(TOPIC, 1, 2, rec.key({"id": 6}), value)
+    assert (info.value.topic, info.value.partition, info.value.offset) == (TOPIC, 1, 2)
+    message = str(info.value)
+    assert "add.fields" in message and "lsn" in message  # the transform setting that adds __lsn
+    assert "file,pos,row" in message  # and the MySQL/MariaDB equivalent
+
+
+def test_flattened_mysql_record_with_binlog_coordinates_has_a_version() -> None:
+    rec = Records("json-schemaless", COLUMNS)
+    payload = {"id": 1, "name": "m", "price": None, "__file": "mysql-bin.000003", "__pos": 154, "__row": 2,
+               "__db": "inventory", "__table": "items", "__op": "c"}  # fmt: skip
+    event = rec.decoder().decode("my.inventory.items", 0, 1, rec.key({"id": 1}), rec.encode({}, payload, ""))
+    assert isinstance(event, ChangeEvent)
+    assert event.position.version == mysql_version(3, 154, 2)
 
 
 def test_flattened_deleted_as_boolean_and_op_from_headers() -> None:
     rec = Records("json-schemaless", COLUMNS)
-    value = rec.encode({}, {"id": 1, "name": "h", "price": None, "__deleted": True}, "")
+    value = rec.encode({}, {"id": 1, "name": "h", "price": None, "__deleted": True, "__lsn": 99}, "")
     event = rec.decoder().decode(TOPIC, 0, 1, rec.key({"id": 1}), value)
     assert isinstance(event, ChangeEvent) and event.op is Op.DELETE
     value = rec.encode({}, {"id": 1, "name": "h", "price": None, "__table": "items"}, "")

@@ -241,10 +241,11 @@ def test_plain_avro_logical_types_without_connect_names() -> None:
             },
             {"name": "ref", "type": {"type": "string", "logicalType": "uuid"}},
             {"name": "__op", "type": "string"},
+            {"name": "__lsn", "type": "long"},
         ],
     }
     datum = {"id": 1, "at": 1717171717123456, "day": 19874, "amount": Decimal("-1.250"),
-             "ref": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "__op": "c"}  # fmt: skip
+             "ref": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "__op": "c", "__lsn": 5}  # fmt: skip
     value = wire(registry, "other.public.t-value", schema, datum)
     event = Decoder(schema_registry=registry).decode("other.public.t", 0, 1, None, value)
     assert isinstance(event, ChangeEvent)

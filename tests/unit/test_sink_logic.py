@@ -64,9 +64,9 @@ def test_insert_then_delete_leaves_a_guarded_delete() -> None:
     assert p.deletes == {(1,): ({"id": 1}, pg_version(20))}
 
 
-def test_delete_then_insert_is_an_upsert() -> None:
+def test_delete_then_insert_keeps_the_delete_which_runs_first() -> None:
     p = plan_of([ev(Op.DELETE, 1, None, 10), ev(Op.CREATE, 1, {"id": 1, "v": "again"}, 20)])
-    assert p.deletes == {}
+    assert p.deletes == {(1,): ({"id": 1}, pg_version(10))}  # columns the insert lacks are not kept
     assert p.upserts[(1,)] == ({"id": 1, "v": "again"}, pg_version(20))
 
 
