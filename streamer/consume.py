@@ -62,6 +62,7 @@ from streamer.db import is_transient
 from streamer.decode import Decoder
 from streamer.errors import DecodeError, StreamerError
 from streamer.events import ChangeEvent
+from streamer.holds import HoldView
 from streamer.settings import Settings
 from streamer.sink import ApplyResult, EventRejectedError, Sink, is_permanent, refuse_failures
 from streamer.state import load_offsets
@@ -183,8 +184,7 @@ class ConsumerProcess:
         self._producer: Producer | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._held: dict[tuple[str, int], tuple[int, str]] = {}
-        self._loading: set[str] = set()
-        self._loading_checked = -1e9
+        self._holds = HoldView(sink.engine, "consume", self.group)
         self._inflight: tuple[concurrent.futures.Future[ApplyResult], _Prepared] | None = None
 
     # ------------------------------------------------------------ kafka plumbing
@@ -300,6 +300,7 @@ class ConsumerProcess:
             try:
                 self._executor.shutdown(wait=True)
                 consumer.close()  # leaves the group (revocation callback runs, pending already flushed)
+                self._leave_holds()
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
@@ -362,6 +363,8 @@ class ConsumerProcess:
                 break
             if self._held:
                 self._release_held()  # the loading set is re-read at most every 2 s
+            self._loading_tables()  # heartbeat, and see a new load even when idle
+            self._holds.ack(self._can_ack)
             if now - last_progress >= 5:
                 last_progress = now
                 elapsed = max(now - self.stats.started, 1e-9)
@@ -401,6 +404,7 @@ class ConsumerProcess:
     def _decode(self, batch: list[Message]) -> _Prepared:
         prepared = _Prepared(started=time.monotonic())
         loading = self._loading_tables()
+        prepared.generation = self._holds.generation
         for msg in batch:
             topic, partition, offset = _coords(msg)
             if (topic, partition) in self._held:
@@ -429,15 +433,23 @@ class ConsumerProcess:
 
     # ------------------------------------------------------------ tables being loaded
     def _loading_tables(self) -> set[str]:
-        """Target tables ``streamer load`` is writing now (re-read at most every 2 s)."""
-        now = time.monotonic()
-        if now - self._loading_checked >= 2.0:
-            from streamer.load import loading_tables
+        """Target tables ``streamer load`` is writing now (re-read at most every 2 s).
 
-            with self.sink.engine.connect() as conn:
-                self._loading = loading_tables(conn)
-            self._loading_checked = now
-        return self._loading
+        Each re-read is also this member's heartbeat in ``_streamer_members``, and acknowledges
+        the load's hold generation once no batch decoded with an older loading set is in flight
+        (:mod:`streamer.holds`): the loader opens its snapshot only after every live member did.
+        """
+        return self._holds.tables(self._can_ack)
+
+    def _can_ack(self, generation: int) -> bool:
+        """No batch filtered with a loading set older than ``generation`` is still to be applied."""
+        return self._inflight is None or self._inflight[1].generation >= generation
+
+    def _leave_holds(self) -> None:
+        try:
+            self._holds.leave()
+        except Exception as exc:  # the row expires by itself (load.member_expiry_s)
+            self.log.warning("could not remove this member from _streamer_members", error=str(exc)[:300])
 
     def _hold(self, topic: str, partition: int, offset: int, table: str) -> None:
         """Stop at ``offset`` until the load of ``table`` is done: seek back there and pause."""
@@ -647,6 +659,7 @@ class _Prepared:
     dead: list[tuple[Message, Exception]] = dataclasses.field(default_factory=list)
     poison: tuple[Message, Exception] | None = None
     first: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
+    generation: int = 0  # the hold generation of the loading set it was filtered with
     apply_seconds: float = 0.0
     committed_at: float = 0.0
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,148 @@ def test_consumer_holds_a_table_while_it_is_loading(stack: Stack, captured: str,
     assert applied is not None  # orders' streamed events were applied after the load
     checked = streamer("validate", "--table", f"{schema}.orders", "--json", url=url)
     assert checked.returncode == 0, checked.stdout
+
+
+def test_delete_during_a_multi_table_load_stays_deleted(stack: Stack, captured: str, tmp_path: Path) -> None:
+    """`load --table a --table b` with a consumer running: a row of b deleted at the source after
+    the snapshot, while a is being loaded, must stay deleted (b's partitions are held from the
+    start of the load, not from b's turn). The loader is paused before b by a hook."""
+    from streamer.load import Loader
+    from streamer.settings import load_settings
+    from streamer.sink import build_sink
+    from streamer.validate import compare_tables
+    from tests.integration.test_operations import per_partition, read_topics, stored_by_sql
+
+    schema = captured
+    url = target_url("postgresql", stack, tmp_path)
+    group = f"{schema}-multi"
+    topics = rf"^{schema}\.{schema}\.[^.]+$"
+    a, b = f"{schema}.customers", f"{schema}.orders"
+    env = {**os.environ, "STREAMER_TARGET_URL": url, "STREAMER_LOG_FORMAT": "json"}
+    consumer = subprocess.Popen(
+        [sys.executable, "-m", "streamer.cli", "consume", "--group", group, "--topics", topics],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(consumer.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    source = create_target_engine(stack.settings.source_url)
+    target = create_target_engine(url)
+    paused, go = threading.Event(), threading.Event()
+
+    def names() -> list[str]:
+        from confluent_kafka.admin import AdminClient
+
+        md = AdminClient({"bootstrap.servers": stack.settings.bootstrap_servers}).list_topics(timeout=10)
+        return sorted(t for t in md.topics if t.startswith(f"{schema}.{schema}."))
+
+    def wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert consumer.poll() is None, "".join(lines)[-3000:]
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.3)
+
+    def caught_up() -> bool:
+        try:
+            return stored_by_sql(url, group) == per_partition(read_topics(stack, names()))
+        except sa.exc.ProgrammingError:
+            return False
+
+    try:
+        # the consumer is running and has applied a first change of every table
+        run_workload(stack.settings.source_url, schema, transactions=20, seed=9)
+        wait(lambda: len(names()) == 3, 60, "the topics")
+        wait(caught_up, 120, "the consumer to apply the first changes")
+
+        def hook(name: str) -> None:
+            if name == b:
+                paused.set()
+                assert go.wait(180)
+
+        sink = build_sink(load_settings(env={"STREAMER_TARGET_URL": url}))
+        loader = Loader(stack.settings.source_url, sink, workers=1, chunk_rows=500, on_table_start=hook)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                loader.run([a, b])
+            except BaseException as exc:
+                errors.append(exc)
+                paused.set()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        assert paused.wait(180) and not errors, errors
+        # the snapshot is taken and a is loaded; b is not read yet: delete one of b's rows now
+        with source.begin() as conn:
+            victim = conn.execute(sa.text(f'SELECT min(id) FROM "{schema}".orders')).scalar_one()
+            conn.execute(sa.text(f'DELETE FROM "{schema}".orders WHERE id = :i'), {"i": victim})
+        # the consumer either applies the delete (the old bug) or holds b's partition
+        wait(
+            lambda: caught_up() or any("holding partition" in ln and b in ln for ln in lines),
+            120,
+            "the consumer to apply or hold the delete",
+        )
+        go.set()
+        thread.join(300)
+        assert not thread.is_alive() and not errors, errors
+        sink.engine.dispose()
+        wait(caught_up, 120, "the consumer to drain")
+    finally:
+        go.set()
+        consumer.send_signal(signal.SIGTERM)
+        consumer.wait(60)
+    try:
+        for table in ("customers", "orders"):
+            diff = compare_tables(source, (schema, table), target, (schema, table))
+            assert diff.source_rows > 0
+            assert diff.equal, (
+                f"{table}: missing {diff.missing[:5]} extra {diff.extra[:5]} changed {diff.changed[:5]}"
+            )
+    finally:
+        source.dispose()
+        target.dispose()
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
+def test_load_respects_a_stored_truncate_position(
+    stack: Stack, unique: str, tmp_path: Path, kind: str
+) -> None:
+    """Rows older than the table's recorded truncate are not written, on the COPY path (PostgreSQL)
+    as on the upsert path (other targets): the target table stays empty."""
+    from streamer import state
+
+    schema = unique
+    create_sample(stack.settings.source_url, schema, rows=300)
+    url = target_url(kind, stack, tmp_path)
+    target = create_target_engine(url)
+    try:
+        state.upgrade(target)
+        name = f"{schema}.orders" if kind == "postgresql" else f"{schema}_orders"
+        with target.begin() as conn:
+            conn.execute(
+                sa.insert(state.tables_table).values(
+                    table_name=name,
+                    last_version="pg:7FFFFFFFFFFFFFFF",
+                    truncated_version="pg:7FFFFFFFFFFFFFFF",
+                    updated_at=sa.func.now(),
+                )
+            )
+        loaded = streamer("load", "--table", f"{schema}.orders", "--json", url=url)
+        assert loaded.returncode == 0, loaded.stderr[-3000:]
+        [report] = json.loads(loaded.stdout)
+        assert report["target"] == name
+        t = sa.table(name.rpartition(".")[2], schema=schema if kind == "postgresql" else None)
+        with target.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one() == 0
+    finally:
+        target.dispose()
+        with create_target_engine(stack.settings.source_url).begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        if kind == "postgresql":
+            with create_target_engine(url).begin() as conn:
+                conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
