@@ -56,13 +56,14 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from sqlalchemy.engine import Connection
 
 from streamer import logs
 from streamer.db import is_transient
 from streamer.decode import Decoder
 from streamer.errors import DecodeError, StreamerError
 from streamer.events import ChangeEvent
-from streamer.holds import HoldView
+from streamer.holds import HoldChangedError, HoldView, check_batch
 from streamer.settings import Settings
 from streamer.sink import ApplyResult, EventRejectedError, Sink, is_permanent, refuse_failures
 from streamer.state import load_offsets
@@ -396,7 +397,9 @@ class ConsumerProcess:
 
     def _apply_timed(self, prepared: _Prepared) -> ApplyResult:
         started = time.monotonic()
-        result = self._apply_with_retry(prepared.events, prepared.positions, prepared.origins, prepared.dead)
+        result = self._apply_with_retry(
+            prepared.events, prepared.positions, prepared.origins, prepared.dead, prepared.generation
+        )
         prepared.committed_at = time.time()
         prepared.apply_seconds = time.monotonic() - started
         return result
@@ -534,7 +537,14 @@ class ConsumerProcess:
         positions: dict[tuple[str, int], int],
         origins: Mapping[tuple[str, int, int], Message],
         dead: list[tuple[Message, Exception]],
+        generation: int = 0,
     ) -> ApplyResult:
+        route = self.sink.router.route
+        touched = {route(ev.table).qualified for ev in events}
+
+        def check_hold(conn: Connection) -> None:
+            check_batch(conn, generation, touched)
+
         def before_commit(result: ApplyResult) -> None:
             letters = list(dead)
             for ev, exc in result.failed:
@@ -545,8 +555,10 @@ class ConsumerProcess:
 
         def attempt() -> ApplyResult:
             try:
-                return self.sink.apply(events, positions, self.group, before_commit=before_commit)
-            except DeadLetterError:
+                return self.sink.apply(
+                    events, positions, self.group, before_commit=before_commit, in_transaction=check_hold
+                )
+            except (DeadLetterError, HoldChangedError):
                 raise
             except Exception as exc:
                 if is_transient(exc) or not is_permanent(exc):
@@ -558,6 +570,7 @@ class ConsumerProcess:
                 self.group,
                 isolate=True,
                 before_commit=before_commit if self.cfg.error_policy == "dlq" else refuse_failures,
+                in_transaction=check_hold,
             )
             return result
 

@@ -50,6 +50,10 @@ class HoldTimeoutError(StreamerError):
     """Live consumers did not acknowledge the load's hold in time; the load did not start."""
 
 
+class HoldChangedError(StreamerError):
+    """A load marked a table of a batch after the batch was filtered; nothing of it was committed."""
+
+
 @dataclasses.dataclass(frozen=True)
 class MemberRow:
     member_id: str
@@ -85,6 +89,33 @@ def raise_generation(conn: Connection) -> int:
     if not updated:
         conn.execute(sa.insert(t).values(id=1, generation=1, updated_at=now()))
     return current_generation(conn)
+
+
+def check_batch(conn: Connection, generation: int, tables: set[str]) -> None:
+    """Inside a batch's transaction, last: refuse it if a newer load marks one of its ``tables``.
+
+    ``generation`` is the hold generation of the loading set the batch was filtered with. The
+    generation row is read ``FOR SHARE`` (PostgreSQL, MariaDB; SQLite has one writer anyway), so
+    the loader's mark, which updates that row first, waits until this transaction has committed:
+    no batch filtered with an older loading set can commit after a load's mark.
+    """
+    t = state.hold_generation_table
+    current = conn.execute(sa.select(t.c.generation).where(t.c.id == 1).with_for_update(read=True)).scalar()
+    if current is None or int(current) <= generation:
+        return
+    loads = state.loads_table
+    # a locking read too: it sees the newest committed rows under REPEATABLE READ (MariaDB) as well
+    marked = conn.execute(
+        sa.select(loads.c.table_name).where(loads.c.status == "loading").with_for_update(read=True)
+    )
+    busy = tables & {r[0] for r in marked}
+    if busy:
+        raise HoldChangedError(
+            f"a load marked {', '.join(repr(b) for b in sorted(busy))} loading (hold generation {current}) "
+            f"after this batch was filtered with generation {generation}: the batch was rolled back and "
+            "nothing of it was committed; start the process again (it resumes from its committed offsets "
+            "and holds those tables)"
+        )
 
 
 def read_hold(conn: Connection) -> tuple[int, set[str]]:

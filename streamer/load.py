@@ -440,6 +440,8 @@ class Loader:
         loads = state.loads_table
         previous: dict[str, Any] = {}
         with self.engine.begin() as tconn:
+            # the generation row first: waits for batches that read it FOR SHARE (holds.check_batch)
+            generation = holds.raise_generation(tconn)
             for source_name, target_name in routes:
                 row = tconn.execute(sa.select(loads).where(loads.c.table_name == target_name)).first()
                 previous[target_name] = row
@@ -459,7 +461,6 @@ class Loader:
                     tconn.execute(
                         sa.update(loads).where(loads.c.table_name == target_name).values(status="loading")
                     )
-            generation = holds.raise_generation(tconn)
         self.log.info("tables marked loading", tables=[t for _, t in routes], hold_generation=generation)
         return _Marked(generation, previous)
 

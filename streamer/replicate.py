@@ -92,6 +92,7 @@ import psycopg2.extensions
 import psycopg2.extras
 import sqlalchemy as sa
 import tenacity
+from sqlalchemy.engine import Connection
 
 from streamer import logs
 from streamer.db import is_transient
@@ -107,7 +108,7 @@ from streamer.errors import (
     WalLevelError,
 )
 from streamer.events import ChangeEvent, format_lsn, parse_lsn
-from streamer.holds import HoldView
+from streamer.holds import HoldChangedError, HoldView, check_batch
 from streamer.pgoutput import (
     ProtocolError,
     RawChange,
@@ -907,9 +908,19 @@ class ReplicationProcess:
             if letters:
                 self._dead_letter(letters)
 
+        generation = self._holds.generation if self._holds is not None else 0
+        touched = {self.sink.router.route(ev.table).qualified for ev in events}
+
+        def check_hold(conn: Connection) -> None:
+            check_batch(conn, generation, touched)  # see streamer.holds: a load marked after the check
+
         def attempt() -> ApplyResult:
             try:
-                return self.sink.apply(events, positions, self.group, before_commit=before_commit)
+                return self.sink.apply(
+                    events, positions, self.group, before_commit=before_commit, in_transaction=check_hold
+                )
+            except HoldChangedError:
+                raise
             except Exception as exc:
                 if _transient(exc) or not _permanent(exc):
                     raise
@@ -921,8 +932,9 @@ class ReplicationProcess:
                     self.group,
                     isolate=True,
                     before_commit=before_commit if self.cfg.error_policy == "dlq" else refuse_failures,
+                    in_transaction=check_hold,
                 )
-            except EventRejectedError:
+            except (EventRejectedError, HoldChangedError):
                 raise
             except Exception as exc:
                 if _transient(exc) or not _permanent(exc):

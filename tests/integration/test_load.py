@@ -382,3 +382,60 @@ def test_load_respects_a_stored_truncate_position(
         if kind == "postgresql":
             with create_target_engine(url).begin() as conn:
                 conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+
+
+def test_a_batch_filtered_before_a_load_marked_its_table_is_refused(target, unique: str) -> None:
+    """holds.check_batch, on every target kind: a batch filtered with an older hold generation is
+    refused only when it touches a table the newer load marked; the mark waits for a batch holding
+    the generation row (PostgreSQL, MariaDB: FOR SHARE)."""
+    from streamer import holds, state
+
+    _url, engine = target
+    state.upgrade(engine)
+    name = f"{unique}.orders"
+    loads = state.loads_table
+    with engine.begin() as conn:
+        before = holds.current_generation(conn)
+    with engine.begin() as conn:
+        generation = holds.raise_generation(conn)
+        conn.execute(
+            sa.insert(loads).values(
+                table_name=name,
+                source_table=name,
+                status="loading",
+                floor_version="pg:0000000000000000",
+                snapshot_version="pg:0000000000000000",
+                rows_loaded=0,
+                started_at=sa.func.now(),
+            )
+        )
+    try:
+        assert generation == before + 1
+        with engine.begin() as conn:
+            holds.check_batch(conn, before, {f"{unique}.customers"})  # another table: fine
+            holds.check_batch(conn, generation, {name})  # filtered with the new loading set: fine
+        with pytest.raises(holds.HoldChangedError, match="rolled back"), engine.begin() as conn:
+            holds.check_batch(conn, before, {name, f"{unique}.customers"})
+        if engine.dialect.name == "sqlite":
+            return
+        # a batch transaction that read the generation FOR SHARE makes the next mark wait for its commit
+        order: list[str] = []
+        with engine.connect() as batch:
+            batch.begin()
+            holds.check_batch(batch, generation, {name})
+
+            def mark() -> None:
+                with engine.begin() as conn:
+                    holds.raise_generation(conn)
+                order.append("mark committed")
+
+            marker = threading.Thread(target=mark)
+            marker.start()
+            marker.join(1.5)
+            order.append("batch committed")
+            batch.commit()
+            marker.join(30)
+        assert order == ["batch committed", "mark committed"]
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.delete(loads).where(loads.c.table_name == name))

@@ -5,6 +5,8 @@ Revises: 0002
 Create Date: 2026-12-01
 """
 
+import datetime as dt
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -15,12 +17,14 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
+    generation = op.create_table(
         "_streamer_hold_generation",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),  # always 1
         sa.Column("generation", sa.BigInteger, nullable=False),  # +1 each time a load marks tables
         sa.Column("updated_at", sa.DateTime, nullable=False),
     )
+    # the row exists from the start: batches lock it FOR SHARE, the loader's mark updates it
+    op.bulk_insert(generation, [{"id": 1, "generation": 0, "updated_at": dt.datetime(2026, 12, 1)}])
     op.create_table(
         "_streamer_members",
         sa.Column("member_id", sa.String(64), primary_key=True),
