@@ -25,6 +25,13 @@ The protocol (all through the target's state tables)
   ``load.hold_timeout_s``, the loader stops with :class:`HoldTimeoutError` naming them and
   marks its tables as not loading again: it never proceeds without the barrier.
 
+* Inside every batch's own transaction, last, :func:`check_batch` reads the generation row
+  ``FOR SHARE`` and refuses (rolls back, :class:`HoldChangedError`, the process stops) a batch
+  filtered with an older generation that touches a table marked since. The loader's mark
+  updates that row first, so it waits for such a batch to commit. This keeps a member taken as
+  stopped but in fact still applying (a batch retried for longer than the expiry) from
+  committing a change of a loading table after the snapshot.
+
 Heartbeats use each process's clock (UTC); processes on machines whose clocks differ by more than
 a fraction of ``member_expiry_s`` need synchronised clocks.
 """
