@@ -439,3 +439,70 @@ def test_a_batch_filtered_before_a_load_marked_its_table_is_refused(target, uniq
     finally:
         with engine.begin() as conn:
             conn.execute(sa.delete(loads).where(loads.c.table_name == name))
+
+
+def test_load_stops_when_a_live_consumer_does_not_acknowledge(
+    stack: Stack, unique: str, tmp_path: Path
+) -> None:
+    """A live member that never acknowledges the hold: the load stops with HoldTimeoutError naming it
+    and unmarks its tables; a member silent past the expiry is taken as stopped."""
+    import datetime as dt
+
+    from streamer import holds, state
+
+    schema = unique
+    create_sample(stack.settings.source_url, schema, rows=100)
+    url = target_url("postgresql", stack, tmp_path)
+    target = create_target_engine(url)
+    members = state.members_table
+    try:
+        state.upgrade(target)
+        now = holds.now()
+        with target.begin() as conn:
+            conn.execute(
+                sa.insert(members),
+                [
+                    {
+                        "member_id": f"{unique}-stuck",
+                        "kind": "consume",
+                        "consumer_group": "g",
+                        "process": "elsewhere:1",
+                        "acked_generation": 0,
+                        "heartbeat_at": now,
+                    },
+                    {
+                        "member_id": f"{unique}-gone",
+                        "kind": "consume",
+                        "consumer_group": "g",
+                        "process": "elsewhere:2",
+                        "acked_generation": 0,
+                        "heartbeat_at": now - dt.timedelta(hours=1),
+                    },
+                ],
+            )
+        tables = ["--table", f"{schema}.customers", "--table", f"{schema}.orders"]
+        refused = streamer(
+            "load", *tables, url=url, STREAMER_LOAD__HOLD_TIMEOUT_S="3", STREAMER_LOAD__MEMBER_EXPIRY_S="600"
+        )
+        assert refused.returncode == 1
+        [error] = [ln for ln in refused.stderr.splitlines() if ln.startswith("streamer: error:")]
+        assert "did not acknowledge hold generation" in error, refused.stderr[-3000:]
+        assert f"'{unique}-stuck'" in error and f"'{unique}-gone'" not in error
+        with target.connect() as conn:
+            marked = conn.execute(
+                sa.select(state.loads_table.c.table_name).where(
+                    state.loads_table.c.table_name.like(f"{schema}.%")
+                )
+            ).all()
+        assert marked == []  # unmarked: consumers do not hold these tables for a load that never ran
+        with target.begin() as conn:
+            conn.execute(sa.delete(members).where(members.c.member_id == f"{unique}-stuck"))
+        loaded = streamer("load", *tables, url=url, STREAMER_LOAD__HOLD_TIMEOUT_S="3")
+        assert loaded.returncode == 0, loaded.stderr[-3000:]
+        assert "no heartbeat: taking the member as stopped" in loaded.stdout + loaded.stderr
+    finally:
+        with target.begin() as conn:
+            conn.execute(sa.delete(members).where(members.c.member_id.like(f"{unique}-%")))
+        target.dispose()
+        with create_target_engine(stack.settings.source_url).begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
