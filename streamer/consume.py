@@ -364,8 +364,7 @@ class ConsumerProcess:
                 break
             if self._held:
                 self._release_held()  # the loading set is re-read at most every 2 s
-            self._loading_tables()  # heartbeat, and see a new load even when idle
-            self._holds.ack(self._can_ack)
+            self._holds.heartbeat(self._can_ack, self.log)  # and see a new load even when idle
             if now - last_progress >= 5:
                 last_progress = now
                 elapsed = max(now - self.stats.started, 1e-9)

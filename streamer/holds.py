@@ -45,11 +45,13 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from streamer import state
+from streamer.db import is_transient
 from streamer.errors import StreamerError
 
 
@@ -226,14 +228,26 @@ class HoldView:
     def tables(self, can_ack: Callable[[int], bool], fresh: bool = False) -> set[str]:
         at = time.monotonic()
         if fresh or at - self._checked >= self.interval:
+            self._checked = at  # a failing read is not repeated before the interval either
             if not self._registered:
                 self.member.register()
                 self._registered = True
             with self.engine.connect() as conn:
                 self.generation, self.loading = read_hold(conn)
-            self._checked = at
             self.member.beat(self.generation if can_ack(self.generation) else None)
         return self.loading
+
+    def heartbeat(self, can_ack: Callable[[int], bool], log: Any) -> None:
+        """:meth:`tables` then :meth:`ack`, from a process's idle loop: a transient database error
+        is logged and tried again after the interval (no acknowledgement is written meanwhile, so
+        a load waits; batches are still checked by :func:`check_batch`)."""
+        try:
+            self.tables(can_ack)
+            self.ack(can_ack)
+        except sa.exc.SQLAlchemyError as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("could not read the loading set or write the heartbeat", error=str(exc).strip()[:300])
 
     def ack(self, can_ack: Callable[[int], bool]) -> None:
         if self._registered and self.member.acked < self.generation and can_ack(self.generation):

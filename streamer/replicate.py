@@ -786,7 +786,10 @@ class ReplicationProcess:
                     rate=round(self.stats.events_applied / elapsed, 1),
                     lsn=format_lsn(self.stats.last_lsn),
                 )
-            self._loading_tables()  # heartbeat in _streamer_members, and see a new load even when idle
+            if self._holds is None:
+                self._loading_tables()
+            else:  # heartbeat in _streamer_members, and see a new load even when idle
+                self._holds.heartbeat(lambda _generation: True, self.log)
             if msg is not None:
                 continue
             if (
