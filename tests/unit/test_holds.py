@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 from streamer.holds import MemberRow, classify
 from streamer.replay import _answers
@@ -49,3 +50,47 @@ def test_broker_answers_are_quoted_and_grouped() -> None:
     )
     many = {("t", p): "X" for p in range(7)}
     assert _answers(many) == "'X' for t[0], t[1], t[2], t[3], t[4] and 2 more"
+
+
+def test_member_registers_before_reading_and_acks_only_when_allowed(tmp_path: Path) -> None:
+    """HoldView on a real (SQLite) target: registration, heartbeat, the ack rule, leaving."""
+    import sqlalchemy as sa
+
+    from streamer import holds, state
+    from streamer.db import create_target_engine
+
+    engine = create_target_engine(f"sqlite:///{tmp_path / 't.db'}")
+    try:
+        state.upgrade(engine)
+        view = holds.HoldView(engine, "consume", "g", interval=0)
+        in_flight_old_batch = True
+
+        def can_ack(generation: int) -> bool:
+            return not in_flight_old_batch
+
+        with engine.begin() as conn:
+            generation = holds.raise_generation(conn)
+        assert view.tables(can_ack) == set() and view.generation == generation
+        with engine.connect() as conn:
+            [row] = holds.members(conn)
+        assert (row.member_id, row.kind, row.group, row.acked_generation) == (
+            view.member.member_id,
+            "consume",
+            "g",
+            0,
+        )
+        view.ack(can_ack)  # the old batch is still in flight: no ack
+        with engine.connect() as conn:
+            assert holds.members(conn)[0].acked_generation == 0
+        in_flight_old_batch = False
+        view.ack(can_ack)
+        with engine.connect() as conn:
+            assert holds.members(conn)[0].acked_generation == generation
+            waiting, dead = holds.classify(holds.members(conn), generation, holds.now(), 30)
+        assert waiting == dead == []
+        view.leave()
+        with engine.connect() as conn:
+            assert holds.members(conn) == []
+            assert conn.execute(sa.select(state.members_table)).all() == []
+    finally:
+        engine.dispose()
