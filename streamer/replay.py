@@ -41,6 +41,18 @@ partition moves, because the consumer starts from the larger of the two offsets:
 * moving forward (skipping): Kafka already holds the new offset and wins, which is what was
   asked; running the replay again brings the target row in line.
 
+After a crash
+-------------
+A member killed with ``-9`` stays in the group until its session times out; the replay is
+refused until then. Once the group is empty, Kafka accepts the offsets; the local broker (tansu)
+answers ``UNKNOWN_MEMBER_ID`` for that empty group for minutes. On that answer the group is
+described again: with a member listed, the replay is refused naming it (``GroupActiveError``);
+with none, the replay joins the empty group as its only member, commits the new offsets as that
+member and leaves (:func:`streamer.groups.commit_as_member`; deleting the group instead makes
+tansu fail every later offset commit for it). Whatever the broker still refuses is reported by
+:class:`OffsetsRefusedError` quoting its answer per partition; "a member joined" is said only
+when the broker lists one.
+
 The opposite order gives the same guarantees but could leave a forward move recorded in the
 target after the broker refused the replay, to surface at the next rebalance: a skip nobody saw
 succeed. A partition already at its new offset in both places, or one the group has no offset
