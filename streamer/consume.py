@@ -542,7 +542,7 @@ class ConsumerProcess:
         touched = {route(ev.table).qualified for ev in events}
 
         def check_hold(conn: Connection) -> None:
-            check_batch(conn, generation, touched)
+            check_batch(conn, self._holds.member.member_id, generation, touched)
 
         def before_commit(result: ApplyResult) -> None:
             letters = list(dead)

@@ -25,12 +25,13 @@ The protocol (all through the target's state tables)
   ``load.hold_timeout_s``, the loader stops with :class:`HoldTimeoutError` naming them and
   marks its tables as not loading again: it never proceeds without the barrier.
 
-* Inside every batch's own transaction, last, :func:`check_batch` reads the generation row
-  ``FOR SHARE`` and refuses (rolls back, :class:`HoldChangedError`, the process stops) a batch
-  filtered with an older generation that touches a table marked since. The loader's mark
-  updates that row first, so it waits for such a batch to commit. This keeps a member taken as
-  stopped but in fact still applying (a batch retried for longer than the expiry) from
-  committing a change of a loading table after the snapshot.
+* A member taken as stopped is removed from ``_streamer_members`` by the loader. Inside every
+  batch's own transaction, last, :func:`check_batch` reads the generation, the loading set and
+  the member's own row ``FOR SHARE``: a batch filtered with an older generation that touches a
+  table marked since is refused (rolled back, :class:`HoldChangedError`, the process stops) when
+  the member's row is gone. The member's next heartbeat finds its row gone and stops the process
+  (:class:`MemberExpelledError`). So a member wrongly taken as stopped (a batch retried for longer
+  than the expiry) cannot commit a change of a loading table after the snapshot.
 
 Heartbeats use each process's clock (UTC); processes on machines whose clocks differ by more than
 a fraction of ``member_expiry_s`` need synchronised clocks.
@@ -60,7 +61,11 @@ class HoldTimeoutError(StreamerError):
 
 
 class HoldChangedError(StreamerError):
-    """A load marked a table of a batch after the batch was filtered; nothing of it was committed."""
+    """A load that took this member as stopped marked a table of its batch; nothing of it was committed."""
+
+
+class MemberExpelledError(StreamerError):
+    """A load took this member as stopped (no heartbeat within the expiry) and removed its row."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,13 +105,16 @@ def raise_generation(conn: Connection) -> int:
     return current_generation(conn)
 
 
-def check_batch(conn: Connection, generation: int, tables: set[str]) -> None:
-    """Inside a batch's transaction, last: refuse it if a newer load marks one of its ``tables``.
+def check_batch(conn: Connection, member_id: str, generation: int, tables: set[str]) -> None:
+    """Inside a batch's transaction, last: refuse it if a load that took this member as stopped
+    marked one of its ``tables`` after the batch was filtered.
 
-    ``generation`` is the hold generation of the loading set the batch was filtered with. The
-    generation row is read ``FOR SHARE`` (PostgreSQL, MariaDB; SQLite has one writer anyway), so
-    the loader's mark, which updates that row first, waits until this transaction has committed:
-    no batch filtered with an older loading set can commit after a load's mark.
+    ``generation`` is the hold generation of the loading set the batch was filtered with. Rows are
+    read ``FOR SHARE`` (PostgreSQL, MariaDB; SQLite has one writer anyway), so the loader's mark
+    and its removal of a silent member wait until this transaction has committed. A batch filtered
+    with an older generation is fine while the member's row exists: the loader then waits for its
+    acknowledgement, which comes only after the batch. Once the row is gone the loader may have
+    opened its snapshot without this member: the batch is refused.
     """
     t = state.hold_generation_table
     current = conn.execute(sa.select(t.c.generation).where(t.c.id == 1).with_for_update(read=True)).scalar()
@@ -118,12 +126,18 @@ def check_batch(conn: Connection, generation: int, tables: set[str]) -> None:
         sa.select(loads.c.table_name).where(loads.c.status == "loading").with_for_update(read=True)
     )
     busy = tables & {r[0] for r in marked}
-    if busy:
+    if not busy:
+        return
+    members_t = state.members_table
+    alive = conn.execute(
+        sa.select(members_t.c.member_id).where(members_t.c.member_id == member_id).with_for_update(read=True)
+    ).first()
+    if alive is None:
         raise HoldChangedError(
             f"a load marked {', '.join(repr(b) for b in sorted(busy))} loading (hold generation {current}) "
-            f"after this batch was filtered with generation {generation}: the batch was rolled back and "
-            "nothing of it was committed; start the process again (it resumes from its committed offsets "
-            "and holds those tables)"
+            f"after this batch was filtered with generation {generation}, and took this member "
+            f"({member_id!r}) as stopped: the batch was rolled back and nothing of it was committed; "
+            "start the process again (it resumes from its committed offsets and holds those tables)"
         )
 
 
@@ -143,6 +157,15 @@ def classify(
     waiting = [m for m in members if m.heartbeat_at >= cutoff and m.acked_generation < generation]
     dead = [m for m in members if m.heartbeat_at < cutoff and m.acked_generation < generation]
     return waiting, dead
+
+
+def remove_silent(conn: Connection, member: MemberRow) -> bool:
+    """Remove a member taken as stopped (only if it has not sent a heartbeat since it was read)."""
+    t = state.members_table
+    removed = conn.execute(
+        sa.delete(t).where(t.c.member_id == member.member_id, t.c.heartbeat_at <= member.heartbeat_at)
+    ).rowcount
+    return bool(removed)
 
 
 def members(conn: Connection) -> list[MemberRow]:
@@ -189,16 +212,12 @@ class Member:
                 .where(t.c.member_id == self.member_id)
                 .values(acked_generation=self.acked, heartbeat_at=now())
             ).rowcount
-            if not found:  # removed (e.g. by an operator): register again
-                conn.execute(
-                    sa.insert(t).values(
-                        member_id=self.member_id,
-                        kind=self.kind,
-                        consumer_group=self.group[:255],
-                        process=self.process[:255],
-                        acked_generation=self.acked,
-                        heartbeat_at=now(),
-                    )
+            if not found:
+                raise MemberExpelledError(
+                    f"{self.kind} member {self.member_id!r} of group {self.group!r} was removed from "
+                    "_streamer_members: a load took it as stopped (no heartbeat within load.member_expiry_s) "
+                    "and may have started without it holding the load's tables. Stopping; start it again "
+                    "(it resumes from its committed offsets)"
                 )
 
     def leave(self) -> None:

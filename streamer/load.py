@@ -24,7 +24,8 @@ How a load joins the stream
    ``_streamer_members``) has acknowledged that generation: a member acknowledges only once no
    batch filtered with an older loading set is left to apply, so from then on it holds those
    tables' partitions (or its stream) until each table's load is done. Members silent for
-   ``load.member_expiry_s`` are taken as stopped; when live ones have not acknowledged within
+   ``load.member_expiry_s`` are taken as stopped and removed (their batches filtered before the
+   mark are then refused inside their own transaction, :func:`streamer.holds.check_batch`); when live ones have not acknowledged within
    ``load.hold_timeout_s`` the load stops with :class:`~streamer.holds.HoldTimeoutError` naming
    them and unmarks its tables, before anything is read (see :mod:`streamer.holds`). A table
    whose load began stays ``loading`` when the run fails, until ``--resume`` finishes it.
@@ -488,9 +489,15 @@ class Loader:
                 rows = holds.members(tconn)
             waiting, dead = holds.classify(rows, marked.generation, holds.now(), self.member_expiry_s)
             for m in dead:
-                if m.member_id not in warned:
+                with self.engine.begin() as tconn:
+                    removed = holds.remove_silent(tconn, m)
+                if removed and m.member_id not in warned:
                     warned.add(m.member_id)
-                    self.log.warning("no heartbeat: taking the member as stopped", member=m.describe())
+                    self.log.warning(
+                        "no heartbeat: taking the member as stopped and removing it", member=m.describe()
+                    )
+            if any(m.member_id not in warned for m in dead):
+                continue  # it sent a heartbeat meanwhile: read the members again
             if not waiting:
                 self.log.info("every live consumer holds the tables", hold_generation=marked.generation)
                 return

@@ -912,10 +912,11 @@ class ReplicationProcess:
                 self._dead_letter(letters)
 
         generation = self._holds.generation if self._holds is not None else 0
+        member_id = self._holds.member.member_id if self._holds is not None else ""
         touched = {self.sink.router.route(ev.table).qualified for ev in events}
 
         def check_hold(conn: Connection) -> None:
-            check_batch(conn, generation, touched)  # see streamer.holds: a load marked after the check
+            check_batch(conn, member_id, generation, touched)  # see streamer.holds
 
         def attempt() -> ApplyResult:
             try:
