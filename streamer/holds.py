@@ -21,10 +21,9 @@ The protocol (all through the target's state tables)
   re-read also refreshes ``heartbeat_at``; a clean stop deletes the row.
 * The loader waits until every *live* member (heartbeat within ``load.member_expiry_s``) has
   acknowledged G, then opens the snapshot. A member silent for longer is taken as dead (a
-  killed process) and named in a warning. When live members still have not acknowledged after
+  killed process), named in a warning and removed. When live members still have not acknowledged after
   ``load.hold_timeout_s``, the loader stops with :class:`HoldTimeoutError` naming them and
   marks its tables as not loading again: it never proceeds without the barrier.
-
 * A member taken as stopped is removed from ``_streamer_members`` by the loader. Inside every
   batch's own transaction, last, :func:`check_batch` reads the generation, the loading set and
   the member's own row ``FOR SHARE``: a batch filtered with an older generation that touches a
