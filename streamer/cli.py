@@ -245,6 +245,8 @@ def load(
                 resume=resume,
                 no_key=no_key,
                 progress=progress,
+                hold_timeout_s=settings.load.hold_timeout_s,
+                member_expiry_s=settings.load.member_expiry_s,
             )
             reports = loader.run(tables)
     finally:

@@ -69,6 +69,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
+from sqlalchemy.engine import Connection
 
 from streamer import logs
 from streamer.db import is_transient
@@ -76,6 +77,7 @@ from streamer.decode import Decoder
 from streamer.errors import DecodeError, StreamerError
 from streamer.events import ChangeEvent
 from streamer.offsetcheck import check_starts, fingerprint
+from streamer.holds import HoldChangedError, HoldView, check_batch
 from streamer.settings import Settings
 from streamer.sink import (
     ApplyResult,
@@ -204,8 +206,7 @@ class ConsumerProcess:
         self._producer: Producer | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._held: dict[tuple[str, int], tuple[int, str]] = {}
-        self._loading: set[str] = set()
-        self._loading_checked = -1e9
+        self._holds = HoldView(sink.engine, "consume", self.group)
         self._inflight: tuple[concurrent.futures.Future[ApplyResult], _Prepared] | None = None
         self._topic_ids: dict[str, str | None] = {}
         self._fenced: set[tuple[str, int]] = set()  # partitions dropped by the last fenced batch
@@ -362,6 +363,7 @@ class ConsumerProcess:
             try:
                 self._executor.shutdown(wait=True)
                 consumer.close()  # leaves the group (revocation callback runs, pending already flushed)
+                self._leave_holds()
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
@@ -424,6 +426,7 @@ class ConsumerProcess:
                 break
             if self._held:
                 self._release_held()  # the loading set is re-read at most every 2 s
+            self._holds.heartbeat(self._can_ack, self.log)  # and see a new load even when idle
             if now - last_progress >= 5:
                 last_progress = now
                 elapsed = max(now - self.stats.started, 1e-9)
@@ -466,6 +469,7 @@ class ConsumerProcess:
         prepared = _Prepared(started=time.monotonic())
         last: dict[tuple[str, int], Message] = {}
         loading = self._loading_tables()
+        prepared.generation = self._holds.generation
         for msg in batch:
             topic, partition, offset = _coords(msg)
             if (topic, partition) in self._held:
@@ -498,15 +502,23 @@ class ConsumerProcess:
 
     # ------------------------------------------------------------ tables being loaded
     def _loading_tables(self) -> set[str]:
-        """Target tables ``streamer load`` is writing now (re-read at most every 2 s)."""
-        now = time.monotonic()
-        if now - self._loading_checked >= 2.0:
-            from streamer.load import loading_tables
+        """Target tables ``streamer load`` is writing now (re-read at most every 2 s).
 
-            with self.sink.engine.connect() as conn:
-                self._loading = loading_tables(conn)
-            self._loading_checked = now
-        return self._loading
+        Each re-read is also this member's heartbeat in ``_streamer_members``, and acknowledges
+        the load's hold generation once no batch decoded with an older loading set is in flight
+        (:mod:`streamer.holds`): the loader opens its snapshot only after every live member did.
+        """
+        return self._holds.tables(self._can_ack)
+
+    def _can_ack(self, generation: int) -> bool:
+        """No batch filtered with a loading set older than ``generation`` is still to be applied."""
+        return self._inflight is None or self._inflight[1].generation >= generation
+
+    def _leave_holds(self) -> None:
+        try:
+            self._holds.leave()
+        except Exception as exc:  # the row expires by itself (load.member_expiry_s)
+            self.log.warning("could not remove this member from _streamer_members", error=str(exc)[:300])
 
     def _hold(self, topic: str, partition: int, offset: int, table: str) -> None:
         """Stop at ``offset`` until the load of ``table`` is done: seek back there and pause."""
@@ -628,6 +640,12 @@ class ConsumerProcess:
             prepared.origins,
             prepared.dead,
         )
+        route = self.sink.router.route
+        touched = {route(ev.table).qualified for ev in events}
+        generation = prepared.generation
+
+        def check_hold(conn: Connection) -> None:
+            check_batch(conn, self._holds.member.member_id, generation, touched)
 
         def before_commit(result: ApplyResult) -> None:
             letters = list(dead)
@@ -646,8 +664,9 @@ class ConsumerProcess:
                     before_commit=before_commit,
                     first=prepared.first,
                     identities=prepared.identities,
+                    in_transaction=check_hold,
                 )
-            except (DeadLetterError, FencedBatchError):
+            except (DeadLetterError, FencedBatchError, HoldChangedError):
                 raise
             except Exception as exc:
                 if is_transient(exc) or not is_permanent(exc):
@@ -661,6 +680,7 @@ class ConsumerProcess:
                 before_commit=before_commit if self.cfg.error_policy == "dlq" else refuse_failures,
                 first=prepared.first,
                 identities=prepared.identities,
+                in_transaction=check_hold,
             )
             return result
 
@@ -762,6 +782,7 @@ class _Prepared:
     dead: list[tuple[Message, Exception]] = dataclasses.field(default_factory=list)
     poison: tuple[Message, Exception] | None = None
     first: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
+    generation: int = 0  # the hold generation of the loading set it was filtered with
     apply_seconds: float = 0.0
     committed_at: float = 0.0
     counts: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)  # records per partition
@@ -783,6 +804,7 @@ class _Prepared:
             dead=[(m, e) for m, e in self.dead if keep(m)],
             poison=poison,
             first={tp: o for tp, o in self.first.items() if tp not in partitions},
+            generation=self.generation,
             counts={tp: n for tp, n in self.counts.items() if tp not in partitions},
             identities={tp: i for tp, i in self.identities.items() if tp not in partitions},
         )

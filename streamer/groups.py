@@ -197,6 +197,89 @@ def committed_offsets(admin: AdminClient, group: str, timeout: float = 15.0) -> 
     }
 
 
+def alter_offsets(
+    admin: AdminClient, group: str, offsets: Mapping[TP, int], timeout: float = 30.0
+) -> dict[TP, str]:
+    """Commit ``offsets`` for the group; the partitions the broker refused, with its answer for each.
+
+    A refusal of the whole request is reported for every partition (the broker's answer quoted).
+    """
+    request = ConsumerGroupTopicPartitions(
+        group, [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())]
+    )
+    future = admin.alter_consumer_group_offsets([request])[group]
+    try:
+        res = future.result(timeout)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else exc
+        answer = f"{err.name()}: {err.str()}" if isinstance(err, KafkaError) else str(err)
+        return dict.fromkeys(offsets, answer)
+    except TimeoutError:
+        return dict.fromkeys(offsets, f"no answer within {timeout:g}s")
+    return {
+        (tp.topic, tp.partition): f"{tp.error.name()}: {tp.error.str()}"
+        for tp in res.topic_partitions or []
+        if tp.error is not None
+    }
+
+
+def commit_as_member(
+    settings: Settings, group: str, offsets: Mapping[TP, int], timeout: float = 60.0
+) -> dict[TP, str]:
+    """Join the group as its only member, commit ``offsets`` as that member, and leave.
+
+    For a broker that refuses offset changes from outside the group while it has no members (the
+    local broker after a member was killed answers UNKNOWN_MEMBER_ID). The member subscribes to
+    exactly the topics of ``offsets``, waits until every one of those partitions is assigned to it
+    (it is the only member, or another member joined and the commit is refused), commits and
+    closes (leaves the group). Returns the partitions refused, with the broker's answer.
+    """
+    cfg = settings.consumer
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "partition.assignment.strategy": "cooperative-sticky",  # the group's protocol (streamer consume)
+            "session.timeout.ms": cfg.session_timeout_ms,
+            "heartbeat.interval.ms": cfg.heartbeat_interval_ms,
+            "client.id": f"streamer-replay-{group}",
+            "log_level": 4,
+        }
+    )
+    wanted = set(offsets)
+    try:
+        consumer.subscribe(sorted({t for t, _ in offsets}))
+        deadline = time.monotonic() + timeout
+        assigned: set[TP] = set()
+        while time.monotonic() < deadline:
+            consumer.poll(0.2)  # joins, heartbeats; records fetched here are not used
+            assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+            if wanted <= assigned:
+                break
+        missing = wanted - assigned
+        if missing:
+            answer = f"not assigned to the replay's member within {timeout:g}s (another member joined?)"
+            return dict.fromkeys(missing, answer)
+        try:
+            result = consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())], asynchronous=False
+            )
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else exc
+            return dict.fromkeys(
+                offsets, f"{err.name()}: {err.str()}" if isinstance(err, KafkaError) else str(err)
+            )
+        return {
+            (tp.topic, tp.partition): f"{tp.error.name()}: {tp.error.str()}"
+            for tp in result or []
+            if tp.error is not None
+        }
+    finally:
+        consumer.close()
+
+
 def offsets_for_time(
     admin: AdminClient, partitions: Sequence[TP], ms: int, timeout: float = 15.0
 ) -> dict[TP, int]:

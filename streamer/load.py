@@ -16,9 +16,21 @@ How a load joins the stream
 3. Loaded rows never overwrite a newer row (same guard), and after every chunk of a table is
    loaded, rows older than the load's floor (and rows without a version) are deleted: they were
    not in the snapshot, so they no longer exist at the source.
-4. While a table is being loaded it is marked ``loading`` in ``_streamer_loads``; consumers
-   hold back that table's partitions until the load is done, so a delete streamed during the
-   load cannot be undone by a snapshot row written after it.
+4. A streamed *delete* leaves no row to win with, so no change of a table may be applied
+   between the snapshot and the end of that table's load. Before it opens the snapshot the
+   loader marks **every** table of the run ``loading`` in ``_streamer_loads`` (one transaction,
+   which also raises the hold generation), then waits at a barrier until every live consumer
+   (``streamer consume`` and ``streamer replicate`` processes, registered with heartbeats in
+   ``_streamer_members``) has acknowledged that generation: a member acknowledges only once no
+   batch filtered with an older loading set is left to apply, so from then on it holds those
+   tables' partitions (or its stream) until each table's load is done. Members silent for
+   ``load.member_expiry_s`` are taken as stopped and removed (their batches filtered before the
+   mark are then refused inside their own transaction, :func:`streamer.holds.check_batch`); when live ones have not acknowledged within
+   ``load.hold_timeout_s`` the load stops with :class:`~streamer.holds.HoldTimeoutError` naming
+   them and unmarks its tables, before anything is read (see :mod:`streamer.holds`). A table
+   whose load began stays ``loading`` when the run fails, until ``--resume`` finishes it.
+5. Rows older than a table's recorded truncate position (``_streamer_tables``) are not loaded,
+   on the COPY path as on the upsert path.
 
 Without the replication privilege the loader falls back to ``pg_export_snapshot()`` and writes
 rows with the lowest version: still correct (every streamed change applies over them), only the
@@ -62,7 +74,7 @@ import psycopg2.extras
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from streamer import logs, state
+from streamer import holds, logs, state
 from streamer.errors import StreamerError
 from streamer.events import (
     ChangeEvent,
@@ -316,6 +328,12 @@ def parse_copy_text(data: str, converters: Sequence[Callable[[str], Any] | None]
 
 
 # ---------------------------------------------------------------- the loader
+@dataclasses.dataclass(frozen=True)
+class _Marked:
+    generation: int
+    previous: Mapping[str, Any]  # target table -> its _streamer_loads row before this run (or None)
+
+
 @dataclasses.dataclass
 class TableReport:
     table: str
@@ -340,6 +358,9 @@ class Loader:
         resume: bool = False,
         no_key: bool = False,
         progress: Any = None,
+        on_table_start: Callable[[str], None] | None = None,
+        hold_timeout_s: float = 60.0,
+        member_expiry_s: float = 30.0,
     ) -> None:
         self.params = _dsn_params(source_url)
         self.sink = sink
@@ -350,6 +371,10 @@ class Loader:
         self.resume = resume
         self.no_key = no_key
         self.progress = progress
+        self.on_table_start = on_table_start  # test hook: called with each table's name before it is read
+        self.hold_timeout_s = hold_timeout_s
+        self.member_expiry_s = member_expiry_s
+        self._barrier_wakeup = threading.Event()  # never set: a wait between polls of the members
         self.log = logs.get("load")
         self.database = ""
 
@@ -357,6 +382,17 @@ class Loader:
     def run(self, tables: Sequence[str]) -> list[TableReport]:
         """Load each ``schema.table``; all tables from one snapshot."""
         state.upgrade(self.engine)
+        marked = self._mark_loading(tables)
+        self._started: set[str] = set()
+        try:
+            return self._run(tables, marked)
+        except BaseException:
+            # tables whose load began stay loading (``--resume`` continues them); the others go back
+            self._unmark(marked, keep=self._started)
+            raise
+
+    def _run(self, tables: Sequence[str], marked: _Marked) -> list[TableReport]:
+        self._await_holds(marked)
         snapshot = open_snapshot(self.params)
         self.log.info(
             "snapshot",
@@ -375,13 +411,106 @@ class Loader:
                     cur.execute("SELECT current_database()")
                     self.database = cur.fetchone()[0]
                 for name in tables:
-                    reports.append(self._load_table(conns, name, snapshot.version))
+                    if self.on_table_start is not None:
+                        self.on_table_start(name)
+                    reports.append(self._load_table(conns, name, snapshot.version, marked.previous))
             finally:
                 for c in conns:
                     c.close()
         finally:
             snapshot.release()
         return reports
+
+    # -------------------------------------------------------- the hold barrier
+    def _mark_loading(self, tables: Sequence[str]) -> _Marked:
+        """Mark every table of the run ``loading`` and raise the hold generation, in one transaction."""
+        routes = []
+        conn = _connect(self.params)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT current_database()")
+                database = cur.fetchone()[0]
+            for name in tables:
+                schema, _, table = name.rpartition(".")
+                src = describe_source(conn, schema or "public", table)  # refuse before marking anything
+                if not src.key and not self.no_key:
+                    raise _no_key(src)
+                routes.append((name, self.sink.router.route(TableId(database, src.schema, table)).qualified))
+        finally:
+            conn.close()
+        loads = state.loads_table
+        previous: dict[str, Any] = {}
+        with self.engine.begin() as tconn:
+            # the generation row first: waits for batches that read it FOR SHARE (holds.check_batch)
+            generation = holds.raise_generation(tconn)
+            for source_name, target_name in routes:
+                row = tconn.execute(sa.select(loads).where(loads.c.table_name == target_name)).first()
+                previous[target_name] = row
+                if row is None:
+                    tconn.execute(
+                        sa.insert(loads).values(
+                            table_name=target_name,
+                            source_table=source_name,
+                            status="loading",
+                            floor_version=LOWEST_VERSION,
+                            snapshot_version=LOWEST_VERSION,
+                            rows_loaded=0,
+                            started_at=_now(),
+                        )
+                    )
+                elif row.status != "loading":
+                    tconn.execute(
+                        sa.update(loads).where(loads.c.table_name == target_name).values(status="loading")
+                    )
+        self.log.info("tables marked loading", tables=[t for _, t in routes], hold_generation=generation)
+        return _Marked(generation, previous)
+
+    def _unmark(self, marked: _Marked, keep: set[str] | frozenset[str] = frozenset()) -> None:
+        """Undo :meth:`_mark_loading` for the tables not in ``keep`` (their load never began)."""
+        loads = state.loads_table
+        with self.engine.begin() as tconn:
+            for name, row in marked.previous.items():
+                if name in keep:
+                    continue
+                if row is None:
+                    tconn.execute(sa.delete(loads).where(loads.c.table_name == name))
+                else:
+                    tconn.execute(
+                        sa.update(loads).where(loads.c.table_name == name).values(status=row.status)
+                    )
+
+    def _await_holds(self, marked: _Marked) -> None:
+        """Wait until every live consumer has acknowledged the hold (see :mod:`streamer.holds`)."""
+        deadline = time.monotonic() + self.hold_timeout_s
+        warned: set[str] = set()
+        waiting: list[holds.MemberRow] = []
+        while True:
+            with self.engine.connect() as tconn:
+                rows = holds.members(tconn)
+            waiting, dead = holds.classify(rows, marked.generation, holds.now(), self.member_expiry_s)
+            for m in dead:
+                with self.engine.begin() as tconn:
+                    removed = holds.remove_silent(tconn, m)
+                if removed and m.member_id not in warned:
+                    warned.add(m.member_id)
+                    self.log.warning(
+                        "no heartbeat: taking the member as stopped and removing it", member=m.describe()
+                    )
+            if any(m.member_id not in warned for m in dead):
+                continue  # it sent a heartbeat meanwhile: read the members again
+            if not waiting:
+                self.log.info("every live consumer holds the tables", hold_generation=marked.generation)
+                return
+            if time.monotonic() >= deadline:
+                break
+            self._barrier_wakeup.wait(0.2)  # polls the state table; the members write their acks there
+        raise holds.HoldTimeoutError(
+            f"{len(waiting)} live consumer(s) did not acknowledge hold generation {marked.generation} within "
+            f"{self.hold_timeout_s:g} s (load.hold_timeout_s): "
+            + "; ".join(m.describe() for m in waiting)
+            + ". Nothing was loaded and the tables are no longer marked loading; stop or fix those "
+            "consumers (a stuck batch, a stopped clock), then run the load again"
+        )
 
     def _worker_source(self, snapshot: Snapshot) -> Any:
         conn = _connect(self.params)
@@ -391,20 +520,20 @@ class Loader:
         return conn
 
     # -------------------------------------------------------- one table
-    def _load_table(self, conns: list[Any], name: str, version: str) -> TableReport:
+    def _load_table(
+        self, conns: list[Any], name: str, version: str, previous: Mapping[str, Any]
+    ) -> TableReport:
         schema, _, table = name.rpartition(".")
         schema = schema or "public"
         src = describe_source(conns[0], schema, table)
         if not src.key and not self.no_key:
-            raise NoPrimaryKeyError(
-                f"source table {src.qualified} has no primary key: changes to it cannot be applied by key; "
-                "copy it whole with --no-key (no resume, no merge with the stream)"
-            )
+            raise _no_key(src)
         route = self.sink.router.route(TableId(self.database, schema, table))
         target = self._ensure_target(src, route, version)
         report = TableReport(src.qualified, route.qualified)
         started = time.monotonic()
-        chunks, total, floor = self._chunks(conns[0], src, route, version)
+        self._started.add(route.qualified)
+        chunks, total, floor = self._chunks(conns[0], src, route, version, previous.get(route.qualified))
         done = {c.no for c in chunks if c.no in self._done_chunks(route)}
         report.chunks = len(chunks)
         report.chunks_skipped = len(done)
@@ -472,12 +601,14 @@ class Loader:
         return self.sink.schema.ensure(route, sample, allow_no_key=self.no_key)
 
     def _chunks(
-        self, conn: Any, src: SourceTable, route: Route, version: str
+        self, conn: Any, src: SourceTable, route: Route, version: str, row: Any
     ) -> tuple[list[Chunk], int, str]:
-        """This load's chunks: planned now, or (``--resume``) the ones recorded by the interrupted load."""
+        """This load's chunks: planned now, or (``--resume``) the ones recorded by the interrupted load.
+
+        ``row`` is the table's ``_streamer_loads`` row as it was before this run marked it loading.
+        """
         loads, chunks_t = state.loads_table, state.load_chunks_table
         with self.engine.begin() as tconn:
-            row = tconn.execute(sa.select(loads).where(loads.c.table_name == route.qualified)).first()
             if self.resume and row is not None and row.status == "loading":
                 recorded = tconn.execute(
                     sa.select(chunks_t)
@@ -615,7 +746,7 @@ class Loader:
             rows = int(cur.rowcount)
         buf.seek(0)
         if self.dialect == "postgresql":
-            self._write_pg(route, target, names, buf, chunk, rows, fresh)
+            self._write_pg(route, target, names, buf, chunk, rows, fresh, version)
         else:
             self._write_other(src, route, buf.getvalue().decode(), chunk, rows, version)
         return rows
@@ -638,11 +769,22 @@ class Loader:
         chunk: Chunk,
         rows: int,
         fresh: bool,
+        version: str,
     ) -> None:
+        """COPY a chunk in (one transaction with its checkpoint).
+
+        Like the sink's upserts, rows older than the table's stored truncate position are not
+        written: every row of a chunk carries the snapshot's version, so a truncate recorded
+        after it (``_streamer_tables.truncated_version``) drops the whole chunk.
+        """
         prep = self.engine.dialect.identifier_preparer
         table = prep.format_table(sa.table(route.target_table, schema=route.target_schema))
         cols = ", ".join(prep.quote(n) for n in names)
         with self.engine.begin() as conn:
+            truncated = state.truncate_versions(conn, [route.qualified]).get(route.qualified)
+            if truncated is not None and version < truncated:
+                self._checkpoint(conn, route, chunk, 0)
+                return
             dbapi: Any = conn.connection.dbapi_connection
             assert dbapi is not None
             with dbapi.cursor() as cur:
@@ -717,6 +859,13 @@ class Loader:
             record_state=False,
             in_transaction=lambda conn: self._checkpoint(conn, route, chunk, rows),
         )
+
+
+def _no_key(src: SourceTable) -> NoPrimaryKeyError:
+    return NoPrimaryKeyError(
+        f"source table {src.qualified} has no primary key: changes to it cannot be applied by key; "
+        "copy it whole with --no-key (no resume, no merge with the stream)"
+    )
 
 
 def _range(key: Sequence[str], chunk: Chunk) -> tuple[str, list[Any]]:

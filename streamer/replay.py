@@ -41,6 +41,18 @@ partition moves, because the consumer starts from the larger of the two offsets:
 * moving forward (skipping): Kafka already holds the new offset and wins, which is what was
   asked; running the replay again brings the target row in line.
 
+After a crash
+-------------
+A member killed with ``-9`` stays in the group until its session times out; the replay is
+refused until then. Once the group is empty, Kafka accepts the offsets; the local broker (tansu)
+answers ``UNKNOWN_MEMBER_ID`` for that empty group for minutes. On that answer the group is
+described again: with a member listed, the replay is refused naming it (``GroupActiveError``);
+with none, the replay joins the empty group as its only member, commits the new offsets as that
+member and leaves (:func:`streamer.groups.commit_as_member`; deleting the group instead makes
+tansu fail every later offset commit for it). Whatever the broker still refuses is reported by
+:class:`OffsetsRefusedError` quoting its answer per partition; "a member joined" is said only
+when the broker lists one.
+
 The opposite order gives the same guarantees but could leave a forward move recorded in the
 target after the broker refused the replay, to surface at the next rebalance: a skip nobody saw
 succeed. A partition already at its new offset in both places, or one the group has no offset
@@ -56,10 +68,9 @@ import re
 from collections.abc import Mapping, Sequence
 
 import sqlalchemy as sa
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from rich.table import Table
 
-from streamer import groups, state
+from streamer import groups, logs, state
 from streamer.db import create_target_engine
 from streamer.errors import StreamerError
 from streamer.groups import TP, Watermarks
@@ -72,6 +83,66 @@ class ReplayError(StreamerError):
 
 class GroupActiveError(ReplayError):
     """The consumer group has active members; stop them first."""
+
+
+class OffsetsRefusedError(ReplayError):
+    """The broker refused the new offsets; the message quotes its answer per partition."""
+
+
+UNKNOWN_MEMBER = "UNKNOWN_MEMBER_ID"
+
+
+def _answers(refused: Mapping[TP, str]) -> str:
+    """The broker's answers, partitions with the same answer grouped."""
+    by_answer: dict[str, list[str]] = {}
+    for (topic, partition), answer in sorted(refused.items()):
+        by_answer.setdefault(answer, []).append(f"{topic}[{partition}]")
+    return "; ".join(
+        f"{answer!r} for {', '.join(tps[:5])}" + (f" and {len(tps) - 5} more" if len(tps) > 5 else "")
+        for answer, tps in by_answer.items()
+    )
+
+
+def _members_hint(settings: Settings, group: str, refused: Mapping[TP, str]) -> str:
+    """Say that a member joined only when the broker now lists one."""
+    if not any(UNKNOWN_MEMBER in a or "REBALANCE" in a for a in refused.values()):
+        return ""
+    try:
+        described = groups.describe_group(settings.bootstrap_servers, group)
+    except groups.BrokerError as exc:
+        return f" (the group could not be described afterwards: {exc})"
+    if described.members:
+        return (
+            f" (a member joined the group since the check: {groups.members_line(described.members)}; "
+            "stop it and run the replay again)"
+        )
+    return f" (the group is {described.state} with no members)"
+
+
+def _commit_in_empty_group(
+    settings: Settings, group: str, wanted: Mapping[TP, int], refused: Mapping[TP, str]
+) -> dict[TP, str]:
+    """The broker answered UNKNOWN_MEMBER_ID for a group without members (the local broker does so
+    after a member was killed, for minutes): join the empty group as its only member, commit the
+    new offsets as that member, leave. Returns what the broker still refuses.
+
+    (Deleting the empty group and writing its offsets again is not an option there: the local
+    broker then fails every offset commit for the deleted group.)
+    """
+    described = groups.describe_group(settings.bootstrap_servers, group)
+    if described.members:
+        raise GroupActiveError(
+            f"the broker refused the new offsets of group {group!r} ({_answers(refused)}): a member joined "
+            f"the group since the check: {groups.members_line(described.members)}. Stop it (SIGTERM), then "
+            "replay again; nothing was changed"
+        )
+    logs.get("replay").warning(
+        "the broker refuses offsets of the empty group from outside it: committing them as a member",
+        group=group,
+        state=described.state,
+        answer=sorted(set(refused.values())),
+    )
+    return groups.commit_as_member(settings, group, wanted)
 
 
 # ---------------------------------------------------------------- --to
@@ -365,30 +436,19 @@ def execute(settings: Settings, plan: ReplayPlan) -> None:
     if not moves:
         return
     admin = groups.admin_client(settings.bootstrap_servers)
-    request = ConsumerGroupTopicPartitions(
-        plan.group, [TopicPartition(m.topic, m.partition, m.new) for m in moves]
-    )
-    future = admin.alter_consumer_group_offsets([request])[plan.group]
-    try:
-        res = future.result(30)
-    except Exception as exc:
-        raise ReplayError(
-            f"the broker refused the new offsets of group {plan.group!r} ({exc}); nothing was changed"
-        ) from None
-    failed = [tp for tp in res.topic_partitions or [] if tp.error is not None]
-    if failed:
-        done = len(moves) - len(failed)
-        reasons = "; ".join(f"{tp.topic}[{tp.partition}]: {tp.error.str()}" for tp in failed[:5])
-        hint = (
-            " (a member joined the group: stop it and run the replay again)"
-            if any("UNKNOWN_MEMBER_ID" in str(tp.error) or "REBALANCE" in str(tp.error) for tp in failed)
-            else ""
-        )
-        raise ReplayError(
-            f"the broker refused {len(failed)} of {len(moves)} offsets of group {plan.group!r}: "
-            f"{reasons}{hint}. The target was not changed; {done} partition(s) were moved in Kafka only "
-            "(those moved back still start at their old offsets, those moved forward at the new ones): "
-            "run the same replay again"
+    wanted = {(m.topic, m.partition): m.new for m in moves}
+    refused = groups.alter_offsets(admin, plan.group, wanted)
+    first = ""
+    if refused and all(UNKNOWN_MEMBER in answer for answer in refused.values()):
+        first = f"it first answered {_answers(refused)}, then, to a commit from a member of the empty group: "
+        refused = _commit_in_empty_group(settings, plan.group, wanted, refused)
+    if refused:
+        done = len(moves) - len(refused)
+        raise OffsetsRefusedError(
+            f"the broker refused {len(refused)} of {len(moves)} offsets of group {plan.group!r}: {first}"
+            f"{_answers(refused)}{_members_hint(settings, plan.group, refused)}. The target was not changed; "
+            f"{done} partition(s) were moved in Kafka only (those moved back still start at their old "
+            "offsets, those moved forward at the new ones): run the same replay again"
         )
     engine = create_target_engine(settings.target_url)
     try:

@@ -92,6 +92,7 @@ import psycopg2.extensions
 import psycopg2.extras
 import sqlalchemy as sa
 import tenacity
+from sqlalchemy.engine import Connection
 
 from streamer import logs
 from streamer.db import is_transient
@@ -107,6 +108,7 @@ from streamer.errors import (
     WalLevelError,
 )
 from streamer.events import ChangeEvent, format_lsn, parse_lsn
+from streamer.holds import HoldChangedError, HoldView, check_batch
 from streamer.pgoutput import (
     ProtocolError,
     RawChange,
@@ -501,8 +503,7 @@ class ReplicationProcess:
         self._skip_to = 0  # transactions ending at or before this are already applied or pending
         self._status_interval = 10.0
         self._messages = 0
-        self._loading: set[str] = set()
-        self._loading_checked = -1e9
+        self._holds: HoldView | None = None
 
     def stop(self, *_: object) -> None:
         """Finish the complete transactions received, confirm, and return (signal-handler compatible)."""
@@ -680,6 +681,13 @@ class ReplicationProcess:
             self._close_stream()
             if self._catalog is not None:
                 self._catalog.close()
+            if self._holds is not None:
+                try:
+                    self._holds.leave()
+                except Exception as exc:  # the row expires by itself (load.member_expiry_s)
+                    self.log.warning(
+                        "could not remove this member from _streamer_members", error=str(exc)[:300]
+                    )
         self.log.info(
             "stopped",
             transactions=self.stats.transactions,
@@ -778,6 +786,10 @@ class ReplicationProcess:
                     rate=round(self.stats.events_applied / elapsed, 1),
                     lsn=format_lsn(self.stats.last_lsn),
                 )
+            if self._holds is None:
+                self._loading_tables()
+            else:  # heartbeat in _streamer_members, and see a new load even when idle
+                self._holds.heartbeat(lambda _generation: True, self.log)
             if msg is not None:
                 continue
             if (
@@ -851,15 +863,16 @@ class ReplicationProcess:
 
     # ------------------------------------------------------------ tables ``streamer load`` is writing
     def _loading_tables(self, fresh: bool = False) -> set[str]:
-        """Target tables a load is writing now (re-read at most every 2 s unless ``fresh``)."""
-        now = time.monotonic()
-        if fresh or now - self._loading_checked >= 2.0:
-            from streamer.load import loading_tables
+        """Target tables a load is writing now (re-read at most every 2 s unless ``fresh``).
 
-            with self.sink.engine.connect() as conn:
-                self._loading = loading_tables(conn)
-            self._loading_checked = now
-        return self._loading
+        Each re-read is also this process's heartbeat in ``_streamer_members`` and acknowledges
+        the load's hold generation (:mod:`streamer.holds`): batches are applied in this thread,
+        one at a time, each checked against the loading set just before it is applied, so once
+        the set is read no batch filtered with an older one is left to apply.
+        """
+        if self._holds is None:
+            self._holds = HoldView(self.sink.engine, "replicate", self.slot)
+        return self._holds.tables(lambda _generation: True, fresh=fresh)
 
     def _wait_for_loads(self, events: Sequence[ChangeEvent], cur: Any) -> bool:
         """Hold the stream while ``streamer load`` writes a table of the batch (as consume holds partitions):
@@ -898,9 +911,20 @@ class ReplicationProcess:
             if letters:
                 self._dead_letter(letters)
 
+        generation = self._holds.generation if self._holds is not None else 0
+        member_id = self._holds.member.member_id if self._holds is not None else ""
+        touched = {self.sink.router.route(ev.table).qualified for ev in events}
+
+        def check_hold(conn: Connection) -> None:
+            check_batch(conn, member_id, generation, touched)  # see streamer.holds
+
         def attempt() -> ApplyResult:
             try:
-                return self.sink.apply(events, positions, self.group, before_commit=before_commit)
+                return self.sink.apply(
+                    events, positions, self.group, before_commit=before_commit, in_transaction=check_hold
+                )
+            except HoldChangedError:
+                raise
             except Exception as exc:
                 if _transient(exc) or not _permanent(exc):
                     raise
@@ -912,8 +936,9 @@ class ReplicationProcess:
                     self.group,
                     isolate=True,
                     before_commit=before_commit if self.cfg.error_policy == "dlq" else refuse_failures,
+                    in_transaction=check_hold,
                 )
-            except EventRejectedError:
+            except (EventRejectedError, HoldChangedError):
                 raise
             except Exception as exc:
                 if _transient(exc) or not _permanent(exc):

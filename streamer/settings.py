@@ -76,6 +76,13 @@ class ConsumerSettings(_Section):
     truncate: bool = True
 
 
+class LoadSettings(_Section):
+    """``streamer load``: the hold barrier (see :mod:`streamer.holds`)."""
+
+    hold_timeout_s: float = Field(60.0, gt=0)  # how long live consumers get to acknowledge the hold
+    member_expiry_s: float = Field(30.0, gt=0)  # a consumer silent this long is taken as stopped
+
+
 class RouteSettings(_Section):
     """Per source table (``[routes."public.customers"]``): target table and column transforms."""
 
@@ -98,6 +105,7 @@ class Settings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     stack: StackSettings = StackSettings()
     consumer: ConsumerSettings = ConsumerSettings()
+    load: LoadSettings = LoadSettings()
     routes: dict[str, RouteSettings] = {}
 
     @model_validator(mode="after")

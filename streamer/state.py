@@ -10,6 +10,9 @@
   of the latest truncate (changes older than that are not applied again).
 * ``_streamer_loads`` and ``_streamer_load_chunks``: the loader's progress per table and chunk
   (``streamer load --resume``), and which tables are being loaded right now.
+* ``_streamer_hold_generation`` and ``_streamer_members``: the load hold barrier (see
+  :mod:`streamer.holds`): a counter the loader raises when it marks tables ``loading``, and per
+  live consumer process the generation it has acknowledged and its last heartbeat.
 
 The tables are created and upgraded by the Alembic migrations in ``streamer/migrations``
 (``streamer db upgrade``; every command that writes to a target runs it first). Alembic's own
@@ -75,6 +78,25 @@ load_chunks_table = sa.Table(
     sa.Column("hi_key", sa.Text),
     sa.Column("done", sa.Boolean, nullable=False),
     sa.Column("rows_loaded", sa.BigInteger),
+)
+
+
+hold_generation_table = sa.Table(
+    "_streamer_hold_generation",
+    _meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("generation", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+members_table = sa.Table(
+    "_streamer_members",
+    _meta,
+    sa.Column("member_id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("consumer_group", sa.String(255), nullable=False),
+    sa.Column("process", sa.String(255), nullable=False),
+    sa.Column("acked_generation", sa.BigInteger, nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime, nullable=False),
 )
 
 

@@ -622,3 +622,95 @@ def test_processes_3_survive_kill_9_of_a_child(stack: Stack, captured, tmp_path:
     with pytest.raises(ProcessLookupError):
         os.kill(victim, 0)
     assert_same(stack, schema, url)
+
+
+def _stored_or_none(url: str, group: str) -> dict[tuple[str, int], int] | None:
+    try:
+        return stored_by_sql(url, group)
+    except sa.exc.ProgrammingError:  # the consumer has not created its state tables yet
+        return None
+
+
+def test_replay_after_a_member_was_killed(stack: Stack, captured, tmp_path: Path) -> None:
+    """Two members, one killed with -9 and one stopped cleanly: the empty group still replays.
+
+    (The local broker then refuses offset changes for the group with UNKNOWN_MEMBER_ID; replay
+    joins the empty group as its only member and commits the offsets as that member.)
+    """
+    schema, regex = captured["schema"], captured["regex"]
+    url = stack.settings.target_url
+    group = f"{schema}-crash"
+    (tmp_path / "none").mkdir()
+    env = consumer_env(url, STREAMER_CONNECTORS_DIR=str(tmp_path / "none"))
+    member_env = consumer_env(url, STREAMER_CONSUMER__BATCH_MAX_EVENTS="30")
+    bootstrap = stack.settings.bootstrap_servers
+    names = wait_for(
+        lambda: (
+            (found := groups.matching_topics(admin(stack).list_topics(timeout=10), regex))
+            and len(found) == 3
+            and found
+        ),
+        60,
+        "the three topics",
+    )
+
+    def crash_two_members(seed: int) -> None:
+        """Two members apply a workload; then one is killed with -9 and the other stopped cleanly."""
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "streamer.cli", "consume", "--group", group, "--topics", regex],
+                env=member_env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for _ in range(2)
+        ]
+        try:
+            run_workload(stack.settings.source_url, schema, transactions=20, seed=seed)
+            wait_for(
+                lambda: _stored_or_none(url, group) == per_partition(read_topics(stack, names)),
+                120,
+                "the members to apply everything",
+                interval=1,
+            )
+            wait_for(lambda: len(groups.describe_group(bootstrap, group).members) == 2, 60, "two members")
+            procs[0].send_signal(signal.SIGKILL)
+            procs[0].wait(30)
+            procs[1].send_signal(signal.SIGTERM)
+            assert procs[1].wait(60) == 0
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(30)
+        wait_for(lambda: not groups.describe_group(bootstrap, group).members, 60, "the group to be empty")
+
+    crash_two_members(71)
+    ends = per_partition(read_topics(stack, names))
+
+    res = streamer("replay", "--group", group, "--to", "earliest", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    zero = dict.fromkeys(ends, 0)
+    assert committed_by_admin(stack, group) == zero and stored_by_sql(url, group) == zero
+    assert _consume(group, regex, url, "--until-idle", "6") == sum(ends.values())
+    assert_same(stack, schema, url)
+
+    # and to a timestamp, after the same crash again
+    time.sleep(1.5)
+    mark = time.time()
+    time.sleep(1.5)
+    crash_two_members(72)
+    everything = read_topics(stack, names)
+    ends = per_partition(everything)
+    after = [r for r in everything if r[3] >= int(mark * 1000)]
+    assert 0 < len(after) < len(everything)
+    first_after: dict[tuple[str, int], int] = {}
+    for t, p, o, _ts in sorted(after):
+        first_after.setdefault((t, p), o)
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(mark)) + f".{int(mark * 1000) % 1000:03d}Z"
+    res = streamer("replay", "--group", group, "--to", iso, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    moved = {tp: first_after.get(tp, n) for tp, n in ends.items()}
+    assert committed_by_admin(stack, group) == moved and stored_by_sql(url, group) == moved
+    assert _consume(group, regex, url, "--until-idle", "6") == len(after)
+    assert_same(stack, schema, url)
