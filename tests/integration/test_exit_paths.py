@@ -284,6 +284,15 @@ def test_bad_settings_exit_2(stack: Stack, topic: Topic, unique: str, tmp_path: 
     assert res.returncode == 2, res.stderr[-3000:]
     assert the_line(res.stderr).startswith("streamer: bad settings: setting consumer.batch_max_events")
     assert not (tmp_path / "target.db").exists()  # nothing was started
+    # --debug: the same line last, after the traceback
+    argv = consume(f"{unique}-bad", topic, "--until-idle", "1")
+    argv.insert(argv.index("consume"), "--debug")
+    res = subprocess.run(
+        argv, env=env_of(url, STREAMER_CONSUMER__BATCH_MAX_EVENTS="0"), capture_output=True, text=True
+    )
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "Traceback (most recent call last):" in res.stderr.splitlines()
+    assert res.stderr.splitlines()[-1].startswith("streamer: bad settings: setting consumer.batch_max_events")
 
 
 def test_target_unreachable_at_start_exits_3(stack: Stack, topic: Topic, unique: str) -> None:
