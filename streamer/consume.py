@@ -38,6 +38,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import logging
 import re
 import signal
 import threading
@@ -212,6 +213,7 @@ class ConsumerProcess:
             "enable.partition.eof": False,
             "statistics.interval.ms": self.cfg.statistics_interval_ms,
             "client.id": f"streamer-{self.group}",
+            "logger": kafka_logger(),
         }
         if self.hooks.on_stats is not None:
             conf["stats_cb"] = self.hooks.on_stats
@@ -225,6 +227,7 @@ class ConsumerProcess:
                     "enable.idempotence": True,
                     "acks": "all",
                     "client.id": f"streamer-dlq-{self.group}",
+                    "logger": kafka_logger(),
                 }
             )
         return self._producer
@@ -689,6 +692,29 @@ class ConsumerProcess:
         except KafkaException as exc:
             # the target already holds these offsets (_streamer_offsets); the next assignment uses them
             self.log.warning("kafka commit failed; offsets are safe in the target", error=str(exc))
+
+
+class _KafkaLogHandler(logging.Handler):
+    """librdkafka's own log lines (session timeouts, broker down, ...) as structured log events."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log = logs.get("librdkafka")
+        if record.levelno >= logging.ERROR:
+            log.error("librdkafka", message=record.getMessage())
+        elif record.levelno >= logging.WARNING:
+            log.warning("librdkafka", message=record.getMessage())
+        else:
+            log.info("librdkafka", message=record.getMessage())
+
+
+def kafka_logger() -> logging.Logger:
+    """The logger given to confluent-kafka clients, so that librdkafka writes nothing to stderr itself."""
+    logger = logging.getLogger("streamer.librdkafka")
+    if not logger.handlers:
+        logger.addHandler(_KafkaLogHandler())
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+    return logger
 
 
 def _coords(msg: Message) -> tuple[str, int, int]:

@@ -396,3 +396,29 @@ def test_replicate_source_unreachable_exits_3(unique: str, tmp_path: Path) -> No
     line = the_line(res.stderr)
     assert line.startswith("streamer: source unavailable: cannot connect to the source"), line
     assert stored_offset(url, unique, f"pg:{unique}") is None
+
+
+def test_lost_session_then_sigterm_exits_0(stack: Stack, topic: Topic, unique: str, tmp_path: Path) -> None:
+    """Frozen (SIGSTOP) past its session timeout, the member loses its partitions, rejoins, goes on."""
+    url, table = checked_target("sqlite", tmp_path, unique)
+    rows = [(i, i) for i in range(10)]
+    topic.produce(rows)
+    group = f"{unique}-lost"
+    env = env_of(url, **BATCH)
+    proc = subprocess.Popen(
+        consume(group, topic), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    wait_until(lambda: stored_offset(url, group, topic.name) == 10, 120, "the first 10 records")
+    proc.send_signal(signal.SIGSTOP)
+    more = [(i, i) for i in range(10, 20)]
+    topic.produce(more)
+    time.sleep(12)  # twice the session timeout (6 s): the broker expires the frozen member
+    proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: stored_offset(url, group, topic.name) == 20, 120, "the next 10 records")
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert the_line(err).startswith("streamer: done: consumed 20 records")
+    assert '"event": "partitions lost"' in err, err[-3000:]
+    assert stored_offset(url, group, topic.name) == kafka_committed(stack, group, topic.name) == 20
+    assert rows_of(url, table) == rows + more
