@@ -31,6 +31,12 @@ Errors
 * Rebalance: before partitions are revoked, the pending batch is applied and committed. On
   SIGTERM/SIGINT the current batch is finished and committed, the member leaves the group, and
   the process exits 0.
+* Every exit goes through ``_shutdown``: clean stops have finished the pending batch; error
+  paths abandon the pending records and settle the batch in flight (its offsets go to Kafka only
+  if the target committed it); then the rebalance callbacks apply nothing more, the member leaves
+  the group and the dead-letter producer is flushed. The exit code and the one stderr line come
+  from the error's class (:mod:`streamer.errors`: 1 stopped on a record, 2 bad settings, 3 broker
+  or target unavailable), see the README's "Exit codes".
 """
 
 from __future__ import annotations

@@ -655,6 +655,9 @@ def test_error_policies_stop_and_dlq(stack: Stack, repl: Replication, tmp_path: 
     )
     stopped = run(slot, schema, url, "--until-idle", "1")
     assert stopped.returncode == 1
+    ours = [ln for ln in stopped.stderr.splitlines() if ln.startswith("streamer: ")]  # issue 16: one line
+    assert len(ours) == 1 and ours[0].startswith("streamer: stopped on a record: change at LSN ")
+    assert not any(ln.startswith("Traceback") for ln in stopped.stderr.splitlines())
     named = re.search(r"change at LSN ([0-9A-F]+/[0-9A-F]+) cannot be applied: (\S+) \(c\)", stopped.stderr)
     assert named is not None and named.group(2) == f"{schema}.t", stopped.stderr[-2000:]
     assert "CHECK constraint failed" in stopped.stderr
