@@ -128,21 +128,41 @@ def db_upgrade(ctx: typer.Context) -> None:
 
 # ---------------------------------------------------------------- consume
 def _upgrade_target(engine: object) -> None:
-    """``state.upgrade`` for consume/replicate: a target that cannot be reached is exit 3, named."""
+    """``state.upgrade`` for consume/replicate: a target that cannot be reached is exit 3, named.
+
+    Another process migrating the same new target at the same moment (several consumers started
+    at once on SQLite, which has no migration lock) makes one of them fail on a table the other
+    just created: that is tried once more, when the other's migration is committed and there is
+    nothing left to do.
+    """
     import sqlalchemy as sa
 
-    from streamer import state
+    from streamer import logs, state
+    from streamer.db import is_transient
     from streamer.errors import TargetUnavailableError, one_line
 
     assert isinstance(engine, sa.engine.Engine)
-    try:
-        state.upgrade(engine)
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-        raise TargetUnavailableError(
-            f"cannot reach the target {engine.url.render_as_string(hide_password=True)}: "
-            f"{one_line(str(exc.orig))[:500]} (check that it is running and reachable and "
-            "STREAMER_TARGET_URL is right, then run again)"
-        ) from exc
+    for attempt in (1, 2):
+        try:
+            state.upgrade(engine)
+            return
+        except sa.exc.DBAPIError as exc:
+            text = str(exc.orig)
+            if (
+                isinstance(exc, sa.exc.InterfaceError)
+                or is_transient(exc)
+                or "unable to open database" in text
+            ):
+                raise TargetUnavailableError(
+                    f"cannot reach the target {engine.url.render_as_string(hide_password=True)}: "
+                    f"{one_line(text)[:500]} (check that it is running and reachable and "
+                    "STREAMER_TARGET_URL is right, then run again)"
+                ) from exc
+            if attempt == 2:
+                raise
+            logs.get("cli").warning(
+                "migrating the target failed, trying once more", error=one_line(text)[:300]
+            )
 
 
 @app.command("consume")
@@ -937,7 +957,7 @@ def classify(exc: BaseException) -> tuple[int, str, str]:
             f"{one_line(str(exc))} (run again once the broker is back)",
         )
     orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
-    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | psycopg2.OperationalError) or (
+    if isinstance(exc, sa.exc.InterfaceError | psycopg2.OperationalError) or (
         isinstance(exc, sa.exc.DBAPIError) and is_transient(exc)
     ):
         return (
