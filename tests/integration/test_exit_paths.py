@@ -211,6 +211,8 @@ def test_poison_record_under_stop_exits_1_with_one_line(
     line = the_line(res.stderr)
     assert line.startswith(f"streamer: stopped on a record: record {topic.name}[0]@32 cannot be applied: ")
     assert "CONSTRAINT" in line and "failed" in line and "consumer.error_policy=dlq" in line
+    [exiting] = [e for e in map(json.loads, res.stderr.splitlines()[:-1]) if e["event"] == "exiting"]
+    assert exiting["exit_code"] == 1 and "Traceback" in exiting["exception"]  # the traceback: in the log
     # whole batches before the poison one are committed, in the target and in Kafka; nothing after
     assert stored_offset(url, group, topic.name) == 30
     assert kafka_committed(stack, group, topic.name) == 30
