@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -32,6 +33,9 @@ stack_app = typer.Typer(
 app.add_typer(stack_app, name="stack")
 
 
+_OPTIONS = {"debug": False}  # the top-level --debug, read by main()
+
+
 def settings_of(ctx: typer.Context) -> Settings:
     """The settings loaded by the top-level callback."""
     obj = ctx.find_root().obj
@@ -46,7 +50,16 @@ def _root(
         Path | None,
         typer.Option("--config", "-c", help="Settings file (default: ./streamer.toml, $STREAMER_CONFIG)."),
     ] = None,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="STREAMER_DEBUG",
+            help="On an error, also print its full Python traceback (else one line; the JSON log has it).",
+        ),
+    ] = False,
 ) -> None:
+    _OPTIONS["debug"] = debug
     ctx.obj = load_settings(config)
 
 
@@ -114,6 +127,44 @@ def db_upgrade(ctx: typer.Context) -> None:
 
 
 # ---------------------------------------------------------------- consume
+def _upgrade_target(engine: object) -> None:
+    """``state.upgrade`` for consume/replicate: a target that cannot be reached is exit 3, named.
+
+    Another process migrating the same new target at the same moment (several consumers started
+    at once on SQLite, which has no migration lock) makes one of them fail on a table the other
+    just created: that is tried once more, when the other's migration is committed and there is
+    nothing left to do.
+    """
+    import sqlalchemy as sa
+
+    from streamer import logs, state
+    from streamer.db import is_transient
+    from streamer.errors import TargetUnavailableError, one_line
+
+    assert isinstance(engine, sa.engine.Engine)
+    for attempt in (1, 2):
+        try:
+            state.upgrade(engine)
+            return
+        except sa.exc.DBAPIError as exc:
+            text = str(exc.orig)
+            if (
+                isinstance(exc, sa.exc.InterfaceError)
+                or is_transient(exc)
+                or "unable to open database" in text
+            ):
+                raise TargetUnavailableError(
+                    f"cannot reach the target {engine.url.render_as_string(hide_password=True)}: "
+                    f"{one_line(text)[:500]} (check that it is running and reachable and "
+                    "STREAMER_TARGET_URL is right, then run again)"
+                ) from exc
+            if attempt == 2:
+                raise
+            logs.get("cli").warning(
+                "migrating the target failed, trying once more", error=one_line(text)[:300]
+            )
+
+
 @app.command("consume")
 def consume(
     ctx: typer.Context,
@@ -141,7 +192,7 @@ def consume(
     ] = None,
 ) -> None:
     """Read change events as a member of a consumer group and apply them to the target."""
-    from streamer import logs, state
+    from streamer import logs
     from streamer.consume import ConsumerProcess, build_decoder
     from streamer.sink import build_sink
 
@@ -161,6 +212,8 @@ def consume(
             "max-events": max_events,
             "error-policy": error_policy,
         }
+        if _OPTIONS["debug"]:
+            os.environ["STREAMER_DEBUG"] = "1"  # the children inherit it
         raise typer.Exit(supervise_consume(processes, _config_path(ctx), options, metrics_port))
     hooks = None
     if metrics_port is not None:  # issue 6: Prometheus metrics through ConsumerProcess's hooks
@@ -169,7 +222,7 @@ def consume(
         settings, hooks = start_metrics(settings, group or settings.consumer.group, metrics_port)
     sink = build_sink(settings)
     try:
-        state.upgrade(sink.engine)
+        _upgrade_target(sink.engine)
         proc = ConsumerProcess(
             settings,
             sink,
@@ -184,7 +237,7 @@ def consume(
     finally:
         sink.engine.dispose()
     print(
-        f"consumed {stats.records} records, applied {stats.events_applied} events in {stats.batches} batches, "
+        f"streamer: done: consumed {stats.records} records, applied {stats.events_applied} events in {stats.batches} batches, "
         f"dead-lettered {stats.dead_lettered}",
         file=sys.stderr,
     )
@@ -761,7 +814,7 @@ def replicate(
     ] = None,
 ) -> None:
     """Stream a PostgreSQL logical replication slot (pgoutput) into the target, without Kafka."""
-    from streamer import logs, state
+    from streamer import logs
     from streamer.replicate import ReplicationProcess
     from streamer.sink import build_sink
 
@@ -773,7 +826,7 @@ def replicate(
     logs.configure(settings.log_format, settings.log_level)
     sink = build_sink(settings)
     try:
-        state.upgrade(sink.engine)
+        _upgrade_target(sink.engine)
         proc = ReplicationProcess(
             settings,
             sink,
@@ -792,7 +845,7 @@ def replicate(
     finally:
         sink.engine.dispose()
     print(
-        f"replicated {stats.transactions} transactions, applied {stats.events_applied} events in "
+        f"streamer: done: replicated {stats.transactions} transactions, applied {stats.events_applied} events in "
         f"{stats.batches} batches ({stats.streamed_transactions} transactions streamed in progress), "
         f"skipped {stats.skipped_transactions} already applied, dead-lettered {stats.dead_lettered}",
         file=sys.stderr,
@@ -884,13 +937,65 @@ def status(
 # ---------------------------------------------------------------- end operations
 
 
+def classify(exc: BaseException) -> tuple[int, str, str]:
+    """``(exit code, headline, message)`` of an error that ended a command.
+
+    Named errors carry their own; a broker or database that cannot be reached is exit 3
+    (unavailable); anything else is exit 4, an internal error (a bug: the message says so).
+    """
+    if isinstance(exc, StreamerError):
+        return exc.exit_code, exc.headline, str(exc)
+    import psycopg2
+    import sqlalchemy as sa
+    from confluent_kafka import KafkaException
+
+    from streamer.db import is_transient
+    from streamer.errors import EXIT_INTERNAL, EXIT_UNAVAILABLE, one_line
+
+    if isinstance(exc, KafkaException):
+        return (
+            EXIT_UNAVAILABLE,
+            "broker unavailable",
+            f"{one_line(str(exc))} (run again once the broker is back)",
+        )
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    if isinstance(exc, sa.exc.InterfaceError | psycopg2.OperationalError) or (
+        isinstance(exc, sa.exc.DBAPIError) and is_transient(exc)
+    ):
+        return (
+            EXIT_UNAVAILABLE,
+            "database unavailable",
+            f"{type(orig).__name__}: {one_line(str(orig))[:500]} (check that the database is running and "
+            "reachable and the URL is right, then run again)",
+        )
+    return (
+        EXIT_INTERNAL,
+        "internal error",
+        f"{type(exc).__name__}: {one_line(str(exc))[:500]} (a bug in streamer: run again with --debug for "
+        "the traceback, and report it)",
+    )
+
+
 def main() -> None:
-    """Console-script entry point: named errors become one line on stderr and a non-zero exit."""
+    """Console-script entry point: every error becomes one line on stderr and its exit code.
+
+    The line is ``streamer: <headline>: <message>``. The full traceback goes to the JSON log
+    (when logs are JSON lines) and, with ``--debug``, to stderr as well.
+    """
     try:
         app()
-    except StreamerError as exc:
-        print(f"streamer: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    except Exception as exc:
+        code, headline, message = classify(exc)
+        from streamer import logs
+
+        if logs.json_enabled():
+            logs.get("cli").error("exiting", exit_code=code, reason=headline, error=message, exc_info=exc)
+        if _OPTIONS["debug"]:
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
+        print(f"streamer: {headline}: {message}", file=sys.stderr)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

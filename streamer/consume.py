@@ -42,6 +42,12 @@ Errors
 * Rebalance: before partitions are revoked, the pending batch is applied and committed. On
   SIGTERM/SIGINT the current batch is finished and committed, the member leaves the group, and
   the process exits 0.
+* Every exit goes through ``_shutdown``: clean stops have finished the pending batch; error
+  paths abandon the pending records and settle the batch in flight (its offsets go to Kafka only
+  if the target committed it); then the rebalance callbacks apply nothing more, the member leaves
+  the group and the dead-letter producer is flushed. The exit code and the one stderr line come
+  from the error's class (:mod:`streamer.errors`: 1 stopped on a record, 2 bad settings, 3 broker
+  or target unavailable), see the README's "Exit codes".
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import logging
 import re
 import signal
 import threading
@@ -57,6 +64,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 import tenacity
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -74,7 +82,14 @@ from sqlalchemy.engine import Connection
 from streamer import logs
 from streamer.db import is_transient
 from streamer.decode import Decoder
-from streamer.errors import DecodeError, StreamerError
+from streamer.errors import (
+    BrokerUnavailableError,
+    DecodeError,
+    RecordStoppedError,
+    SettingsError,
+    TargetUnavailableError,
+    one_line,
+)
 from streamer.events import ChangeEvent
 from streamer.offsetcheck import check_starts, fingerprint
 from streamer.holds import HoldChangedError, HoldView, check_batch
@@ -90,19 +105,19 @@ from streamer.sink import (
 from streamer.state import OffsetIdentity, StoredOffset, forget_offset, load_offset_rows
 
 
-class PoisonRecordError(StreamerError):
+class PoisonRecordError(RecordStoppedError):
     """A record could not be decoded or applied and the error policy is ``stop``."""
 
     def __init__(self, topic: str, partition: int, offset: int, reason: str) -> None:
         self.topic, self.partition, self.offset, self.reason = topic, partition, offset, reason
         super().__init__(
-            f"record {topic}[{partition}]@{offset} cannot be applied: {reason} "
+            f"record {topic}[{partition}]@{offset} cannot be applied: {one_line(reason)} "
             "(error_policy=stop: nothing at or after it was committed; fix the cause, or set "
             "consumer.error_policy=dlq to dead-letter such records)"
         )
 
 
-class DeadLetterError(StreamerError):
+class DeadLetterError(BrokerUnavailableError):
     """A dead letter could not be produced; the batch was not committed."""
 
 
@@ -122,7 +137,7 @@ def default_topic_regex(connectors_dir: Path) -> str:
         if isinstance(prefix, str) and prefix:
             prefixes.append(re.escape(prefix))
     if not prefixes:
-        raise StreamerError(
+        raise SettingsError(
             f"no topic regex: set consumer.topics (STREAMER_CONSUMER__TOPICS) or add connector files with "
             f"topic.prefix to {connectors_dir}"
         )
@@ -210,6 +225,7 @@ class ConsumerProcess:
         self._inflight: tuple[concurrent.futures.Future[ApplyResult], _Prepared] | None = None
         self._topic_ids: dict[str, str | None] = {}
         self._fenced: set[tuple[str, int]] = set()  # partitions dropped by the last fenced batch
+        self._closing = False  # set by _shutdown: rebalance callbacks apply nothing from then on
 
     # ------------------------------------------------------------ kafka plumbing
     def _consumer_config(self) -> dict[str, Any]:
@@ -227,6 +243,7 @@ class ConsumerProcess:
             "enable.partition.eof": False,
             "statistics.interval.ms": self.cfg.statistics_interval_ms,
             "client.id": f"streamer-{self.group}",
+            "logger": kafka_logger(),
         }
         if self.hooks.on_stats is not None:
             conf["stats_cb"] = self.hooks.on_stats
@@ -240,6 +257,7 @@ class ConsumerProcess:
                     "enable.idempotence": True,
                     "acks": "all",
                     "client.id": f"streamer-dlq-{self.group}",
+                    "logger": kafka_logger(),
                 }
             )
         return self._producer
@@ -312,7 +330,7 @@ class ConsumerProcess:
             starts[key] = (OFFSET_BEGINNING, None)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._pending or self._inflight is not None:
+        if not self._closing and (self._pending or self._inflight is not None):
             self.log.info("partitions revoked: applying pending batch first", records=len(self._pending))
             self._flush(wait=True)
         for tp in partitions:
@@ -332,7 +350,8 @@ class ConsumerProcess:
         )
         self._pending = kept
         self._pending_bytes = sum(len(m.value() or b"") + len(m.key() or b"") for m in kept)
-        self._drain()  # its database commit stands (version-guarded); its Kafka commit may fail
+        if not self._closing:  # while shutting down, _shutdown has settled the batch in flight
+            self._drain()  # its database commit stands (version-guarded); its Kafka commit may fail
         self._assigned -= lost
         consumer.incremental_unassign(partitions)
 
@@ -349,6 +368,7 @@ class ConsumerProcess:
             for sig in (signal.SIGTERM, signal.SIGINT)
             if threading.current_thread() is threading.main_thread()
         }
+        clean = False
         try:
             consumer.subscribe(
                 [self.topic_regex],
@@ -358,17 +378,22 @@ class ConsumerProcess:
             )
             self.log.info("subscribed", topics=self.topic_regex)
             self._loop(consumer)
-            self._flush(wait=True)
+            self._flush(wait=True)  # a clean stop: the pending batch is finished and committed
+            clean = True
+        except KafkaException as exc:
+            raise BrokerUnavailableError(
+                f"the broker failed: {one_line(str(exc))} (every batch the target committed is committed "
+                "to Kafka too, or its offsets are in _streamer_offsets; run again once the broker is back)"
+            ) from exc
+        except sa.exc.DBAPIError as exc:
+            if not is_transient(exc) and not isinstance(exc, sa.exc.InterfaceError):
+                raise
+            raise TargetUnavailableError(
+                f"the target is unavailable: {type(exc.orig).__name__}: {one_line(str(exc.orig))[:500]} "
+                "(nothing after the last committed batch was applied; run again once the target is back)"
+            ) from exc
         finally:
-            try:
-                self._executor.shutdown(wait=True)
-                consumer.close()  # leaves the group (revocation callback runs, pending already flushed)
-                self._leave_holds()
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-                if self._producer is not None:
-                    self._producer.flush(30)
+            self._shutdown(consumer, previous, abandon=not clean)
         self.log.info(
             "stopped",
             records=self.stats.records,
@@ -377,6 +402,50 @@ class ConsumerProcess:
             dead_lettered=self.stats.dead_lettered,
         )
         return self.stats
+
+    def _shutdown(
+        self, consumer: Consumer, previous_handlers: Mapping[signal.Signals, Any], *, abandon: bool
+    ) -> None:
+        """The one way out of :meth:`run`, for every exit path.
+
+        Clean paths (signal, ``--until-idle``, ``--max-events``) have finished the pending batch
+        before. Error paths (``abandon``) drop the pending records (they are read again on the
+        next run) and wait for the batch in flight: if its database commit happened, exactly its
+        positions are committed to Kafka, else nothing of it. Then no rebalance callback applies
+        anything any more, the member leaves the group (``consumer.close()``; the apply thread
+        is still alive, unused), the apply thread ends and the dead-letter producer is flushed.
+        Errors while closing are logged, never raised over the error that ended the loop.
+        """
+        self._closing = True
+        try:
+            if abandon:
+                if self._pending:
+                    self.log.warning(
+                        "abandoning records read but not applied (read again on the next run)",
+                        records=len(self._pending),
+                    )
+                self._pending, self._pending_bytes = [], 0
+                if self._inflight is not None:
+                    try:
+                        self._drain()  # commits its positions to Kafka only if the target committed it
+                    except Exception as exc:
+                        self.log.warning(
+                            "the batch in flight was not committed", error=one_line(str(exc))[:300]
+                        )
+            try:
+                consumer.close()  # leaves the group; _on_revoke applies nothing now
+            except Exception as exc:
+                self.log.warning("leaving the group failed", error=one_line(str(exc))[:300])
+            self._leave_holds()
+        finally:
+            assert self._executor is not None
+            self._executor.shutdown(wait=True)
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+            if self._producer is not None:
+                left = self._producer.flush(30)
+                if left:
+                    self.log.warning("dead-letter producer closed with messages undelivered", messages=left)
 
     def _loop(self, consumer: Consumer) -> None:
         cfg = self.cfg
@@ -698,6 +767,14 @@ class ConsumerProcess:
             raise PoisonRecordError(
                 o.topic, o.partition, o.offset, f"{type(failed.error).__name__}: {failed.error}"
             ) from None
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            raise TargetUnavailableError(
+                f"the target kept failing through {self.cfg.retry_attempts} attempts: {type(exc).__name__}: "
+                f"{one_line(str(exc))[:500]} (nothing of this batch was applied nor committed; run again "
+                "once the target is back)"
+            ) from exc
 
     def _before_retry(self, state: tenacity.RetryCallState) -> None:
         self.stats.retries += 1
@@ -756,6 +833,29 @@ class ConsumerProcess:
         except KafkaException as exc:
             # the target already holds these offsets (_streamer_offsets); the next assignment uses them
             self.log.warning("kafka commit failed; offsets are safe in the target", error=str(exc))
+
+
+class _KafkaLogHandler(logging.Handler):
+    """librdkafka's own log lines (session timeouts, broker down, ...) as structured log events."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log = logs.get("librdkafka")
+        if record.levelno >= logging.ERROR:
+            log.error("librdkafka", message=record.getMessage())
+        elif record.levelno >= logging.WARNING:
+            log.warning("librdkafka", message=record.getMessage())
+        else:
+            log.info("librdkafka", message=record.getMessage())
+
+
+def kafka_logger() -> logging.Logger:
+    """The logger given to confluent-kafka clients, so that librdkafka writes nothing to stderr itself."""
+    logger = logging.getLogger("streamer.librdkafka")
+    if not logger.handlers:
+        logger.addHandler(_KafkaLogHandler())
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+    return logger
 
 
 def _coords(msg: Message) -> tuple[str, int, int]:

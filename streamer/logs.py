@@ -8,10 +8,13 @@ from typing import Any
 
 import structlog
 
+_state = {"json": False}
+
 
 def configure(fmt: str = "auto", level: str = "info") -> None:
     """Set up structlog for this process (called once by the CLI)."""
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    _state["json"] = as_json
     renderer: Any = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -27,6 +30,11 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def json_enabled() -> bool:
+    """True once :func:`configure` set up JSON lines (so a traceback in the log stays one line)."""
+    return _state["json"]
 
 
 def get(name: str) -> Any:

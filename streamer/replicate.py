@@ -101,11 +101,14 @@ from streamer.errors import (
     ReplicationApplyError,
     ReplicationError,
     ReplicationPrivilegeError,
+    ReplicationUnavailableError,
     SettingsError,
     SlotInUseError,
     SlotNotFoundError,
     TableIdentityError,
+    TargetUnavailableError,
     WalLevelError,
+    one_line,
 )
 from streamer.events import ChangeEvent, format_lsn, parse_lsn
 from streamer.holds import HoldChangedError, HoldView, check_batch
@@ -185,7 +188,10 @@ class SourceCatalog:
         try:
             self.conn = psycopg2.connect(**self.params)
         except psycopg2.OperationalError as exc:
-            raise ReplicationError(f"cannot connect to the source: {str(exc).strip()}") from exc
+            raise ReplicationUnavailableError(
+                f"cannot connect to the source: {one_line(str(exc))} (check that it is running and reachable, "
+                "then run again)"
+            ) from exc
         self.conn.autocommit = True
 
     def close(self) -> None:
@@ -670,8 +676,8 @@ class ReplicationProcess:
                     try:
                         self._open_stream(catalog, start=False)  # creates the slot
                     except _StreamLost as lost:
-                        raise ReplicationError(
-                            f"cannot open a replication connection: {lost}"
+                        raise ReplicationUnavailableError(
+                            f"cannot open a replication connection: {one_line(str(lost))}"
                         ) from lost.error
                 return self.stats
             self._run_sessions(catalog)
@@ -718,8 +724,10 @@ class ReplicationProcess:
                     self._flush(None)
                 self._close_stream()
                 if failures >= self.cfg.retry_attempts:
-                    raise ReplicationError(
-                        f"replication connection lost {failures} times, giving up: {str(exc).strip()}"
+                    raise ReplicationUnavailableError(
+                        f"replication connection lost {failures} times, giving up: {one_line(str(exc))} "
+                        "(the target and the slot hold every transaction applied; run again once the source "
+                        "is back)"
                     ) from exc
                 wait = min(self.cfg.retry_max_wait_s, 0.2 * 2**failures)
                 self.stats.reconnects += 1
@@ -977,6 +985,14 @@ class ReplicationProcess:
                 f"{failed.event.table.qualified} ({failed.event.op.value}): "
                 f"{type(failed.error).__name__}: {str(failed.error)[:1000]}",
             ) from None
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            raise TargetUnavailableError(
+                f"the target kept failing through {self.cfg.retry_attempts} attempts: "
+                f"{type(exc).__name__}: {one_line(str(exc))[:500]} (nothing of this batch was applied nor "
+                "confirmed; run again once the target is back)"
+            ) from exc
 
     def _confirm(self, cur: Any, lsn: int) -> None:
         """Tell the server everything up to ``lsn`` is in the target (only ever called with such an LSN)."""

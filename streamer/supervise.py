@@ -11,12 +11,15 @@ Restart policy (:class:`RestartPolicy`, pure, unit-tested):
 
 * a child that exits 0 (``--until-idle``, ``--max-events``, or stopped) is done and not restarted;
   the supervisor exits 0 once every child is done;
-* a child that exits non-zero or is killed is restarted after a backoff of 1, 2, 4, ... seconds
-  (at most 30), logged with its exit code or signal;
+* a child that exits 1 (stopped on a record under ``error_policy=stop``: a restart would stop on
+  the same record) or 2 (bad settings) is not restarted: the supervisor stops every child and
+  exits with that code;
+* a child that exits otherwise (3 unavailable, 4 internal error) or is killed is restarted after a
+  backoff of 1, 2, 4, ... seconds (at most 30), logged with its exit code and its meaning (the
+  words of :data:`~streamer.errors.EXIT_REASONS`, as in the README's table) or signal;
 * a child that ran ``stable_after`` seconds (60) before failing starts its count anew; after
   ``max_failures`` (5) failures in a row without such a run, the supervisor gives up: it stops
-  every child and exits 1. A poison record with ``error_policy=stop`` fails every child that gets
-  its partition within seconds, so it ends the supervisor after a few restarts instead of looping.
+  every child and exits with the child's code (1 if it was killed by a signal).
 
 SIGTERM or SIGINT: the supervisor sends SIGTERM to every child, which finishes and commits its
 batch and leaves the group; a child still running after ``grace`` seconds (60) is killed.
@@ -36,6 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 from streamer import logs
+from streamer.errors import EXIT_SETTINGS, EXIT_STOPPED_ON_RECORD, exit_reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +50,15 @@ class RestartPolicy:
     stable_after: float = 60.0
 
     def decide(self, failures: int, returncode: int, ran_for: float) -> Decision:
-        """What to do when a child exits: ``failures`` is its count of failures in a row so far."""
+        """What to do when a child exits: ``failures`` is its count of failures in a row so far.
+
+        Exit 1 (stopped on a record) and 2 (bad settings) are never restarted: the same record
+        or the same settings would stop the child again.
+        """
         if returncode == 0:
             return Decision("done", 0.0, 0)
+        if returncode in (EXIT_STOPPED_ON_RECORD, EXIT_SETTINGS):
+            return Decision("give_up", 0.0, failures + 1)
         count = 1 if ran_for >= self.stable_after else failures + 1
         if count >= self.max_failures:
             return Decision("give_up", 0.0, count)
@@ -63,12 +73,18 @@ class Decision:
 
 
 def describe_exit(returncode: int) -> str:
+    """``exit code 1 (stopped on a record ...)``, ``killed by SIGKILL``: the words of the README's table."""
     if returncode < 0:
         try:
             return f"killed by {signal.Signals(-returncode).name}"
         except ValueError:
             return f"killed by signal {-returncode}"
-    return f"exit code {returncode}"
+    return f"exit code {returncode} ({exit_reason(returncode)})"
+
+
+def supervisor_code(returncode: int) -> int:
+    """The supervisor's exit code when it gives up on a child that exited ``returncode``."""
+    return returncode if returncode > 0 else 1
 
 
 @dataclasses.dataclass
@@ -177,13 +193,15 @@ class Supervisor:
             )
             return 0
         self.log.error(
-            "child keeps failing, giving up",
+            "child stopped for good, stopping all"
+            if rc in (EXIT_STOPPED_ON_RECORD, EXIT_SETTINGS)
+            else "child keeps failing, giving up",
             child=slot.index,
             pid=pid,
             status=describe_exit(rc),
             failures_in_a_row=decision.failures,
         )
-        return 1
+        return supervisor_code(rc)
 
     def _stop_all(self) -> int:
         """SIGTERM every live child, wait up to ``grace``, then SIGKILL. 1 if a child failed to stop cleanly."""

@@ -545,7 +545,7 @@ def test_slot_in_use_then_sigterm_exits_cleanly(stack: Stack, repl: Replication,
     wait_until(lambda: stored_lsn(url, slot, slot) > 0, 30, "the insert to be applied")
     pid = slot_row(stack, slot)[1]  # type: ignore[index]
     second = run(slot, schema, url, timeout=60)
-    assert second.returncode == 1
+    assert second.returncode == 3  # SlotInUseError: unavailable
     assert f"replication slot '{slot}' is in use by another process (active_pid {pid})" in second.stderr
     holder.send_signal(signal.SIGTERM)
     out, err = holder.communicate(timeout=30)
@@ -567,7 +567,7 @@ def test_setup_errors_are_named(stack: Stack, repl: Replication, tmp_path: Path)
     slot = repl.slot()
     # a table without primary key nor replica identity index: refused before any slot exists
     res = run(slot, schema, url, "--create", "--tables", f"{schema}.ok,{schema}.nokey")
-    assert res.returncode == 1
+    assert res.returncode == 2  # TableIdentityError: the source is not set up
     assert f"{schema}.nokey has no primary key and no replica identity index" in res.stderr
     assert slot_row(stack, slot) is None
     with pytest.raises(TableIdentityError, match="nokey"):
@@ -655,6 +655,9 @@ def test_error_policies_stop_and_dlq(stack: Stack, repl: Replication, tmp_path: 
     )
     stopped = run(slot, schema, url, "--until-idle", "1")
     assert stopped.returncode == 1
+    ours = [ln for ln in stopped.stderr.splitlines() if ln.startswith("streamer: ")]  # issue 16: one line
+    assert len(ours) == 1 and ours[0].startswith("streamer: stopped on a record: change at LSN ")
+    assert not any(ln.startswith("Traceback") for ln in stopped.stderr.splitlines())
     named = re.search(r"change at LSN ([0-9A-F]+/[0-9A-F]+) cannot be applied: (\S+) \(c\)", stopped.stderr)
     assert named is not None and named.group(2) == f"{schema}.t", stopped.stderr[-2000:]
     assert "CHECK constraint failed" in stopped.stderr
@@ -662,7 +665,7 @@ def test_error_policies_stop_and_dlq(stack: Stack, repl: Replication, tmp_path: 
         rows = conn.execute(sa.text(f'SELECT id, v FROM "{schema}_t" ORDER BY id')).all()
         assert [tuple(r) for r in rows] in ([], [(1, 1)])
     refused = run(slot, schema, url, "--error-policy", "dlq")
-    assert refused.returncode == 1 and "--dlq-file" in refused.stderr
+    assert refused.returncode == 2 and "--dlq-file" in refused.stderr  # bad settings
     dlq = tmp_path / "dead.jsonl"
     lettered = run(slot, schema, url, "--until-idle", "1", "--error-policy", "dlq", "--dlq-file", str(dlq))
     assert lettered.returncode == 0, lettered.stderr[-3000:]

@@ -24,17 +24,17 @@ def test_clean_exit_is_done_and_resets() -> None:
 def test_backoff_doubles_up_to_the_cap() -> None:
     failures, delays = 0, []
     for _ in range(4):
-        d = POLICY.decide(failures, returncode=1, ran_for=2.0)
+        d = POLICY.decide(failures, returncode=3, ran_for=2.0)
         assert d.action == "restart"
         failures = d.failures
         delays.append(d.delay)
     assert delays == [1.0, 2.0, 4.0, 8.0]
-    capped = RestartPolicy(base_delay=10, max_delay=15, max_failures=10).decide(3, 1, 0.0)
+    capped = RestartPolicy(base_delay=10, max_delay=15, max_failures=10).decide(3, 3, 0.0)
     assert capped.delay == 15
 
 
 def test_gives_up_after_max_failures_in_a_row() -> None:
-    d = POLICY.decide(failures=4, returncode=1, ran_for=0.5)
+    d = POLICY.decide(failures=4, returncode=3, ran_for=0.5)
     assert (d.action, d.failures) == ("give_up", 5)
     assert POLICY.decide(failures=4, returncode=-9, ran_for=0.5).action == "give_up"
 
@@ -46,7 +46,16 @@ def test_a_long_run_starts_the_count_anew() -> None:
 
 def test_describe_exit() -> None:
     assert describe_exit(-9) == "killed by SIGKILL"
-    assert describe_exit(3) == "exit code 3"
+    assert describe_exit(3) == "exit code 3 (source, broker or target unavailable)"
+    assert describe_exit(1) == "exit code 1 (stopped on a record (or another named error))"
+
+
+def test_a_child_stopped_on_a_record_or_bad_settings_is_not_restarted() -> None:
+    for code in (1, 2):  # a restart would meet the same record, the same settings
+        d = POLICY.decide(failures=0, returncode=code, ran_for=120.0)
+        assert d.action == "give_up", code
+    assert POLICY.decide(failures=0, returncode=3, ran_for=1.0).action == "restart"  # unavailable
+    assert POLICY.decide(failures=0, returncode=4, ran_for=1.0).action == "restart"  # internal error
 
 
 def test_child_command_passes_options_and_spreads_metrics_ports() -> None:
@@ -80,7 +89,7 @@ def test_supervisor_gives_up_on_a_child_that_keeps_failing(tmp_path: Path) -> No
     argv = _script(tmp_path, f"import sys\nopen({str(log)!r}, 'a').write('x')\nsys.exit(3)\n")
     started = time.monotonic()
     code = Supervisor(lambda i: argv, 2, FAST, grace=5).run()
-    assert code == 1
+    assert code == 3  # the child's code: unavailable
     assert time.monotonic() - started < 10
     # 3 starts of the slot that gave up first, at most 3 of the other
     assert 3 <= len(log.read_text()) <= 6
@@ -133,3 +142,19 @@ def test_options_argv_leaves_out_unset_options() -> None:
         {"group": "g", "topics": None, "until-idle": 6.5, "max-events": None, "error-policy": "dlq"}
     )
     assert argv == ["--group", "g", "--until-idle", "6.5", "--error-policy", "dlq"]
+
+
+def test_supervisor_stops_all_at_once_on_a_child_stopped_on_a_record(tmp_path: Path) -> None:
+    starts = tmp_path / "starts"
+    body = (
+        "import os, signal, sys, time\n"
+        f"open({str(starts)!r}, 'a').write(sys.argv[1])\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+        "if sys.argv[1] == '0':\n    sys.exit(1)\n"
+        "while True:\n    time.sleep(0.05)\n"
+    )
+    path = tmp_path / "child.py"
+    path.write_text(body)
+    code = Supervisor(lambda i: [sys.executable, str(path), str(i)], 2, FAST, grace=5).run()
+    assert code == 1
+    assert sorted(starts.read_text()) == ["0", "1"]  # child 0 was not restarted; child 1 was stopped
