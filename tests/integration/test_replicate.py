@@ -31,7 +31,7 @@ from streamer.errors import (
     SlotNotFoundError,
     TableIdentityError,
 )
-from streamer.events import UNAVAILABLE, TableId, parse_lsn
+from streamer.events import UNAVAILABLE, TableId, format_lsn, parse_lsn
 from streamer.replicate import ReplicationProcess, origin_topic
 from streamer.schema import Router
 from streamer.settings import load_settings
@@ -761,7 +761,9 @@ def test_initial_load_and_stream_join_exactly(stack: Stack, repl: Replication) -
 # per session of `streamer replicate` (the catalog connection reads wal_sender_timeout there too): streaming
 # of in-progress transactions from 64 kB of decoded changes, and feedback every 3 s
 SMALL_DECODING = "options=-c%20logical_decoding_work_mem%3D64kB%20-c%20wal_sender_timeout%3D6s"
-ROW_TEXT = "repeat('x', 200)"  # a row of `big` takes ~340 bytes of the 64 kB in the walsender's reorder buffer
+ROW_TEXT = (
+    "repeat('x', 200)"  # a row of `big` takes ~340 bytes of the 64 kB in the walsender's reorder buffer
+)
 
 
 def walsender(stack: Stack, slot: str) -> tuple[Any, ...] | None:
@@ -857,3 +859,82 @@ def test_feedback_never_confirms_a_transaction_still_in_the_pending_batch(
     # the slot never passed what the target held (T1 is after E0 and was not in the target at the kill)
     assert target_lsn == e0 < e1
     assert slot_confirmed <= target_lsn
+
+
+def test_slot_ahead_of_the_target_stops_with_both_lsns(
+    stack: Stack, repl: Replication, tmp_path: Path
+) -> None:
+    """A slot confirmed beyond the target's position (here advanced by hand over a published change) would
+    never send that change again: replicate stops at start with SlotAheadError naming both LSNs, and the
+    target is left as it was."""
+    schema = repl.schema()
+    s = f'"{schema}"'
+    execute(stack, f"CREATE SCHEMA {s}", f"CREATE TABLE {s}.t (id int PRIMARY KEY, v text)")
+    slot = repl.slot()
+    url = f"sqlite:///{tmp_path / 'target.db'}"
+    made = run(slot, schema, url, "--create", "--tables", f"{schema}.t", "--max-events", "0")
+    assert made.returncode == 0, made.stderr[-3000:]
+    execute(stack, f"INSERT INTO {s}.t VALUES (1, 'a')")
+    first = run(slot, schema, url, "--until-idle", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    target_lsn = stored_lsn(url, slot, slot)
+    assert target_lsn > 0
+    execute(stack, f"INSERT INTO {s}.t VALUES (2, 'passed over')")
+    conn = source_conn(stack)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())::text", (slot,))
+    finally:
+        conn.close()
+    row = slot_row(stack, slot)
+    assert row is not None
+    slot_lsn = parse_lsn(row[2])
+    assert slot_lsn > target_lsn
+    again = run(slot, schema, url, "--until-idle", "1")
+    assert again.returncode == 1
+    assert f"confirmed up to LSN {format_lsn(slot_lsn)}" in again.stderr
+    assert f"beyond the target's position {format_lsn(target_lsn)}" in again.stderr
+    assert stored_lsn(url, slot, slot) == target_lsn
+
+
+def test_idle_stream_moves_the_slot_and_the_target_together(
+    stack: Stack, repl: Replication, tmp_path: Path
+) -> None:
+    """Only unpublished tables change: the keep-alive position is written to the target, then confirmed,
+    so the slot does not pin WAL and is never ahead of the target; a restart goes on from there."""
+    schema = repl.schema()
+    s = f'"{schema}"'
+    execute(
+        stack,
+        f"CREATE SCHEMA {s}",
+        f"CREATE TABLE {s}.t (id int PRIMARY KEY, v text)",
+        f"CREATE TABLE {s}.other (id int PRIMARY KEY, v text)",
+    )
+    slot = repl.slot()
+    url = f"sqlite:///{tmp_path / 'target.db'}"
+    made = run(slot, schema, url, "--create", "--tables", f"{schema}.t", "--max-events", "0")
+    assert made.returncode == 0, made.stderr[-3000:]
+    execute(stack, f"INSERT INTO {s}.t VALUES (1, 'a')")
+    source = f"{stack.settings.source_url}?{SMALL_DECODING}"
+    proc = repl.start(slot, schema, url, "--source", source)
+    wait_until(lambda: stored_lsn(url, slot, slot) > 0, 60, "the insert to be applied")
+    applied = stored_lsn(url, slot, slot)
+    execute(stack, *(f"INSERT INTO {s}.other VALUES ({i}, 'unpublished')" for i in range(20)))
+    moved = current_lsn(stack)
+    # both positions only grow and the slot is read first: slot <= target holds at every look
+    deadline = time.monotonic() + 60
+    while True:
+        row = slot_row(stack, slot)
+        assert row is not None
+        slot_lsn, target_lsn = parse_lsn(row[2]), stored_lsn(url, slot, slot)
+        assert slot_lsn <= target_lsn, f"slot {format_lsn(slot_lsn)} ahead of target {format_lsn(target_lsn)}"
+        if target_lsn >= moved and slot_lsn > applied:
+            break
+        assert time.monotonic() < deadline, "timed out waiting for the idle position to reach target and slot"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    execute(stack, f"INSERT INTO {s}.t VALUES (2, 'b')")
+    final = run(slot, schema, url, "--until-idle", "2")
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert_same(stack, schema, url, ("t",))
