@@ -170,12 +170,13 @@ class WalStream:
 
     def feedback(self, lsn: int, *, reply: bool = False) -> None:
         """Report ``lsn`` (or the higher one reported before) as written, flushed and applied."""
-        self.confirmed = max(self.confirmed, lsn)
+        position = max(self.confirmed, lsn)
         now_us = int((time.time() - _PG_EPOCH) * 1_000_000)
-        msg = b"r" + struct.pack("!QQQqB", self.confirmed, self.confirmed, self.confirmed, now_us, int(reply))
+        msg = b"r" + struct.pack("!QQQqB", position, position, position, now_us, int(reply))
         lib, pg = self._lib, self._pg()
         if lib.PQputCopyData(pg, msg, len(msg)) != 1 or lib.PQflush(pg) < 0:
             raise WalStreamLost(self._error())
+        self.confirmed = position
         self._last_feedback = time.monotonic()
 
     def feedback_due(self) -> bool:
