@@ -846,6 +846,14 @@ def test_feedback_never_confirms_a_transaction_still_in_the_pending_batch(
         proc.wait(timeout=30)
         slot_confirmed = parse_lsn((slot_row(stack, slot) or (None, None, "0/0"))[2])
         target_lsn = stored_lsn(url, slot, slot)
+        conn = source_conn(stack)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = %s", (slot,))
+                streamed = cur.fetchone()
+        finally:
+            conn.close()
+        assert streamed is not None and streamed[0] >= 1, "B1 was not streamed: the case was not built"
         with b1.cursor() as cur:
             cur.execute(f"UPDATE {s}.big SET v = 'b1' WHERE id <= 130")
         b1.commit()
