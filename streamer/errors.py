@@ -160,6 +160,22 @@ class SlotInUseError(ReplicationUnavailableError):
     headline = "slot in use"
 
 
+class SlotAheadError(ReplicationError):
+    """The slot's confirmed position is beyond the target's position for it: changes may have been passed."""
+
+    headline = "slot ahead of the target"
+
+    def __init__(self, slot: str, slot_lsn: str, group: str, target_lsn: str) -> None:
+        self.slot, self.slot_lsn, self.group, self.target_lsn = slot, slot_lsn, group, target_lsn
+        super().__init__(
+            f"replication slot {slot!r} is confirmed up to LSN {slot_lsn}, beyond the target's position "
+            f"{target_lsn} (_streamer_offsets, group {group!r}): the server would not send the transactions "
+            "committed between the two, and they may not be in the target. Re-create the slot and reload the "
+            "tables (streamer load), or, if nothing published changed between these LSNs, record the slot's "
+            "LSN as the target's position for this group"
+        )
+
+
 class PublicationNotFoundError(ReplicationSetupError):
     """The publication does not exist (``--create --tables ...`` makes it) or publishes nothing."""
 

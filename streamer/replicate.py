@@ -18,15 +18,27 @@ whole). The batch is applied in one target transaction that also records, in
 ``_streamer_offsets`` (group = the slot name unless ``--group``, topic ``pg:<slot>``,
 partition 0), the end LSN of its last transaction.
 
-Only then is that LSN confirmed to the server (``send_feedback(flush_lsn=...)``), so the slot
-never moves past what the target holds. On restart streaming resumes from the slot, and every
-transaction whose end LSN is not beyond the LSN in ``_streamer_offsets`` is skipped: the slot
-may lag the target by one confirmation (crash between the target commit and the feedback), and
-what it sends again is not applied twice. (When the stream is idle and everything received has
-been confirmed, psycopg2 moves the confirmed position on to the server's keep-alive position,
-which holds no transaction of ours: this keeps the slot from pinning WAL while other tables
-change.) Keep-alives are answered when the server asks and feedback is sent at least every
-``min(10 s, wal_sender_timeout / 2)``, also while a batch is being retried.
+Only then is that LSN confirmed to the server, so the slot never moves past what the target
+holds. The stream is read and answered by :class:`~streamer.walstream.WalStream` (libpq on
+psycopg2's connection), not by psycopg2's ``read_message``/``send_feedback``: psycopg2 moves its
+flush position on to a keep-alive's ``wal_end`` whenever the last message's ``dataStart`` is not
+beyond the last confirmed LSN, which a streamed chunk of an older in-progress transaction makes
+true while a committed transaction still waits in the open batch (that transaction was lost on a
+crash); see that module. Every status update carries exactly the LSN last committed in the
+target. When the stream is idle (no complete transaction waiting), the keep-alive's position is
+first written to ``_streamer_offsets`` and then confirmed, at most once per status interval:
+every transaction committed before it has been received and applied, and one still open commits
+after it (it is sent again whole), so this loses nothing and keeps the slot from pinning WAL
+while only unpublished tables change.
+
+On restart streaming resumes from the target's LSN, and every transaction whose end LSN is not
+beyond it is skipped: the slot may lag the target by one confirmation (crash between the target
+commit and the feedback), and what it sends again is not applied twice. A slot *ahead* of the
+target (its ``confirmed_flush_lsn`` beyond the target's LSN for it: advanced by hand, by another
+reader, or by an older version of streamer) may have passed changes the target never got: the
+start stops with :class:`~streamer.errors.SlotAheadError` naming both LSNs. Keep-alives are
+answered when the server asks and feedback is sent at least every ``min(10 s,
+wal_sender_timeout / 2)``, also while a batch is being retried.
 
 Errors
 ------
@@ -103,6 +115,7 @@ from streamer.errors import (
     ReplicationPrivilegeError,
     ReplicationUnavailableError,
     SettingsError,
+    SlotAheadError,
     SlotInUseError,
     SlotNotFoundError,
     TableIdentityError,
@@ -131,7 +144,8 @@ from streamer.pgtypes import (
 )
 from streamer.settings import Settings
 from streamer.sink import ApplyResult, EventRejectedError, Sink, is_permanent, refuse_failures
-from streamer.state import load_offsets
+from streamer.state import load_offsets, save_offsets
+from streamer.walstream import WalStream, WalStreamEnded, WalStreamLost
 
 SLOT_BUSY_GRACE_S = 5.0  # how long a slot still held by another process is waited for at start
 
@@ -499,6 +513,7 @@ class ReplicationProcess:
         self._catalog: SourceCatalog | None = None
         self._conn: Any = None
         self._cursor: Any = None
+        self._wal: WalStream | None = None
         self._assembler: TransactionAssembler | None = None
         self._pending: list[Transaction] = []
         self._pending_events = 0
@@ -560,6 +575,9 @@ class ReplicationProcess:
             stored = load_offsets(conn, self.group, [self.topic]).get((self.topic, 0))
         if stored is not None:
             self._applied_lsn = self._skip_to = stored
+            confirmed = info["confirmed_flush"] if info is not None else None
+            if confirmed is not None and confirmed > stored:
+                raise SlotAheadError(self.slot, format_lsn(confirmed), self.group, format_lsn(stored))
         self.log.info(
             "source ready",
             database=catalog.database,
@@ -642,6 +660,7 @@ class ReplicationProcess:
             raise _StreamLost(exc) from exc
         except psycopg2.Error as exc:
             raise ReplicationError(f"the source refused to start replication: {str(exc).strip()}") from exc
+        self._wal = WalStream(conn, self._status_interval)
         if self._applied_lsn:
             # the target holds everything up to here: let a slot that lags (crash before its feedback) catch up
             self._confirm(cur, self._applied_lsn)
@@ -659,7 +678,7 @@ class ReplicationProcess:
                 self._conn.close()
             except psycopg2.Error:
                 pass
-        self._conn = self._cursor = None
+        self._conn = self._cursor = self._wal = None
 
     # ------------------------------------------------------------ main loop
     def run(self) -> ReplicateStats:
@@ -742,15 +761,20 @@ class ReplicationProcess:
         assembler.reset()
         cfg = self.cfg
         conn = self._conn
+        wal = self._wal
+        assert wal is not None
         last_progress = time.monotonic()
         self._last_activity = time.monotonic()
+        idle_recorded = time.monotonic()
         while not self._stop.is_set():
             try:
-                msg = cur.read_message()
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                raise _StreamLost(exc) from exc
-            except psycopg2.Error as exc:
-                raise ReplicationError(f"the source ended replication: {str(exc).strip()}") from exc
+                if wal.feedback_due():
+                    wal.feedback(self._applied_lsn)
+                msg = wal.read()
+            except WalStreamLost as exc:
+                raise _StreamLost(psycopg2.OperationalError(str(exc))) from exc
+            except WalStreamEnded as exc:
+                raise ReplicationError(f"the source ended replication: {exc}") from exc
             now = time.monotonic()
             if msg is not None:
                 self._last_activity = now
@@ -800,6 +824,13 @@ class ReplicationProcess:
                 self._holds.heartbeat(lambda _generation: True, self.log)
             if msg is not None:
                 continue
+            if (
+                not self._pending
+                and wal.server_wal_end > self._applied_lsn
+                and now - idle_recorded >= self._status_interval
+            ):
+                idle_recorded = now
+                self._advance_idle(cur, wal.server_wal_end)
             if (
                 self.until_idle is not None
                 and not self._pending
@@ -996,21 +1027,40 @@ class ReplicationProcess:
 
     def _confirm(self, cur: Any, lsn: int) -> None:
         """Tell the server everything up to ``lsn`` is in the target (only ever called with such an LSN)."""
-        if cur is None:
+        if cur is None or self._wal is None:
             return
         try:
-            cur.send_feedback(write_lsn=lsn, flush_lsn=lsn, apply_lsn=lsn, force=True)
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            self._wal.feedback(lsn)
+        except WalStreamLost as exc:
             # the target holds the position; the slot catches up after the reconnect
             self.log.warning("feedback failed; the target holds the position", error=str(exc).strip())
 
     def _keepalive(self, cur: Any) -> None:
-        if cur is None:
+        """A status update with the position the target holds (never more)."""
+        if cur is None or self._wal is None:
             return
         try:
-            cur.send_feedback(force=True)
-        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            self._wal.feedback(self._applied_lsn)
+        except WalStreamLost:
             pass
+
+    def _advance_idle(self, cur: Any, lsn: int) -> None:
+        """Move the position over WAL without transactions of ours: the keep-alive position ``lsn``, taken
+        while no complete transaction waits, is written to the target first, then confirmed. Every
+        transaction committed before it was sent before that keep-alive and is applied; one still open
+        commits after it and is sent again whole. A transient target error leaves it for the next time."""
+        try:
+            with self.sink.engine.begin() as conn:
+                save_offsets(conn, self.group, {(self.topic, 0): lsn})
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            self.log.warning("could not record the idle position, later", error=str(exc).strip()[:300])
+            return
+        self._applied_lsn = lsn
+        self._skip_to = max(self._skip_to, lsn)
+        self._confirm(cur, lsn)
+        self.log.debug("idle: position moved to the keep-alive's", lsn=format_lsn(lsn))
 
     def _sleep_with_keepalive(self, seconds: float, cur: Any) -> None:
         deadline = time.monotonic() + seconds

@@ -31,7 +31,7 @@ from streamer.errors import (
     SlotNotFoundError,
     TableIdentityError,
 )
-from streamer.events import UNAVAILABLE, TableId, parse_lsn
+from streamer.events import UNAVAILABLE, TableId, format_lsn, parse_lsn
 from streamer.replicate import ReplicationProcess, origin_topic
 from streamer.schema import Router
 from streamer.settings import load_settings
@@ -757,3 +757,195 @@ def test_initial_load_and_stream_join_exactly(stack: Stack, repl: Replication) -
     out, err = streaming.communicate(timeout=120)
     assert streaming.returncode == 0, err[-3000:]
     assert_same(stack, schema, url, SAMPLE_TABLES)
+
+
+# --------------------------------------------------------------------------- feedback never passes the target
+
+# per session of `streamer replicate` (the catalog connection reads wal_sender_timeout there too): streaming
+# of in-progress transactions from 64 kB of decoded changes, and feedback every 3 s
+SMALL_DECODING = "options=-c%20logical_decoding_work_mem%3D64kB%20-c%20wal_sender_timeout%3D6s"
+ROW_TEXT = (
+    "repeat('x', 200)"  # a row of `big` takes ~340 bytes of the 64 kB in the walsender's reorder buffer
+)
+
+
+def walsender(stack: Stack, slot: str) -> tuple[Any, ...] | None:
+    conn = source_conn(stack)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT sent_lsn::text, reply_time FROM pg_stat_replication WHERE application_name = %s",
+                (f"streamer-replicate-{slot}",),
+            )
+            row = cur.fetchone()
+            return tuple(row) if row is not None else None
+    finally:
+        conn.close()
+
+
+def current_lsn(stack: Stack) -> int:
+    conn = source_conn(stack)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_current_wal_lsn()::text")
+            return parse_lsn(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_feedback_never_confirms_a_transaction_still_in_the_pending_batch(
+    stack: Stack, repl: Replication, tmp_path: Path
+) -> None:
+    """A committed transaction waits in the open batch while the server streams a chunk of a large
+    in-progress transaction whose changes all lie before the last confirmed LSN. psycopg2 (2.9) would then
+    take the next keep-alive's position as flushed and report it: the slot passed the waiting transaction
+    and, after kill -9, it was never sent again. The slot must stay at what the target committed."""
+    schema = repl.schema()
+    s = f'"{schema}"'
+    execute(
+        stack,
+        f"CREATE SCHEMA {s}",
+        f"CREATE TABLE {s}.big (id int PRIMARY KEY, v text)",
+        f"CREATE TABLE {s}.small (id int PRIMARY KEY, v text)",
+    )
+    slot = repl.slot()
+    url = f"sqlite:///{tmp_path / 'target.db'}"
+    made = run(slot, schema, url, "--create", "--tables", f"{schema}.big,{schema}.small", "--max-events", "0")
+    assert made.returncode == 0, made.stderr[-3000:]
+    source = f"{stack.settings.source_url}?{SMALL_DECODING}"
+    held_open = {"STREAMER_CONSUMER__BATCH_MAX_EVENTS": "5", "STREAMER_CONSUMER__BATCH_MAX_MS": "600000"}
+    proc = repl.start(slot, schema, url, "--source", source, env=held_open)
+    wait_until(lambda: walsender(stack, slot) is not None, 60, "the walsender of the slot")
+    b1, b2 = source_conn(stack), source_conn(stack)
+    b1.autocommit = b2.autocommit = False
+    try:
+        # B1: 130 rows (~44 kB) stay in the reorder buffer, below the limit: nothing streamed yet
+        with b1.cursor() as cur:
+            cur.execute(f"INSERT INTO {s}.big SELECT g, {ROW_TEXT} FROM generate_series(1, 130) g")
+        # T0: 5 events close a batch at once: the target holds it and the slot is confirmed at its end E0
+        execute(stack, f"INSERT INTO {s}.small SELECT g, 't0' FROM generate_series(1, 5) g")
+        wait_until(lambda: stored_lsn(url, slot, slot) > 0, 60, "T0 to be applied")
+        e0 = stored_lsn(url, slot, slot)
+        # T1: one event, committed, waits in the open batch (batch_max_ms 10 min)
+        execute(stack, f"INSERT INTO {s}.small VALUES (6, 't1')")
+        e1 = current_lsn(stack)
+        # B2: its changes push the buffer past 64 kB: the largest transaction, B1, is streamed, every change
+        # of that chunk before E0; then the walsender, caught up, sends keep-alives past T1
+        with b2.cursor() as cur:
+            cur.execute(f"INSERT INTO {s}.big SELECT g, {ROW_TEXT} FROM generate_series(1001, 1090) g")
+        end = current_lsn(stack)
+        wait_until(
+            lambda: parse_lsn((walsender(stack, slot) or ("0/0",))[0]) >= end, 60, "the walsender to catch up"
+        )
+        # two feedback intervals (3 s) after that: psycopg2's own reports would have been sent by then
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            confirmed = parse_lsn((slot_row(stack, slot) or (None, None, "0/0"))[2])
+            if confirmed > e0:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        slot_confirmed = parse_lsn((slot_row(stack, slot) or (None, None, "0/0"))[2])
+        target_lsn = stored_lsn(url, slot, slot)
+        conn = source_conn(stack)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = %s", (slot,))
+                streamed = cur.fetchone()
+        finally:
+            conn.close()
+        assert streamed is not None and streamed[0] >= 1, "B1 was not streamed: the case was not built"
+        with b1.cursor() as cur:
+            cur.execute(f"UPDATE {s}.big SET v = 'b1' WHERE id <= 130")
+        b1.commit()
+        b2.commit()
+    finally:
+        b1.close()
+        b2.close()
+    final = run(slot, schema, url, "--until-idle", "2")
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert_same(stack, schema, url, ("big", "small"))
+    # the slot never passed what the target held (T1 is after E0 and was not in the target at the kill)
+    assert target_lsn == e0 < e1
+    assert slot_confirmed <= target_lsn
+
+
+def test_slot_ahead_of_the_target_stops_with_both_lsns(
+    stack: Stack, repl: Replication, tmp_path: Path
+) -> None:
+    """A slot confirmed beyond the target's position (here advanced by hand over a published change) would
+    never send that change again: replicate stops at start with SlotAheadError naming both LSNs, and the
+    target is left as it was."""
+    schema = repl.schema()
+    s = f'"{schema}"'
+    execute(stack, f"CREATE SCHEMA {s}", f"CREATE TABLE {s}.t (id int PRIMARY KEY, v text)")
+    slot = repl.slot()
+    url = f"sqlite:///{tmp_path / 'target.db'}"
+    made = run(slot, schema, url, "--create", "--tables", f"{schema}.t", "--max-events", "0")
+    assert made.returncode == 0, made.stderr[-3000:]
+    execute(stack, f"INSERT INTO {s}.t VALUES (1, 'a')")
+    first = run(slot, schema, url, "--until-idle", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    target_lsn = stored_lsn(url, slot, slot)
+    assert target_lsn > 0
+    execute(stack, f"INSERT INTO {s}.t VALUES (2, 'passed over')")
+    conn = source_conn(stack)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())::text", (slot,))
+    finally:
+        conn.close()
+    row = slot_row(stack, slot)
+    assert row is not None
+    slot_lsn = parse_lsn(row[2])
+    assert slot_lsn > target_lsn
+    again = run(slot, schema, url, "--until-idle", "1")
+    assert again.returncode == 1
+    assert f"confirmed up to LSN {format_lsn(slot_lsn)}" in again.stderr
+    assert f"beyond the target's position {format_lsn(target_lsn)}" in again.stderr
+    assert stored_lsn(url, slot, slot) == target_lsn
+
+
+def test_idle_stream_moves_the_slot_and_the_target_together(
+    stack: Stack, repl: Replication, tmp_path: Path
+) -> None:
+    """Only unpublished tables change: the keep-alive position is written to the target, then confirmed,
+    so the slot does not pin WAL and is never ahead of the target; a restart goes on from there."""
+    schema = repl.schema()
+    s = f'"{schema}"'
+    execute(
+        stack,
+        f"CREATE SCHEMA {s}",
+        f"CREATE TABLE {s}.t (id int PRIMARY KEY, v text)",
+        f"CREATE TABLE {s}.other (id int PRIMARY KEY, v text)",
+    )
+    slot = repl.slot()
+    url = f"sqlite:///{tmp_path / 'target.db'}"
+    made = run(slot, schema, url, "--create", "--tables", f"{schema}.t", "--max-events", "0")
+    assert made.returncode == 0, made.stderr[-3000:]
+    execute(stack, f"INSERT INTO {s}.t VALUES (1, 'a')")
+    source = f"{stack.settings.source_url}?{SMALL_DECODING}"
+    proc = repl.start(slot, schema, url, "--source", source)
+    wait_until(lambda: stored_lsn(url, slot, slot) > 0, 60, "the insert to be applied")
+    applied = stored_lsn(url, slot, slot)
+    execute(stack, *(f"INSERT INTO {s}.other VALUES ({i}, 'unpublished')" for i in range(20)))
+    moved = current_lsn(stack)
+    # both positions only grow and the slot is read first: slot <= target holds at every look
+    deadline = time.monotonic() + 60
+    while True:
+        row = slot_row(stack, slot)
+        assert row is not None
+        slot_lsn, target_lsn = parse_lsn(row[2]), stored_lsn(url, slot, slot)
+        assert slot_lsn <= target_lsn, f"slot {format_lsn(slot_lsn)} ahead of target {format_lsn(target_lsn)}"
+        if target_lsn >= moved and slot_lsn > applied:
+            break
+        assert time.monotonic() < deadline, "timed out waiting for the idle position to reach target and slot"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    execute(stack, f"INSERT INTO {s}.t VALUES (2, 'b')")
+    final = run(slot, schema, url, "--until-idle", "2")
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert_same(stack, schema, url, ("t",))
