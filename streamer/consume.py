@@ -91,8 +91,8 @@ from streamer.errors import (
     one_line,
 )
 from streamer.events import ChangeEvent
-from streamer.offsetcheck import check_starts, fingerprint
 from streamer.holds import HoldChangedError, HoldView, check_batch
+from streamer.offsetcheck import check_starts, fingerprint
 from streamer.settings import Settings
 from streamer.sink import (
     ApplyResult,
