@@ -49,7 +49,30 @@ def create_target_engine(url: str, **kwargs: Any) -> Engine:
     elif backend == "sqlite":
         opts["connect_args"] = {"timeout": 30}
     opts.update(kwargs)
-    return sa.create_engine(u, **opts)
+    engine = sa.create_engine(u, **opts)
+    if backend == "sqlite":
+        _sqlite_transactions(engine)
+    return engine
+
+
+def _sqlite_transactions(engine: Engine) -> None:
+    """Let SQLAlchemy, not the ``sqlite3`` module, begin SQLite transactions.
+
+    Left alone, Python's ``sqlite3`` (3.11) opens a transaction only before a DML statement and
+    commits on its own around others, so a ``SAVEPOINT`` outside such a transaction is a
+    transaction by itself and its ``RELEASE`` commits: a batch applied event by event on
+    savepoints (error policy stop) kept the events before a rejected one although the batch was
+    refused. With the driver's handling off and an explicit ``BEGIN`` per SQLAlchemy transaction
+    (SQLAlchemy's documented recipe for pysqlite), a batch is one transaction again.
+    """
+
+    @sa.event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -23,7 +23,7 @@ from streamer.events import (
     pg_version,
 )
 from streamer.schema import Router, SchemaManager
-from streamer.sink import Sink, is_permanent
+from streamer.sink import EventRejectedError, Sink, is_permanent, refuse_failures
 
 COLUMNS = {
     "id": ColumnType("int64", optional=False),
@@ -215,6 +215,41 @@ def test_rejected_event_is_isolated_and_the_rest_applied(target, unique: str) ->
     result = sink.apply(events, {("topic", 0): 3}, "gx", isolate=True)
     assert [e.origin.offset for e, _ in result.failed] == [2]
     assert {k: v["name"] for k, v in _rows(engine, sink, ev.table).items()} == {1: "ok", 3: "fine"}
+
+
+def test_refused_isolated_batch_commits_nothing(target, unique: str) -> None:
+    """Error policy stop: the batch is applied event by event on savepoints to find the culprit, and
+    then refused whole. Nothing of it may stay in the target: neither the events before the rejected
+    one nor the batch's offsets (on SQLite the driver's own transaction handling once let savepoints
+    commit on their own)."""
+    _url, engine = target
+    sink = _sink(engine)
+    ev = Events(unique)
+    route = sink.router.route(ev.table)
+    prep = engine.dialect.identifier_preparer
+    name = prep.format_table(sa.table(route.target_table, schema=route.target_schema))
+    with engine.begin() as conn:
+        if route.target_schema:
+            conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {prep.quote(route.target_schema)}"))
+        conn.execute(
+            sa.text(
+                f"CREATE TABLE {name} (id BIGINT PRIMARY KEY, name VARCHAR(50) NOT NULL CHECK (name <> 'bad'), "
+                f"{VERSION} VARCHAR(40))"
+            )
+        )
+    sink.apply([ev(Op.CREATE, 1, {"id": 1, "name": "before"}, 5)], {("topic", 0): 1}, "gs")
+    events = [
+        ev(Op.UPDATE, 1, {"id": 1, "name": "changed"}, 10),
+        ev(Op.CREATE, 2, {"id": 2, "name": "ok"}, 20),
+        ev(Op.CREATE, 3, {"id": 3, "name": "bad"}, 30),
+        ev(Op.CREATE, 4, {"id": 4, "name": "after"}, 40),
+    ]
+    with pytest.raises(EventRejectedError) as err:
+        sink.apply(events, {("topic", 0): 5}, "gs", isolate=True, before_commit=refuse_failures)
+    assert err.value.event.origin.offset == 4
+    assert {k: v["name"] for k, v in _rows(engine, sink, ev.table).items()} == {1: "before"}
+    with engine.connect() as conn:
+        assert state.load_offsets(conn, "gs") == {("topic", 0): 1}
 
 
 def test_zombie_batch_is_fenced(target, unique: str) -> None:

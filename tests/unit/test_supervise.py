@@ -150,6 +150,8 @@ def test_supervisor_stops_all_at_once_on_a_child_stopped_on_a_record(tmp_path: P
         "import os, signal, sys, time\n"
         f"open({str(starts)!r}, 'a').write(sys.argv[1])\n"
         "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+        # child 0 stops on a record once child 1 runs, so both have started before the supervisor acts
+        f"while sys.argv[1] == '0' and '1' not in open({str(starts)!r}).read():\n    time.sleep(0.02)\n"
         "if sys.argv[1] == '0':\n    sys.exit(1)\n"
         "while True:\n    time.sleep(0.05)\n"
     )
