@@ -241,25 +241,52 @@ _NO_IDENTITY = OffsetIdentity()
 
 
 def lock_offsets(
-    conn: Connection, group: str, partitions: Iterable[tuple[str, int]]
+    conn: Connection, group: str, first: Mapping[tuple[str, int], int]
 ) -> dict[tuple[str, int], int]:
-    """The stored next offsets of ``partitions``, their rows locked until the transaction ends.
+    """The stored next offsets of the partitions of ``first``, their rows locked until the transaction ends.
 
-    PostgreSQL and MySQL/MariaDB: ``SELECT .. FOR UPDATE`` (rows in key order, so two writers
-    cannot deadlock on them). SQLite has one writer at a time: the read inside the write
-    transaction is enough (a writer that committed in between makes this one's write fail with
-    "database is locked", a transient error, and its retry reads again).
+    A partition without a stored row gets one first, holding its batch's first offset (insert if
+    absent): so a batch is fenced even when it is the first one of its partition. Two owners whose
+    first batches overlap meet on that row: the second waits on the first one's insert and then
+    reads its committed offset (PostgreSQL and MySQL/MariaDB take the wait on the primary key;
+    SQLite has one writer at a time, and a writer that meets another's open write transaction
+    gets "database is locked", a transient error whose retry reads again).
+
+    PostgreSQL and MySQL/MariaDB lock with ``SELECT .. FOR UPDATE`` (rows in key order, so two
+    writers cannot deadlock on them); on SQLite the read inside the write transaction is enough.
     """
-    wanted = sorted(set(partitions))
+    wanted = sorted(first)
     if not wanted:
         return {}
     t = offsets_table
+    now = _now()
+    placeholders = [
+        {
+            "consumer_group": group,
+            "topic": tp,
+            "partition_id": p,
+            "next_offset": first[(tp, p)],
+            "updated_at": now,
+        }
+        for tp, p in wanted
+    ]
+    dialect = conn.dialect.name
+    insert: Any
+    if dialect == "postgresql":
+        insert = postgresql.insert(t).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        insert = sqlite.insert(t).on_conflict_do_nothing()
+    elif dialect in ("mysql", "mariadb"):
+        insert = mysql.insert(t).prefix_with("IGNORE")
+    else:
+        raise NotImplementedError(dialect)
+    conn.execute(insert, placeholders)
     q = (
         sa.select(t.c.topic, t.c.partition_id, t.c.next_offset)
         .where(t.c.consumer_group == group, t.c.topic.in_(sorted({tp for tp, _ in wanted})))
         .order_by(t.c.topic, t.c.partition_id)
     )
-    if conn.dialect.name != "sqlite":
+    if dialect != "sqlite":
         q = q.with_for_update()
     found = {(r.topic, r.partition_id): int(r.next_offset) for r in conn.execute(q)}
     return {tp: found[tp] for tp in wanted if tp in found}

@@ -284,6 +284,61 @@ def test_zombie_batch_is_fenced(target, unique: str) -> None:
     assert sorted(_rows(engine, sink, ev.table)) == [1, 4]
 
 
+def test_first_batches_of_two_owners_are_fenced_too(target, unique: str) -> None:
+    """No offset is stored yet for the partition. New owner B's first batch (from 0: an insert and
+    then a delete of key 2) is still open when zombie A's first batch (from 5, re-inserting key 2)
+    starts. A must wait for B and then be fenced: key 2 stays deleted, the stored offset stays 20."""
+    import threading
+
+    from streamer.sink import FencedBatchError
+
+    _url, engine = target
+    sink = _sink(engine)
+    ev = Events(unique)
+    tp = (f"{unique}-topic", 0)
+    group = f"{unique}-g"
+    ev.offset = 0
+    b = [ev(Op.CREATE, 1, _row(1, "b"), 100), ev(Op.CREATE, 2, _row(2, "k"), 110)]
+    ev.offset = 14
+    b.append(ev(Op.DELETE, 2, None, 150))
+    ev.offset = 4
+    zombie = [ev(Op.CREATE, 2, _row(2, "zombie"), 120)]
+    b_open, b_release = threading.Event(), threading.Event()
+    outcome: dict[str, BaseException | None] = {}
+
+    def hold_b(_result: Any) -> None:
+        b_open.set()
+        assert b_release.wait(30)
+
+    def run_a() -> None:
+        for _attempt in range(5):  # transient errors are retried, as the consumer does
+            try:
+                sink.apply(zombie, {tp: 6}, group, first={tp: 5})
+                outcome["a"] = None
+            except BaseException as exc:  # the assertion below says which
+                outcome["a"] = exc
+                if is_transient(exc):
+                    continue
+            return
+
+    def run_b() -> None:
+        sink.apply(b, {tp: 20}, group, first={tp: 0}, before_commit=hold_b)
+
+    tb = threading.Thread(target=run_b)
+    tb.start()
+    assert b_open.wait(30)
+    ta = threading.Thread(target=run_a)
+    ta.start()
+    ta.join(1.0)  # A runs into B's open transaction (or, on old code, commits past it)
+    b_release.set()
+    tb.join(30)
+    ta.join(30)
+    assert isinstance(outcome.get("a"), FencedBatchError), outcome
+    assert {k: v["name"] for k, v in _rows(engine, sink, ev.table).items()} == {1: "b"}
+    with engine.connect() as conn:
+        assert state.load_offsets(conn, group, [tp[0]]) == {tp: 20}
+
+
 def test_stored_offsets_never_move_backwards(target, unique: str) -> None:
     """save_offsets keeps the larger offset; only an explicit replay (force) moves one back."""
     _url, engine = target
