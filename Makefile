@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEB_PACKAGES := openjdk-17-jre-headless libjetty9-java postgresql
 DOCKER_OK = $(shell docker info >/dev/null 2>&1 && echo yes)
 
-.PHONY: install system-packages up down status test lint unit integration demo connectors bench clean
+.PHONY: install system-packages up down status test lint unit integration faults chaos demo connectors bench clean
 
 install: $(STAMP) .stack/artifacts/connect-libs/.complete
 
@@ -66,6 +66,16 @@ unit: install
 
 integration: install
 	$(BIN)/pytest tests/integration -q
+
+# the fault matrix alone (also part of `make test`)
+faults: install
+	$(BIN)/pytest tests/faults -q
+
+# random faults on a seeded schedule against a private stack, then whole-table equality; not part
+# of `make test`. CHAOS_SECONDS (default 300) bounds the run, SEED=N replays a schedule.
+CHAOS_SECONDS ?= 300
+chaos: install
+	$(BIN)/python -m tests.faults.chaos --seconds $(CHAOS_SECONDS) $(if $(SEED),--seed $(SEED))
 
 # ruff + mypy + every test (unit and integration); the tests start the stack themselves.
 test: lint

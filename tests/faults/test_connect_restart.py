@@ -1,0 +1,70 @@
+"""Kafka Connect worker killed -9 and restarted mid-stream (a private stack): the connector resumes from
+its stored offset (re-sending what it had not flushed), the consumers keep going, the tables end equal."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streamer.stack import Stack
+from tests.conftest import drop_connector, wait_running
+from tests.faults.conftest import apply_connector, drop_target_tables
+from tests.faults.harness import (
+    ConsumerProc,
+    Workload,
+    drain_and_compare,
+    stop_part,
+    topics_regex,
+    wait_progress,
+)
+
+SMALL_BATCHES = {"STREAMER_CONSUMER__BATCH_MAX_EVENTS": "40"}
+
+
+@pytest.fixture
+def private_workload(private_stack: Stack, stack: Stack, unique: str) -> Iterator[Workload]:
+    wl = Workload(private_stack.settings.source_url, unique)
+    wl.create(200)
+    apply_connector(private_stack, unique, ",".join(wl.qualified))
+    yield wl
+    wl.stop()
+    drop_connector(private_stack, unique, unique)
+    wl.drop()
+    drop_target_tables(stack.settings.target_url, unique)
+
+
+def test_connect_worker_killed_and_restarted(
+    private_stack: Stack, stack: Stack, private_workload: Workload, unique: str, tmp_path: Path
+) -> None:
+    wl = private_workload
+    url = stack.settings.target_url  # the shared target database; the scenario's own schema
+    group = f"{unique}-connect"
+    topics = topics_regex(unique, unique)
+    env = {**SMALL_BATCHES, "STREAMER_BOOTSTRAP_SERVERS": private_stack.settings.bootstrap_servers}
+    wl.start(seconds=45, rate=30)
+    consumers = [ConsumerProc(group, topics, url, tmp_path / f"c{i}.log", settings=env) for i in range(2)]
+    done = wait_progress(url, group)
+    time.sleep(2)
+    stop_part(private_stack, "connect", signal.SIGKILL)
+    time.sleep(3)  # the workload goes on writing into the slot while Connect is down
+    private_stack.up()
+    wait_running(private_stack.settings.connect_url, unique, timeout=180)
+    wait_progress(url, group, beyond=done, timeout=180)
+    wl.join()
+    for c in consumers:
+        assert c.alive(), c.tail()
+        c.terminate()
+    drain_and_compare(
+        private_stack.settings.source_url,
+        url,
+        private_stack.cfg.source_database,
+        unique,
+        group,
+        topics,
+        tmp_path / "drain.log",
+        settings=env,
+    )
