@@ -115,12 +115,14 @@ class Workload:
         seed: int | None = None,
         *,
         key_updates_keep_toast: bool = False,
+        big_not_null: bool = False,
     ) -> None:
         self.dsn = dsn
         self.schema = schema
         self.seed = seed if seed is not None else random.randrange(2**31)
         self.rng = random.Random(self.seed)
         self.key_updates_keep_toast = key_updates_keep_toast
+        self.big_not_null = big_not_null
         self.ids: dict[str, list[int]] = {t: [] for t in TABLES}
         self.next_id: dict[str, int] = {t: 1 for t in TABLES}
         self.stats = WorkloadStats()
@@ -154,7 +156,7 @@ class Workload:
                             amount numeric(12, 2),
                             at timestamptz,
                             doc jsonb,
-                            big text
+                            big text{" NOT NULL" if self.big_not_null else ""}
                         )"""
                     )
                     cur.execute(f'ALTER TABLE {s}."{t}" ALTER COLUMN big SET STORAGE EXTERNAL')
@@ -187,7 +189,7 @@ class Workload:
         rng = self.rng
         i = self._new_id(table)
         self.ids[table].append(i)
-        return (i, *self._values(), _big(rng) if rng.random() < 0.6 else None)
+        return (i, *self._values(), _big(rng) if self.big_not_null or rng.random() < 0.6 else None)
 
     def _values(self) -> tuple[Any, ...]:
         rng = self.rng
@@ -224,7 +226,7 @@ class Workload:
                 )
                 self.stats.toast_kept += 1
             else:
-                big = _big(rng) if rng.random() < 0.8 else None
+                big = _big(rng) if self.big_not_null or rng.random() < 0.8 else None
                 cur.execute(
                     f"UPDATE {q} SET n = %s, label = %s, amount = %s, at = %s, doc = %s, big = %s WHERE id = %s",
                     (n, label, amount, at, doc, big, i),
@@ -245,6 +247,20 @@ class Workload:
                     f"UPDATE {q} SET id = %s, n = n + 1, big = %s WHERE id = %s", (new, _big(rng), old)
                 )
             self.stats.key_updates += 1
+
+    def big_transaction(self, operations: int, halfway: Callable[[], None] | None = None) -> None:
+        """One transaction of ``operations`` operations; ``halfway()`` is called with it still open."""
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                for i in range(operations):
+                    self._operation(cur)
+                    if halfway is not None and i == operations // 2:
+                        halfway()
+            conn.commit()
+            self.stats.transactions += 1
+        finally:
+            conn.close()
 
     def run(
         self,
@@ -332,26 +348,19 @@ def streamer_env(url: str, **settings: str) -> dict[str, str]:
     return env
 
 
-class ConsumerProc:
-    """One ``streamer consume`` subprocess in ``group``; its output goes to ``log`` (never a pipe)."""
+class StreamerProc:
+    """One ``streamer`` subprocess (``args`` after ``streamer``); its output goes to ``log`` (never a pipe)."""
 
     def __init__(
-        self,
-        group: str,
-        topics: str,
-        url: str,
-        log: Path,
-        *extra: str,
-        settings: Mapping[str, str] | None = None,
+        self, args: Sequence[str], url: str, log: Path, settings: Mapping[str, str] | None = None
     ) -> None:
-        self.group = group
         self.log = log
         self._out: IO[bytes] = log.open("ab")
-        cmd = [sys.executable, "-m", "streamer.cli", "consume", "--group", group, "--topics", topics, *extra]
+        cmd = [sys.executable, "-m", "streamer.cli", *args]
         self.proc = subprocess.Popen(
             cmd, env=streamer_env(url, **(settings or {})), stdout=self._out, stderr=subprocess.STDOUT
         )
-        say(f"consumer pid {self.proc.pid} in group {group} started ({' '.join(extra) or 'until stopped'})")
+        say(f"streamer {' '.join(args)[:160]}: pid {self.proc.pid}")
 
     @property
     def pid(self) -> int:
@@ -397,6 +406,22 @@ class ConsumerProc:
             return self.log.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
+
+
+class ConsumerProc(StreamerProc):
+    """One ``streamer consume`` subprocess in ``group``."""
+
+    def __init__(
+        self,
+        group: str,
+        topics: str,
+        url: str,
+        log: Path,
+        *extra: str,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        self.group = group
+        super().__init__(["consume", "--group", group, "--topics", topics, *extra], url, log, settings)
 
 
 def run_streamer(
@@ -554,11 +579,16 @@ def drain_and_compare(
     """
     deadline = time.monotonic() + timeout
     runs = 0
+    wait = idle
     while True:
         runs += 1
-        proc = ConsumerProc(group, topics, url, log, "--until-idle", str(idle), settings=settings)
+        start = log.stat().st_size if log.exists() else 0
+        proc = ConsumerProc(group, topics, url, log, "--until-idle", str(wait), settings=settings)
         rc = proc.wait(timeout=max(60.0, deadline - time.monotonic() + 60))
         assert rc == 0, f"drain consumer exited {rc}:\n{proc.tail()}"
+        with log.open("rb") as fh:
+            fh.seek(start)
+            assigned = b"partitions assigned" in fh.read()
         diffs = differences(source_url, url, database, schema, tables)
         if not diffs:
             break
@@ -567,7 +597,12 @@ def drain_and_compare(
                 f"target still differs from source after {runs} drain runs:\n"
                 + "\n".join(str(d) for d in diffs)
             )
-        say(f"drain run {runs}: still differs ({'; '.join(str(d) for d in diffs)[:300]}), draining again")
+        if not assigned:  # the group's join took longer than the idle time: wait longer next time
+            wait = min(wait * 2, 60.0)
+        say(
+            f"drain run {runs} ({'got partitions' if assigned else 'NO partitions assigned'}): still differs "
+            f"({'; '.join(str(d) for d in diffs)[:300]}), draining again (idle {wait:.0f}s)"
+        )
     assert_equal(source_url, url, database, schema, tables)
     say(f"{schema} -> {url.split('@')[-1]}: whole tables equal after {runs} drain run(s)")
 
