@@ -574,12 +574,14 @@ def drain_and_compare(
 ) -> None:
     """Drain ``group`` with ``streamer consume --until-idle`` runs until the target equals the source.
 
-    Each run must exit 0. Between runs the tables are compared; after ``timeout`` seconds the last
-    differences fail the test. Ends with :func:`assert_equal`.
+    Each run must exit 0. Between runs the tables are compared; the differences fail the test when
+    three runs in a row leave them unchanged (a run that got no partitions doubles the next one's
+    idle time, up to 60 s) or after ``timeout`` seconds. Ends with :func:`assert_equal`.
     """
     deadline = time.monotonic() + timeout
     runs = 0
     wait = idle
+    stuck, last = 0, ""
     while True:
         runs += 1
         start = log.stat().st_size if log.exists() else 0
@@ -592,11 +594,13 @@ def drain_and_compare(
         diffs = differences(source_url, url, database, schema, tables)
         if not diffs:
             break
-        if time.monotonic() >= deadline:
-            raise AssertionError(
-                f"target still differs from source after {runs} drain runs:\n"
-                + "\n".join(str(d) for d in diffs)
-            )
+        text = "\n".join(str(d) for d in diffs)
+        # the same differences after runs that read to idle: the stream has nothing more to give
+        stuck = stuck + 1 if text == last else 0
+        last = text
+        if time.monotonic() >= deadline or stuck >= 2:
+            why = f"; unchanged over the last {stuck + 1} runs" if stuck >= 2 else ""
+            raise AssertionError(f"target still differs from source after {runs} drain runs{why}:\n{text}")
         if not assigned:  # the group's join took longer than the idle time: wait longer next time
             wait = min(wait * 2, 60.0)
         say(

@@ -169,3 +169,44 @@ def test_kill_9_of_load_then_resume(make_pipeline, target: str) -> None:
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     p.workload.join()
     drain(p, target, f"{p.schema}-load")
+
+
+def test_slow_target_during_rebalances(make_pipeline, stack) -> None:
+    """Every statement on one target table takes 2 s (a trigger with pg_sleep) while consumers join and
+    leave the group: partitions are revoked while slow batches are in flight; the tables end equal.
+
+    (A rebalance *forced* by the slowness itself would need an apply longer than max.poll.interval.ms,
+    300 s, which is not a streamer setting; the apply runs off the poll loop, so heartbeats go on.)
+    """
+    url = stack.settings.target_url
+    p = make_pipeline()
+    group = f"{p.schema}-slow"
+    first = ConsumerProc(group, p.topics, url, p.log("slow-0"), settings=SMALL_BATCHES)
+    wait_progress(url, group)
+    engine = create_target_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f'CREATE FUNCTION "{p.schema}".slow() RETURNS trigger LANGUAGE plpgsql AS '
+                "$$ BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$"
+            )
+        )
+        conn.execute(
+            sa.text(
+                f'CREATE TRIGGER slow AFTER INSERT OR UPDATE OR DELETE ON "{p.schema}".alpha '
+                f'FOR EACH STATEMENT EXECUTE FUNCTION "{p.schema}".slow()'
+            )
+        )
+    engine.dispose()
+    p.workload.start(seconds=30, rate=30)
+    second = ConsumerProc(group, p.topics, url, p.log("slow-1"), settings=SMALL_BATCHES)
+    time.sleep(8)
+    third = ConsumerProc(group, p.topics, url, p.log("slow-2"), settings=SMALL_BATCHES)
+    time.sleep(8)
+    assert second.terminate() == 0, second.tail()
+    time.sleep(6)
+    p.workload.join()
+    for c in (first, third):
+        assert c.alive(), c.tail()
+        assert c.terminate(120) == 0, c.tail()
+    drain(p, url, group)
