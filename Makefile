@@ -67,9 +67,15 @@ unit: install
 integration: install
 	$(BIN)/pytest tests/integration -q
 
-# the fault matrix alone (also part of `make test`)
+# the fault matrix alone (also part of `make test`): scenarios in parallel on one shared stack (names
+# of their own); the two that restart a private stack's broker or Connect share one worker. The
+# workers share the stack, so it is started first when it is down (and stopped again afterwards).
+FAULTS_WORKERS ?= 3
 faults: install
-	$(BIN)/pytest tests/faults -q
+	@if $(BIN)/streamer stack status >/dev/null 2>&1; then started=""; \
+	else $(MAKE) --no-print-directory up || exit 1; started=yes; fi; \
+	$(BIN)/pytest tests/faults -q -n $(FAULTS_WORKERS) --dist loadgroup; rc=$$?; \
+	if [ -n "$$started" ]; then $(MAKE) --no-print-directory down; fi; exit $$rc
 
 # random faults on a seeded schedule against a private stack, then whole-table equality; not part
 # of `make test`. CHAOS_SECONDS (default 300) bounds the run, SEED=N replays a schedule.
@@ -77,9 +83,10 @@ CHAOS_SECONDS ?= 300
 chaos: install
 	$(BIN)/python -m tests.faults.chaos --seconds $(CHAOS_SECONDS) $(if $(SEED),--seed $(SEED))
 
-# ruff + mypy + every test (unit and integration); the tests start the stack themselves.
+# ruff + mypy + every test (unit, integration, then the fault matrix); the tests start the stack themselves.
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --ignore=tests/faults
+	@$(MAKE) --no-print-directory faults
 
 connectors: install
 	$(BIN)/streamer connectors apply --wait 120

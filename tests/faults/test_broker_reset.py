@@ -35,6 +35,7 @@ from tests.faults.harness import (
 )
 
 SMALL_BATCHES = {"STREAMER_CONSUMER__BATCH_MAX_EVENTS": "40"}
+pytestmark = pytest.mark.xdist_group("private_stack")  # one private stack, one worker
 
 
 @pytest.fixture
