@@ -150,12 +150,17 @@ def replicated(stack: Stack, unique: str) -> Iterator[Workload]:
 
 def _replicate(wl: Workload, url: str, log: Path, *extra: str) -> StreamerProc:
     """A `streamer replicate` of the workload's slot; large transactions stream (64 kB decoding memory)."""
-    args = ["replicate", "--slot", f"{wl.schema}_slot", "--publication", f"{wl.schema}_pub", *extra]
-    settings = {
-        "PGOPTIONS": "-c logical_decoding_work_mem=64kB",
-        "STREAMER_CONSUMER__BATCH_MAX_EVENTS": "200",
-    }
-    return StreamerProc(args, url, log, settings)
+    source = wl.dsn + "?options=-c%20logical_decoding_work_mem%3D64kB"  # replicate sets its own options
+    args = [
+        "replicate",
+        "--slot",
+        f"{wl.schema}_slot",
+        "--publication",
+        f"{wl.schema}_pub",
+        "--source",
+        source,
+    ]
+    return StreamerProc([*args, *extra], url, log, {"STREAMER_CONSUMER__BATCH_MAX_EVENTS": "200"})
 
 
 def test_replicate_killed_during_streamed_transaction(
@@ -182,7 +187,7 @@ def test_replicate_killed_during_streamed_transaction(
     assert setup.returncode == 0, setup.stderr[-3000:]
     wl.run(transactions=150, rate=50)
     rep = _replicate(wl, url, tmp_path / "replicate.log")
-    wait_progress(url, wl.schema)
+    wait_progress(url, f"{wl.schema}_slot")  # replicate's position: group = the slot, next_offset = an LSN
     killed = threading.Event()
 
     def kill_mid_stream() -> None:
@@ -197,10 +202,16 @@ def test_replicate_killed_during_streamed_transaction(
     time.sleep(random.Random(wl.seed).uniform(0.5, 2.0))
     rep.kill9()
     wl.run(transactions=100, rate=50)
+    wl.big_transaction(800)  # the first drain run must see a streamed transaction: proof the mode is on
     deadline = time.monotonic() + 240
+    first = True
     while True:
-        rep = _replicate(wl, url, tmp_path / "replicate.log", "--until-idle", "8")
+        rep = _replicate(wl, url, tmp_path / "drain.log", "--until-idle", "8")
         assert rep.wait(300) == 0, rep.tail()
+        if first:
+            summary = rep.tail(400)
+            assert "replicated" in summary and "(0 transactions streamed" not in summary, summary
+            first = False
         if not differences(wl.dsn, url, stack.cfg.source_database, wl.schema) or time.monotonic() > deadline:
             break
     assert_equal(wl.dsn, url, stack.cfg.source_database, wl.schema)
