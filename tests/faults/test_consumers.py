@@ -154,7 +154,7 @@ def test_kill_9_of_load_then_resume(make_pipeline, target: str) -> None:
                 return False
             n = conn.execute(
                 sa.text("SELECT count(*) FROM _streamer_load_chunks WHERE table_name LIKE :t AND done"),
-                {"t": f"{p.schema}.%"},
+                {"t": f"{p.schema}%"},  # the target's table name: schema.table or schema_table
             ).scalar_one()
             return int(n) >= 20
 
@@ -184,8 +184,13 @@ def test_slow_target_during_rebalances(make_pipeline, stack) -> None:
     p = make_pipeline()
     group = f"{p.schema}-slow"
     first = ConsumerProc(group, p.topics, url, p.log("slow-0"), settings=SMALL_BATCHES)
-    wait_progress(url, group)
     engine = create_target_engine(url)
+
+    def alpha_exists() -> bool:
+        with engine.connect() as conn:
+            return sa.inspect(conn).has_table("alpha", schema=p.schema)
+
+    wait_until(alpha_exists, 120, "the consumer to create the target table alpha")
     with engine.begin() as conn:
         conn.execute(
             sa.text(
