@@ -22,10 +22,18 @@ from streamer.db import create_target_engine
 from streamer.settings import load_settings
 from streamer.stack import Stack
 from tests.conftest import debezium_config, wait_running
-from tests.faults.harness import TABLES, Workload, free_port, say, topics_regex
+from tests.faults.harness import TABLES, Workload, end_all, free_port, say, topics_regex
 from tests.integration.conftest import MARIADB_URL, _mariadb_engine
 
 TARGET_KINDS = ("postgresql", "mariadb")
+
+
+@pytest.fixture(autouse=True)
+def _end_leftover_processes() -> Iterator[None]:
+    """A failing scenario leaves its processes running: end them (the fixtures that drop slots and tables
+    call :func:`end_all` first themselves)."""
+    yield
+    end_all()
 
 
 def target_url_of(kind: str, stack: Stack) -> str:
@@ -106,6 +114,7 @@ def make_pipeline(
         return p
 
     yield make
+    end_all()  # a failed scenario's consumers first: they hold the slot and write the tables
     for p in made:
         p.workload.stop()
         p.workload.drop()

@@ -348,6 +348,21 @@ def streamer_env(url: str, **settings: str) -> dict[str, str]:
     return env
 
 
+LIVE: list[StreamerProc] = []  # every process started here; end_all() ends what a test left running
+
+
+def end_all() -> None:
+    """Kill -9 every streamer process this harness started that still runs (after a failed test)."""
+    while LIVE:
+        p = LIVE.pop()
+        if p.alive():
+            say(f"ending leftover pid {p.pid}")
+            p.proc.send_signal(signal.SIGCONT)
+            p.proc.kill()
+            p.proc.wait(30)
+        p._out.close()
+
+
 class StreamerProc:
     """One ``streamer`` subprocess (``args`` after ``streamer``); its output goes to ``log`` (never a pipe)."""
 
@@ -360,6 +375,7 @@ class StreamerProc:
         self.proc = subprocess.Popen(
             cmd, env=streamer_env(url, **(settings or {})), stdout=self._out, stderr=subprocess.STDOUT
         )
+        LIVE.append(self)
         say(f"streamer {' '.join(args)[:160]}: pid {self.proc.pid}")
 
     @property

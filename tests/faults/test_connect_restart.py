@@ -17,6 +17,7 @@ from tests.faults.harness import (
     ConsumerProc,
     Workload,
     drain_and_compare,
+    end_all,
     stop_part,
     topics_regex,
     wait_progress,
@@ -32,6 +33,7 @@ def private_workload(private_stack: Stack, stack: Stack, unique: str) -> Iterato
     wl.create(200)
     apply_connector(private_stack, unique, ",".join(wl.qualified))
     yield wl
+    end_all()
     wl.stop()
     drop_connector(private_stack, unique, unique)
     wl.drop()

@@ -26,6 +26,7 @@ from tests.faults.harness import (
     assert_equal,
     differences,
     drain_and_compare,
+    end_all,
     run_streamer,
     say,
     wait_progress,
@@ -142,6 +143,7 @@ def replicated(stack: Stack, unique: str) -> Iterator[Workload]:
     wl = Workload(stack.settings.source_url, unique)
     wl.create(0)
     yield wl
+    end_all()
     wl.stop()
     drop_connector(stack, f"{unique}-none", unique)  # no connector: drops the slot and the publication
     wl.drop()
