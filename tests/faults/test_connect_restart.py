@@ -8,6 +8,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import psycopg2
 import pytest
 
 from streamer.stack import Stack
@@ -21,10 +23,28 @@ from tests.faults.harness import (
     stop_part,
     topics_regex,
     wait_progress,
+    wait_until,
 )
 
 SMALL_BATCHES = {"STREAMER_CONSUMER__BATCH_MAX_EVENTS": "40"}
 pytestmark = pytest.mark.xdist_group("private_stack")  # one private stack, one worker
+
+
+def _slot_lsns(st: Stack, prefix: str) -> tuple[int, int | None]:
+    """(the source's current WAL LSN, the connector slot's confirmed flush LSN), as integers."""
+    conn = psycopg2.connect(st.source_admin_dsn(st.cfg.source_database))
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT pg_current_wal_lsn() - '0/0', (SELECT confirmed_flush_lsn - '0/0' "
+                "FROM pg_replication_slots WHERE slot_name = %s)",
+                (f"{prefix}_slot",),
+            )
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    assert row is not None
+    return int(row[0]), None if row[1] is None else int(row[1])
 
 
 @pytest.fixture
@@ -56,18 +76,33 @@ def test_connect_worker_killed_and_restarted(
     time.sleep(3)  # the workload goes on writing into the slot while Connect is down
     private_stack.up()
     wait_running(private_stack.settings.connect_url, unique, timeout=180)
+    restarted_at = _slot_lsns(private_stack, unique)[0]
     wait_progress(url, group, beyond=done, timeout=180)
     wl.join()
+
+    def confirmed_after_restart() -> bool:
+        current, confirmed = _slot_lsns(private_stack, unique)
+        return confirmed is not None and confirmed > restarted_at
+
+    # the restarted task streams again: its slot confirms a change written after the restart
+    wait_until(confirmed_after_restart, 180, "the slot to confirm a change made after the Connect restart")
     for c in consumers:
         assert c.alive(), c.tail()
         c.terminate()
-    drain_and_compare(
-        private_stack.settings.source_url,
-        url,
-        private_stack.cfg.source_database,
-        unique,
-        group,
-        topics,
-        tmp_path / "drain.log",
-        settings=env,
-    )
+    try:
+        drain_and_compare(
+            private_stack.settings.source_url,
+            url,
+            private_stack.cfg.source_database,
+            unique,
+            group,
+            topics,
+            tmp_path / "drain.log",
+            idle=15,
+            settings=env,
+        )
+    except AssertionError as exc:  # name what Connect said: a lagging task or lost changes
+        status = httpx.get(
+            f"{private_stack.settings.connect_url}/connectors/{unique}/status", timeout=10
+        ).text
+        raise AssertionError(f"{exc}\nconnector status after the drain: {status}") from None
