@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEB_PACKAGES := openjdk-17-jre-headless libjetty9-java postgresql
 DOCKER_OK = $(shell docker info >/dev/null 2>&1 && echo yes)
 
-.PHONY: install system-packages up down status test lint unit integration demo connectors bench clean
+.PHONY: install system-packages up down status test lint unit integration faults chaos demo connectors bench clean
 
 install: $(STAMP) .stack/artifacts/connect-libs/.complete
 
@@ -67,9 +67,26 @@ unit: install
 integration: install
 	$(BIN)/pytest tests/integration -q
 
-# ruff + mypy + every test (unit and integration); the tests start the stack themselves.
+# the fault matrix alone (also part of `make test`): scenarios in parallel on one shared stack (names
+# of their own); the two that restart a private stack's broker or Connect share one worker. The
+# workers share the stack, so it is started first when it is down (and stopped again afterwards).
+FAULTS_WORKERS ?= 3
+faults: install
+	@if $(BIN)/streamer stack status >/dev/null 2>&1; then started=""; \
+	else $(MAKE) --no-print-directory up || exit 1; started=yes; fi; \
+	$(BIN)/pytest tests/faults -q -n $(FAULTS_WORKERS) --dist loadgroup; rc=$$?; \
+	if [ -n "$$started" ]; then $(MAKE) --no-print-directory down; fi; exit $$rc
+
+# random faults on a seeded schedule against a private stack, then whole-table equality; not part
+# of `make test`. CHAOS_SECONDS (default 300) bounds the run, SEED=N replays a schedule.
+CHAOS_SECONDS ?= 300
+chaos: install
+	$(BIN)/python -m tests.faults.chaos --seconds $(CHAOS_SECONDS) $(if $(SEED),--seed $(SEED))
+
+# ruff + mypy + every test (unit, integration, then the fault matrix); the tests start the stack themselves.
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --ignore=tests/faults
+	@$(MAKE) --no-print-directory faults
 
 connectors: install
 	$(BIN)/streamer connectors apply --wait 120

@@ -22,8 +22,11 @@ from streamer.stack import Stack, running_stack
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "/integration/" in str(item.fspath):
+        path = str(item.fspath)
+        if "/integration/" in path or "/faults/" in path:
             item.add_marker(pytest.mark.integration)
+        if "/faults/" in path:
+            item.add_marker(pytest.mark.faults)
 
 
 @pytest.fixture(scope="session")
