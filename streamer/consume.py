@@ -58,6 +58,7 @@ import json
 import logging
 import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -434,8 +435,10 @@ class ConsumerProcess:
                         )
             try:
                 consumer.close()  # leaves the group; _on_revoke applies nothing now
-            except Exception as exc:
-                self.log.warning("leaving the group failed", error=one_line(str(exc))[:300])
+            # confluent-kafka raises a bare KafkaError (no BaseException subclass) from close() when
+            # the leave's committed-offsets fetch times out: only a bare except catches it
+            except:  # noqa: E722
+                self.log.warning("leaving the group failed", error=one_line(str(sys.exc_info()[1]))[:300])
             self._leave_holds()
         finally:
             assert self._executor is not None

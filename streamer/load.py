@@ -609,12 +609,18 @@ class Loader:
         """
         loads, chunks_t = state.loads_table, state.load_chunks_table
         with self.engine.begin() as tconn:
-            if self.resume and row is not None and row.status == "loading":
-                recorded = tconn.execute(
+            recorded = (
+                tconn.execute(
                     sa.select(chunks_t)
                     .where(chunks_t.c.table_name == route.qualified)
                     .order_by(chunks_t.c.chunk_no)
                 ).all()
+                if self.resume and row is not None and row.status == "loading"
+                else []
+            )
+            # a table marked loading by the interrupted run before its turn came has no chunks
+            # recorded: its load never began, so it is planned now like a new one
+            if recorded:
                 chunks = [
                     Chunk(r.chunk_no, _key_from_json(r.lo_key), _key_from_json(r.hi_key)) for r in recorded
                 ]
