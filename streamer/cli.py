@@ -863,8 +863,9 @@ def replay(
     to: Annotated[
         list[str],
         typer.Option(
-            help="earliest, latest, an ISO-8601 timestamp (UTC without a zone), or TOPIC:PARTITION:OFFSET "
-            "positions (repeat --to, separate with commas, or list more after it)."
+            help="earliest, latest, an ISO-8601 timestamp (UTC without a zone), TOPIC:PARTITION:OFFSET "
+            "positions (repeat --to, separate with commas, or list more after it), or group:NAME (start "
+            "where group NAME would)."
         ),
     ],
     positions: Annotated[

@@ -86,6 +86,7 @@ from streamer.decode import Decoder
 from streamer.errors import (
     BrokerUnavailableError,
     DecodeError,
+    NoAssignmentError,
     RecordStoppedError,
     SettingsError,
     TargetUnavailableError,
@@ -225,8 +226,10 @@ class ConsumerProcess:
         self._holds = HoldView(sink.engine, "consume", self.group)
         self._inflight: tuple[concurrent.futures.Future[ApplyResult], _Prepared] | None = None
         self._topic_ids: dict[str, str | None] = {}
-        self._fenced: set[tuple[str, int]] = set()  # partitions dropped by the last fenced batch
+        self._fenced: set[tuple[str, int]] = set()  # partitions fenced while _flush drained (see there)
         self._closing = False  # set by _shutdown: rebalance callbacks apply nothing from then on
+        self._subscribed_at = 0.0
+        self._joined_at: float | None = None  # the first assignment (even an empty one)
 
     # ------------------------------------------------------------ kafka plumbing
     def _consumer_config(self) -> dict[str, Any]:
@@ -269,6 +272,9 @@ class ConsumerProcess:
 
     # ------------------------------------------------------------ rebalance callbacks
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._joined_at is None:
+            self._joined_at = time.monotonic()
+            self.log.info("joined the group", seconds=round(self._joined_at - self._subscribed_at, 1))
         if partitions:
             committed = {
                 (tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=30)
@@ -377,6 +383,7 @@ class ConsumerProcess:
                 on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
             )
+            self._subscribed_at = time.monotonic()
             self.log.info("subscribed", topics=self.topic_regex)
             self._loop(consumer)
             self._flush(wait=True)  # a clean stop: the pending batch is finished and committed
@@ -489,10 +496,13 @@ class ConsumerProcess:
                 self._flush()
             if self.max_events is not None and self._accounted() >= self.max_events:
                 break
-            if (
+            if self._joined_at is None:
+                self._check_assignment_wait(now)
+            elif (
                 self.until_idle is not None
                 and not self._pending
                 and now - self._last_activity >= self.until_idle
+                and self._drained(consumer)
             ):
                 self.log.info("idle, stopping", idle_seconds=self.until_idle)
                 break
@@ -510,6 +520,44 @@ class ConsumerProcess:
                     partitions=len(self._assigned),
                 )
 
+    def _check_assignment_wait(self, now: float) -> None:
+        """No assignment yet: idle time does not count (``--until-idle`` must not end a run that never
+        read), and a group that never completes a rebalance for this member is an error, not a wait
+        without end. Seen on the local broker: a member gone while it led the group stays its leader,
+        and every SyncGroup of a new member answers REBALANCE_IN_PROGRESS; real Kafka expires it."""
+        waited = now - self._subscribed_at
+        if waited < self.cfg.assignment_timeout_s:
+            return
+        raise NoAssignmentError(
+            f"group {self.group!r} assigned no partitions to this member (not even an empty assignment) "
+            f"within {waited:.0f} s of subscribing to {self.topic_regex!r} (consumer.assignment_timeout_s): "
+            "the group coordinator never completed a rebalance. Check the group with "
+            f"`streamer status`; when no other member of it is alive, the broker keeps a member that is "
+            f"gone: move the group's positions to a new group with `streamer replay --group NEW "
+            f"--to group:{self.group}` and consume with --group NEW"
+        )
+
+    def _drained(self, consumer: Consumer) -> bool:
+        """Whether every assigned partition that is not held has been read to its end, as far as the
+        client knows (position and the high watermark of the last fetch response; ListOffsets is not
+        trusted, see :mod:`streamer.groups`). A partition whose position or end is not known yet
+        does not block: the idle time is the bound there."""
+        live = [TopicPartition(t, p) for t, p in sorted(self._assigned) if (t, p) not in self._held]
+        if not live:
+            return True
+        behind = []
+        for tp in consumer.position(live):
+            if tp.offset < 0:
+                continue
+            _low, high = consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0 and tp.offset < high:
+                behind.append(f"{tp.topic}[{tp.partition}]@{tp.offset}<{high}")
+        if behind:
+            self.log.info("idle, but not at the end of every partition: reading on", behind=behind[:10])
+            self._last_activity = time.monotonic()
+            return False
+        return True
+
     # ------------------------------------------------------------ one batch
     def _flush(self, wait: bool = False) -> None:
         """Decode the pending records and hand them to the apply thread.
@@ -520,6 +568,10 @@ class ConsumerProcess:
         """
         batch, self._pending, self._pending_bytes = self._pending, [], 0
         prepared = self._decode(batch) if batch else None
+        # partitions the batch in flight finds fenced are sought back to the stored offset: this
+        # batch's records of them were read before that seek (they are read again after it); only
+        # those, never records read after the seek (a stale set here once dropped them for good)
+        self._fenced = set()
         self._drain()
         if prepared is not None and self._fenced:
             prepared = prepared.without(self._fenced)  # read before the seek back; read again
@@ -631,7 +683,6 @@ class ConsumerProcess:
             return
         future, prepared = self._inflight
         self._inflight = None
-        self._fenced = set()
         while True:
             try:
                 result = future.result()

@@ -69,6 +69,13 @@ class BrokerUnavailableError(SourceUnavailableError):
     headline = "broker unavailable"
 
 
+class NoAssignmentError(BrokerUnavailableError):
+    """The consumer group never completed a rebalance for this member (no partitions, not even an
+    empty assignment) within ``consumer.assignment_timeout_s``."""
+
+    headline = "no partitions assigned"
+
+
 class TargetUnavailableError(UnavailableError):
     """The target database could not be reached, or kept failing transiently through every retry."""
 

@@ -176,7 +176,32 @@ class Positions:
         return ", ".join(f"{t}:{p}:{o}" for (t, p), o in sorted(self.offsets.items()))
 
 
-Target = Earliest | Latest | AtTime | Positions
+@dataclasses.dataclass(frozen=True)
+class FromGroup:
+    """Another group's positions (``group:NAME``): the replayed group starts exactly where that one would.
+
+    For a group the broker cannot rebalance any more (the local broker keeps a member that is gone as
+    the group's leader), or to rename a group. Kafka gets that group's committed offsets, the target
+    that group's ``_streamer_offsets`` rows with their topic identities, verbatim: so the start-offset
+    checks of :mod:`streamer.offsetcheck` run for the new group exactly as they would for the old one,
+    and nothing is skipped that the old group had not read.
+    """
+
+    group: str
+
+    def __str__(self) -> str:
+        return f"group:{self.group}"
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupCopy:
+    """What :class:`FromGroup` writes: the other group's committed Kafka offsets and stored rows."""
+
+    committed: Mapping[TP, int]
+    stored: Mapping[TP, state.StoredOffset]
+
+
+Target = Earliest | Latest | AtTime | Positions | FromGroup
 _POSITION = re.compile(r"^(?P<topic>[A-Za-z0-9._-]+):(?P<partition>\d+):(?P<offset>\d+)$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
 
@@ -202,6 +227,11 @@ def parse_to(values: Sequence[str]) -> Target:
             return Earliest()
         if word == "latest":
             return Latest()
+        if word.startswith("group:"):
+            name = tokens[0][len("group:") :].strip()
+            if not name:
+                raise ReplayError("--to group: needs a group name (group:NAME)")
+            return FromGroup(name)
         if _DATE.match(tokens[0]):
             try:
                 return AtTime(parse_timestamp(tokens[0]))
@@ -275,7 +305,7 @@ class Move:
 
 
 def new_offsets(
-    target: Target,
+    target: Earliest | Latest | AtTime | Positions,
     partitions: Sequence[TP],
     marks: Mapping[TP, Watermarks],
     by_time: Mapping[TP, int] | None = None,
@@ -331,6 +361,7 @@ class ReplayPlan:
     moves: list[Move]
     members: tuple[groups.Member, ...]
     group_state: str
+    copy: GroupCopy | None = None  # --to group:NAME: what is written instead of the moves' offsets
 
     @property
     def reread(self) -> int:
@@ -353,13 +384,13 @@ class ReplayPlan:
         }
 
 
-def _stored_offsets(settings: Settings, group: str) -> dict[TP, int]:
+def _stored_rows(settings: Settings, group: str) -> dict[TP, state.StoredOffset]:
     engine = create_target_engine(settings.target_url)
     try:
         with engine.connect() as conn:
             if not sa.inspect(conn).has_table(state.offsets_table.name):
                 return {}
-            return state.load_offsets(conn, group)
+            return state.load_offset_rows(conn, group)
     except sa.exc.SQLAlchemyError as exc:
         raise ReplayError(
             f"cannot read _streamer_offsets in the target: {str(exc).splitlines()[0]}"
@@ -368,11 +399,55 @@ def _stored_offsets(settings: Settings, group: str) -> dict[TP, int]:
         engine.dispose()
 
 
+def _stored_offsets(settings: Settings, group: str) -> dict[TP, int]:
+    return {tp: row.next_offset for tp, row in _stored_rows(settings, group).items()}
+
+
+def _plan_copy(
+    settings: Settings, group: str, target: FromGroup, topics: str | None, described: groups.GroupDescription
+) -> ReplayPlan:
+    if target.group == group:
+        raise ReplayError(f"--to group:{group} names the group being replayed")
+    bootstrap = settings.bootstrap_servers
+    admin = groups.admin_client(bootstrap)
+    md = groups.metadata(admin, bootstrap)
+    their_committed = groups.committed_offsets(admin, target.group)
+    their_rows = _stored_rows(settings, target.group)
+    existing = set(groups.partitions_of(md, {t for t, _ in [*their_committed, *their_rows]}))
+    regex = re.compile(topics) if topics else None
+    partitions = sorted(
+        tp
+        for tp in {*their_committed, *their_rows}
+        if tp in existing and (regex is None or regex.search(tp[0]))
+    )
+    if not partitions:
+        raise ReplayError(
+            f"group {target.group!r} has no offsets (in Kafka or in the target's _streamer_offsets) for "
+            "an existing topic" + (f" matching {topics!r}" if topics else "")
+        )
+    marks = groups.true_watermarks(bootstrap, partitions)
+    theirs = {tp: row.next_offset for tp, row in their_rows.items()}
+    new = {
+        tp: groups.effective_position(their_committed.get(tp), theirs.get(tp), marks[tp].low)
+        for tp in partitions
+    }
+    moves = plan_moves(
+        partitions, groups.committed_offsets(admin, group), _stored_offsets(settings, group), marks, new
+    )
+    copy = GroupCopy(
+        {tp: o for tp, o in their_committed.items() if tp in new},
+        {tp: row for tp, row in their_rows.items() if tp in new},
+    )
+    return ReplayPlan(group, target, moves, described.members, described.state, copy)
+
+
 def make_plan(settings: Settings, group: str, target: Target, topics: str | None = None) -> ReplayPlan:
     """Read the group, its offsets and the partitions' watermarks; compute every move. Changes nothing."""
     bootstrap = settings.bootstrap_servers
     admin = groups.admin_client(bootstrap)
     described = groups.describe_group(bootstrap, group)
+    if isinstance(target, FromGroup):
+        return _plan_copy(settings, group, target, topics, described)
     committed = groups.committed_offsets(admin, group)
     stored = _stored_offsets(settings, group)
     md = groups.metadata(admin, bootstrap)
@@ -432,12 +507,16 @@ def refuse_if_active(plan: ReplayPlan) -> None:
 def execute(settings: Settings, plan: ReplayPlan) -> None:
     """Write the new offsets: Kafka first, then the target (see the module docstring)."""
     refuse_if_active(plan)
-    moves = [m for m in plan.moves if m.writes]
+    copy = plan.copy
+    moves = plan.moves if copy is not None else [m for m in plan.moves if m.writes]
     if not moves:
         return
     admin = groups.admin_client(settings.bootstrap_servers)
-    wanted = {(m.topic, m.partition): m.new for m in moves}
-    refused = groups.alter_offsets(admin, plan.group, wanted)
+    if copy is not None:
+        wanted = dict(copy.committed)
+    else:
+        wanted = {(m.topic, m.partition): m.new for m in moves}
+    refused = groups.alter_offsets(admin, plan.group, wanted) if wanted else {}
     first = ""
     if refused and all(UNKNOWN_MEMBER in answer for answer in refused.values()):
         first = f"it first answered {_answers(refused)}, then, to a commit from a member of the empty group: "
@@ -454,7 +533,19 @@ def execute(settings: Settings, plan: ReplayPlan) -> None:
     try:
         state.upgrade(engine)
         with engine.begin() as conn:
-            state.save_offsets(conn, plan.group, {(m.topic, m.partition): m.new for m in moves}, force=True)
+            if copy is not None:  # the other group's rows verbatim, identities included
+                state.delete_offsets(conn, plan.group, [(m.topic, m.partition) for m in moves])
+                state.save_offsets(
+                    conn,
+                    plan.group,
+                    {tp: row.next_offset for tp, row in copy.stored.items()},
+                    {tp: row.identity for tp, row in copy.stored.items()},
+                    force=True,
+                )
+            else:
+                state.save_offsets(
+                    conn, plan.group, {(m.topic, m.partition): m.new for m in moves}, force=True
+                )
     except sa.exc.SQLAlchemyError as exc:
         raise ReplayError(
             f"Kafka's offsets of group {plan.group!r} were moved but the target's _streamer_offsets could not "

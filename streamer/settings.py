@@ -67,6 +67,10 @@ class ConsumerSettings(_Section):
     heartbeat_interval_ms: int = Field(1000, ge=100)
     metadata_refresh_ms: int = Field(2000, ge=100)  # how soon a new table's topic is picked up
     statistics_interval_ms: int = Field(0, ge=0)  # librdkafka statistics (lag), 0 = off
+    # a member that got no assignment (not even an empty one) this long after subscribing stops with
+    # NoAssignmentError (exit 3); above librdkafka's max.poll.interval.ms (300 s), the longest a
+    # healthy rebalance waits for a slow member
+    assignment_timeout_s: float = Field(330.0, gt=0)
     retry_attempts: int = Field(8, ge=1)  # transient database errors, whole batch
     retry_max_wait_s: float = Field(10.0, gt=0)
     error_policy: Literal["stop", "dlq"] = "stop"

@@ -52,9 +52,6 @@ def private_workload(private_stack: Stack, stack: Stack, unique: str) -> Iterato
     drop_target_tables(stack.settings.target_url, unique)
 
 
-# open: after the fault, the local broker never assigns partitions to the drain's new member (the
-# group keeps members that are gone); the drain ends idle without having read. See issue 11.
-@pytest.mark.open_fault
 def test_broker_restart_with_topic_loss(
     private_stack: Stack, stack: Stack, private_workload: Workload, unique: str, tmp_path: Path
 ) -> None:

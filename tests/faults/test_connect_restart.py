@@ -60,9 +60,6 @@ def private_workload(private_stack: Stack, stack: Stack, unique: str) -> Iterato
     drop_target_tables(stack.settings.target_url, unique)
 
 
-# open: as for the broker reset, after the fault the local broker may never assign partitions to the
-# drain's new member (seen in a fresh-clone run; it passed in others). See issue 11.
-@pytest.mark.open_fault
 def test_connect_worker_killed_and_restarted(
     private_stack: Stack, stack: Stack, private_workload: Workload, unique: str, tmp_path: Path
 ) -> None:

@@ -424,3 +424,90 @@ def test_lost_session_then_sigterm_exits_0(stack: Stack, topic: Topic, unique: s
     assert '"event": "partitions lost"' in err, err[-3000:]
     assert stored_offset(url, group, topic.name) == kafka_committed(stack, group, topic.name) == 20
     assert rows_of(url, table) == rows + more
+
+
+def test_until_idle_counts_from_the_first_assignment(
+    stack: Stack, topic: Topic, unique: str, tmp_path: Path
+) -> None:
+    """An idle time shorter than the group join (3 s on the local broker) must still read everything:
+    idle time counts only once the member is assigned (before, such a run ended 0 having read nothing)."""
+    url, table = checked_target("sqlite", tmp_path, unique)
+    rows = [(i, i % 100) for i in range(17)]
+    topic.produce(rows)
+    res = subprocess.run(
+        consume(f"{unique}-short", topic, "--until-idle", "0.5"),
+        env=env_of(url),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert the_line(res.stderr).startswith("streamer: done: consumed 17 records")
+    assert rows_of(url, table) == rows
+    assert stored_offset(url, f"{unique}-short", topic.name) == 17
+
+
+def test_no_assignment_within_the_timeout_exits_3(
+    stack: Stack, topic: Topic, unique: str, tmp_path: Path
+) -> None:
+    """A member that is never assigned (here: a timeout shorter than any join) does not end "idle" with
+    exit 0: it stops with exit 3, one line naming the group and the way out, and writes nothing."""
+    url, table = checked_target("sqlite", tmp_path, unique)
+    topic.produce([(1, 1), (2, 2)])
+    group = f"{unique}-never"
+    res = subprocess.run(
+        consume(group, topic, "--until-idle", "1"),
+        env=env_of(url, STREAMER_CONSUMER__ASSIGNMENT_TIMEOUT_S="0.2"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert res.returncode == 3, res.stderr[-3000:]
+    line = the_line(res.stderr)
+    assert line.startswith(f"streamer: no partitions assigned: group '{group}' assigned no partitions"), line
+    assert f"streamer replay --group NEW --to group:{group}" in line
+    assert rows_of(url, table) == []
+    assert stored_offset(url, group, topic.name) is None
+
+
+def _identity(url: str, group: str, topic: str) -> tuple[Any, ...] | None:
+    engine = create_target_engine(url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                sa.text(
+                    "SELECT next_offset, topic_id, fingerprint FROM _streamer_offsets "
+                    "WHERE consumer_group = :g AND topic = :t"
+                ),
+                {"g": group, "t": topic},
+            ).one_or_none()
+            return None if row is None else tuple(row)
+    finally:
+        engine.dispose()
+
+
+def test_replay_to_another_groups_positions(stack: Stack, topic: Topic, unique: str, tmp_path: Path) -> None:
+    """`replay --group B --to group:A`: B starts exactly where A would (Kafka offset and stored row with
+    its topic identity), so B reads the rest and nothing twice or never."""
+    url, table = checked_target("sqlite", tmp_path, unique)
+    rows = [(i, i % 100) for i in range(23)]
+    topic.produce(rows)
+    a, b = f"{unique}-a", f"{unique}-b"
+    env = env_of(url, **BATCH)
+    res = subprocess.run(consume(a, topic, "--max-events", "12"), env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    replay = [sys.executable, "-m", "streamer.cli", "replay", "--group", b]
+    res = subprocess.run([*replay, "--to", f"group:{b}"], env=env, capture_output=True, text=True)
+    assert res.returncode == 1 and "names the group being replayed" in res.stderr, res.stderr[-2000:]
+    res = subprocess.run([*replay, "--to", f"group:{a}"], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert kafka_committed(stack, b, topic.name) == 12
+    assert _identity(url, b, topic.name) == _identity(url, a, topic.name)
+    assert _identity(url, b, topic.name) is not None
+    res = subprocess.run(
+        consume(b, topic, "--until-idle", "3"), env=env_of(url), capture_output=True, text=True, timeout=180
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert the_line(res.stderr).startswith("streamer: done: consumed 11 records")
+    assert rows_of(url, table) == rows
+    assert stored_offset(url, b, topic.name) == kafka_committed(stack, b, topic.name) == 23

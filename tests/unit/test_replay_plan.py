@@ -10,6 +10,7 @@ from streamer.groups import Watermarks, effective_position
 from streamer.replay import (
     AtTime,
     Earliest,
+    FromGroup,
     Latest,
     Move,
     Positions,
@@ -19,6 +20,13 @@ from streamer.replay import (
     parse_to,
     plan_moves,
 )
+
+
+def test_parse_another_group() -> None:
+    assert parse_to(["group:old-group"]) == FromGroup("old-group")
+    assert str(parse_to(["group:g.1"])) == "group:g.1"
+    with pytest.raises(ReplayError, match="needs a group name"):
+        parse_to(["group:"])
 
 
 def test_parse_words() -> None:
