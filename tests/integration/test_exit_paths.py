@@ -81,22 +81,28 @@ def kafka_committed(stack: Stack, group: str, topic: str) -> int | None:
         reader.close()
 
 
-def stored_offset(url: str, group: str, topic: str) -> int | None:
+def stored_row(url: str, group: str, topic: str) -> tuple[Any, ...] | None:
+    """``(next_offset, topic_id, fingerprint)`` of the group's stored row for partition 0 of ``topic``."""
     engine = create_target_engine(url)
     try:
         with engine.connect() as conn:
             if not sa.inspect(conn).has_table("_streamer_offsets"):
                 return None
-            value = conn.execute(
+            row = conn.execute(
                 sa.text(
-                    "SELECT next_offset FROM _streamer_offsets WHERE consumer_group = :g AND topic = :t "
-                    "AND partition_id = 0"
+                    "SELECT next_offset, topic_id, fingerprint FROM _streamer_offsets "
+                    "WHERE consumer_group = :g AND topic = :t AND partition_id = 0"
                 ),
                 {"g": group, "t": topic},
-            ).scalar()
-            return None if value is None else int(value)
+            ).one_or_none()
+            return None if row is None else tuple(row)
     finally:
         engine.dispose()
+
+
+def stored_offset(url: str, group: str, topic: str) -> int | None:
+    row = stored_row(url, group, topic)
+    return None if row is None else int(row[0])
 
 
 def rows_of(url: str, table: tuple[str | None, str]) -> list[tuple[int, int]]:
@@ -470,22 +476,6 @@ def test_no_assignment_within_the_timeout_exits_3(
     assert stored_offset(url, group, topic.name) is None
 
 
-def _identity(url: str, group: str, topic: str) -> tuple[Any, ...] | None:
-    engine = create_target_engine(url)
-    try:
-        with engine.connect() as conn:
-            row = conn.execute(
-                sa.text(
-                    "SELECT next_offset, topic_id, fingerprint FROM _streamer_offsets "
-                    "WHERE consumer_group = :g AND topic = :t"
-                ),
-                {"g": group, "t": topic},
-            ).one_or_none()
-            return None if row is None else tuple(row)
-    finally:
-        engine.dispose()
-
-
 def test_replay_to_another_groups_positions(stack: Stack, topic: Topic, unique: str, tmp_path: Path) -> None:
     """`replay --group B --to group:A`: B starts exactly where A would (Kafka offset and stored row with
     its topic identity), so B reads the rest and nothing twice or never."""
@@ -502,8 +492,8 @@ def test_replay_to_another_groups_positions(stack: Stack, topic: Topic, unique: 
     res = subprocess.run([*replay, "--to", f"group:{a}"], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     assert kafka_committed(stack, b, topic.name) == 12
-    assert _identity(url, b, topic.name) == _identity(url, a, topic.name)
-    assert _identity(url, b, topic.name) is not None
+    assert stored_row(url, b, topic.name) == stored_row(url, a, topic.name)
+    assert stored_row(url, b, topic.name) is not None
     res = subprocess.run(
         consume(b, topic, "--until-idle", "3"), env=env_of(url), capture_output=True, text=True, timeout=180
     )
