@@ -101,21 +101,14 @@ class Stack:
         return not self.pg_dir.is_relative_to(self.dir)
 
     def outside_pg_dir(self) -> Path:
-        """The cluster's place when the postgres user cannot reach stack.dir: one per stack.dir.
-
-        ``<home of postgres>/streamer-stacks/<dir's parent name>-<12 hex of sha256(stack.dir)>``:
-        derived from the checkout's path, so two clones never share a cluster and the same
-        checkout finds its own again.
-        """
-        digest = hashlib.sha256(str(self.dir).encode()).hexdigest()[:12]
-        label = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in self.dir.parent.name)[:40]
-        home = Path(pwd.getpwnam("postgres").pw_dir)
-        return home / "streamer-stacks" / f"{label or 'root'}-{digest}"
+        """The cluster's place when the postgres user cannot reach stack.dir: one per stack.dir
+        (see :func:`outside_dir_for`), so two clones never share a cluster and the same checkout
+        finds its own again."""
+        return outside_dir_for(self.dir)
 
     def _postgres_reaches(self, path: Path) -> bool:
         """Whether the postgres user can traverse ``path`` (every parent directory included)."""
-        proc = subprocess.run(["test", "-x", str(path)], cwd="/", **self._as_postgres())  # type: ignore[call-overload]
-        return proc.returncode == 0  # type: ignore[no-any-return]
+        return _postgres_reaches(path)
 
     def _choose_pg_dir(self) -> None:
         """Before the first initdb: keep ``<stack.dir>/pg`` when the postgres user can reach it, else move out.
@@ -650,6 +643,40 @@ class Stack:
         for sub in (self.pg_dir, self.run_dir, self.log_dir, self.conf_dir):
             shutil.rmtree(sub, ignore_errors=True)
         self.pg_location_file.unlink(missing_ok=True)
+
+
+def _postgres_reaches(path: Path) -> bool:
+    """Whether the postgres user can traverse ``path`` (every parent directory included)."""
+    pw = pwd.getpwnam("postgres")
+    proc = subprocess.run(["test", "-x", str(path)], cwd="/", user=pw.pw_uid, group=pw.pw_gid)
+    return proc.returncode == 0
+
+
+def outside_dir_for(path: Path) -> Path:
+    """A directory of the postgres user for ``path``, when that user cannot reach ``path`` itself.
+
+    ``<home of postgres>/streamer-stacks/<name>-<12 hex of sha256(path)>``, the name being the
+    checkout's for a hidden directory such as ``<checkout>/.stack``, else ``path``'s own: the
+    hash keeps two checkouts apart, the name says whose it is.
+    """
+    path = path.resolve()
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    name = path.parent.name if path.name.startswith(".") else path.name
+    label = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:40]
+    home = Path(pwd.getpwnam("postgres").pw_dir)
+    return home / "streamer-stacks" / f"{label or 'root'}-{digest}"
+
+
+def reachable_by_postgres(path: Path) -> Path:
+    """``path`` itself when a cluster created there would be reachable by the server's user, else
+    :func:`outside_dir_for` it. Not root: ``path`` (the server runs as us). For test clusters of
+    a stack in a private checkout (the fault matrix's private PostgreSQL)."""
+    if os.geteuid() != 0:
+        return path
+    probe = path.resolve()
+    while not probe.exists():
+        probe = probe.parent
+    return path if _postgres_reaches(probe) else outside_dir_for(path)
 
 
 def _alive(pid: int) -> bool:

@@ -20,7 +20,7 @@ from confluent_kafka.admin import AdminClient
 
 from streamer.errors import StackError
 from streamer.settings import load_settings
-from streamer.stack import PARTS, Stack, _alive
+from streamer.stack import PARTS, Stack, _alive, outside_dir_for, reachable_by_postgres
 from tests.conftest import kafka_consumer_config
 
 
@@ -187,6 +187,7 @@ def test_stack_up_and_down_from_a_clone_in_a_private_directory(stack: Stack, tmp
         # the cluster is outside the private directory, and not the shared stack's
         assert view.pg_outside and not view.pg_dir.is_relative_to(private)
         assert view.pg_dir != stack.pg_dir and view.pg_dir == view.outside_pg_dir()
+        assert view.pg_dir.name.startswith("streamer-")  # <checkout name>-<hash>
         assert f"the cluster lives in {view.pg_dir}" in up.stderr
         # each part answers on its own port
         conn = psycopg2.connect(view.source_admin_dsn(view.cfg.source_database), connect_timeout=5)
@@ -221,3 +222,18 @@ def test_stack_up_and_down_from_a_clone_in_a_private_directory(stack: Stack, tmp
     assert not any(_listening(port) for port in ports.values())
     assert not view.outside_pg_dir().exists()  # --purge removed the cluster outside the clone
     assert all(s.healthy for s in stack.status())  # the shared stack is untouched
+
+
+def test_clusters_of_a_private_checkout_go_where_postgres_reaches(stack: Stack, tmp_path: Path) -> None:
+    """The fault matrix's private PostgreSQL in a private checkout: root's server user needs another place."""
+    tmp_path.chmod(0o700)
+    inside = stack.dir / "x"
+    private = tmp_path / "checkout" / ".stack" / "faults-target-x"
+    if os.geteuid() != 0:  # the server runs as us: every path is reachable
+        assert (reachable_by_postgres(inside), reachable_by_postgres(private)) == (inside, private)
+        return
+    assert reachable_by_postgres(inside) == inside  # the shared stack's directory is reachable
+    moved = reachable_by_postgres(private)
+    assert moved == outside_dir_for(private) and moved.parent.name == "streamer-stacks"
+    assert moved.name.startswith("faults-target-x-")
+    assert moved != outside_dir_for(tmp_path / "other" / ".stack" / "faults-target-x")
