@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +17,13 @@ from rich.text import Text
 
 from streamer import connectors
 from streamer.connect import ConnectClient
-from streamer.errors import ConnectError, ConnectorFailedError, ConnectorFileError, StreamerError
+from streamer.errors import (
+    ConnectError,
+    ConnectorFailedError,
+    ConnectorFileError,
+    SettingsError,
+    StreamerError,
+)
 from streamer.settings import Settings, load_settings
 from streamer.stack import Stack
 
@@ -746,20 +753,67 @@ def connectors_delete(
     directory: ConnectorsDirOption = None,
     connect_url: ConnectUrlOption = None,
     connect_timeout: ConnectTimeoutOption = 30.0,
+    drop_slot: Annotated[
+        bool,
+        typer.Option(
+            "--drop-slot",
+            help="Debezium PostgreSQL: once the connector is gone, drop its replication slot and publication "
+            "(source_url's server; refused while the slot is still read).",
+        ),
+    ] = False,
+    slot_wait: Annotated[
+        float,
+        typer.Option(
+            help="With --drop-slot: seconds to wait for the slot to become inactive after the delete."
+        ),
+    ] = 30.0,
 ) -> None:
     """Delete a connector from the worker (its file, if any, stays: the next apply creates it again)."""
+    from streamer import slots
+
+    settings = settings_of(ctx)
     directory, client = _connectors_setup(ctx, directory, connect_url, connect_timeout)
     with client:
         config = client.config(name)
+        is_pg = slots.is_postgres_connector(config)
+        slot, publication = slots.slot_of(config), slots.publication_of(config)
+        if drop_slot:  # refuse before deleting anything when the slot cannot be dropped from here
+            if not is_pg:
+                raise ConnectError(
+                    f"connector {name} is a {config.get('connector.class', '?')}, not a Debezium PostgreSQL "
+                    "connector: it has no replication slot to drop (run again without --drop-slot)"
+                )
+            if not slots.is_postgres_url(settings.source_url):
+                raise SettingsError(
+                    f"--drop-slot drops {slot!r} through source_url, which is not PostgreSQL: set "
+                    "source_url (STREAMER_SOURCE_URL) to the connector's database server"
+                )
+            mismatch = slots.server_mismatch(config, settings.source_url)
+            if mismatch:
+                raise SettingsError(f"connector {name} not deleted: {mismatch}")
         client.delete(name)
-    _say(f"- deleted {name}")
-    if config.get("connector.class", "").endswith("PostgresConnector"):
-        slot = config.get("slot.name", "debezium")
-        publication = config.get("publication.name", "dbz_publication")
+        _say(f"- deleted {name}")
+        if drop_slot:
+            deadline = time.monotonic() + slot_wait
+            while name in client.connectors() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            database = config.get("database.dbname")
+            slots.drop_slot_and_publication(
+                settings.source_url,
+                name,
+                slot,
+                publication,
+                database if database and "${" not in database else None,
+                max(0.0, deadline - time.monotonic()),
+                _say,
+            )
+    if is_pg and not drop_slot:
+        q = slot.replace("'", "''")
         _say(
             f"note: replication slot {slot!r} and publication {publication!r} stay in the source database "
             f"(the slot keeps WAL): if {name} is gone for good, run "
-            f"SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION \"{publication}\";"
+            f"SELECT pg_drop_replication_slot('{q}'); DROP PUBLICATION \"{publication}\"; "
+            f"(or delete with --drop-slot)"
         )
     try:
         still = [f for f in connectors.load_dir(directory) if f.name == name] if directory.is_dir() else []
@@ -915,14 +969,33 @@ def status(
         str | None,
         typer.Option(help="Topic regex (default: the group's topics and the consumer's topic regex)."),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve the replication slots' Prometheus gauges on this port until Ctrl-C (with --watch too)."
+        ),
+    ] = None,
 ) -> None:
-    """Connectors and tasks, the consumer group, offsets and true lag per partition, table positions, dead letters.
+    """Connectors and tasks, the consumer group, offsets and true lag per partition, table positions, dead
+    letters, the source's replication slots (owner, retained WAL, flush lag).
 
-    Exit 1 when a part cannot be read or a connector is not RUNNING (not with --watch).
+    Exit 1 when a part cannot be read, a connector is not RUNNING, or a slot is inactive or retains more WAL
+    than status.max_retained_wal_bytes (not with --watch or --metrics-port).
     """
     from streamer import status as st
 
     settings = settings_of(ctx)
+    if metrics_port is not None:
+        from streamer.metrics import serve_slot_metrics
+
+        serve_slot_metrics(settings, metrics_port)
+        if not watch:
+            print(f"serving replication slot metrics on http://0.0.0.0:{metrics_port}/metrics (Ctrl-C stops)")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                return
     if watch:
         st.watch(settings, group, topics, interval, _ops_console())
         return

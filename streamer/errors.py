@@ -167,6 +167,27 @@ class SlotInUseError(ReplicationUnavailableError):
     headline = "slot in use"
 
 
+class SlotStillActiveError(ReplicationError):
+    """``connectors delete --drop-slot``: the slot is still read after the connector is gone; nothing dropped."""
+
+    headline = "slot still active"
+
+    def __init__(
+        self, connector: str, slot: str, publication: str, pid: int | None, waited_s: float, reader: str
+    ) -> None:
+        self.connector, self.slot, self.publication, self.pid = connector, slot, publication, pid
+        who = f"walsender pid {pid}" if pid is not None else "a reader"
+        seen = f" ({reader})" if reader else ""
+        q = slot.replace("'", "''")
+        super().__init__(
+            f"connector {connector} is deleted, but its replication slot {slot!r} is still read by {who}{seen} "
+            f"{waited_s:.0f}s later: another connector or process uses it, so neither the slot nor publication "
+            f"{publication!r} was dropped. Find the reader in pg_stat_replication"
+            f"{f' (pid {pid})' if pid is not None else ''}, stop it, then run "
+            f"SELECT pg_drop_replication_slot('{q}'); DROP PUBLICATION \"{publication}\";"
+        )
+
+
 class SlotAheadError(ReplicationError):
     """The slot's confirmed position is beyond the target's position for it: changes may have been passed."""
 

@@ -25,6 +25,22 @@ metric                                                type       meaning
 
 Lag comes from librdkafka's statistics, whose high watermark is the one carried by fetch
 responses, so it is right on the local broker too (its ListOffsets "latest" is not).
+
+The source's replication slots (``streamer status --metrics-port``, :class:`SlotCollector`), read
+from ``pg_replication_slots`` at every scrape (the slots ``status.slots`` matches):
+
+=====================================================================  =====  =====================================
+metric                                                                 type   meaning
+=====================================================================  =====  =====================================
+``streamer_replication_slot_retained_wal_bytes{slot,plugin,connector}``  gauge  current LSN - ``restart_lsn``: WAL the
+                                                                              source keeps for the slot
+``streamer_replication_slot_flush_lag_bytes{slot,plugin,connector}``     gauge  current LSN - ``confirmed_flush_lsn``
+``streamer_replication_slot_active{slot,plugin,connector}``              gauge  1 while a process reads the slot
+``streamer_replication_slot_warnings{slot,plugin,connector}``            gauge  warnings ``streamer status`` shows
+``streamer_replication_slots_up``                                        gauge  1 when the source answered the scrape
+=====================================================================  =====  =====================================
+
+``connector`` is the owning connector's name (several: comma-separated; none: empty).
 """
 
 from __future__ import annotations
@@ -32,9 +48,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from streamer import logs
 from streamer.consume import BatchReport, Hooks
@@ -196,3 +215,57 @@ def start_metrics(settings: Settings, group: str, port: int) -> tuple[Settings, 
     metrics = ConsumerMetrics(group)
     metrics.serve(port)
     return settings, metrics.hooks()
+
+
+class SlotCollector(Collector):
+    """Gauges of the source's replication slots, read at every scrape (see the module docstring)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def collect(self) -> Iterator[Metric]:
+        from streamer import status
+
+        source, found = status.slots_section(self.settings)
+        return iter(slot_metrics(source, found))
+
+
+def slot_metrics(source: dict[str, Any], found: list[dict[str, Any]]) -> list[Metric]:
+    """The slot gauges of a ``status`` slots section (``source``, ``slots``)."""
+    labels = ["slot", "plugin", "connector"]
+    retained = GaugeMetricFamily(
+        "streamer_replication_slot_retained_wal_bytes",
+        "Bytes of WAL the source keeps for the slot (current LSN - restart_lsn).",
+        labels=labels,
+    )
+    lag = GaugeMetricFamily(
+        "streamer_replication_slot_flush_lag_bytes",
+        "Bytes between the current LSN and the slot's confirmed_flush_lsn.",
+        labels=labels,
+    )
+    active = GaugeMetricFamily(
+        "streamer_replication_slot_active", "1 while a process reads the slot.", labels=labels
+    )
+    warnings = GaugeMetricFamily(
+        "streamer_replication_slot_warnings", "Warnings streamer status shows for the slot.", labels=labels
+    )
+    for sl in found:
+        values = [sl["name"], sl["plugin"] or sl["type"], ",".join(o["connector"] for o in sl["owners"])]
+        if sl["retained_wal_bytes"] is not None:
+            retained.add_metric(values, sl["retained_wal_bytes"])
+        if sl["flush_lag_bytes"] is not None:
+            lag.add_metric(values, sl["flush_lag_bytes"])
+        active.add_metric(values, 1.0 if sl["active"] else 0.0)
+        warnings.add_metric(values, len(sl["warnings"]))
+    up = GaugeMetricFamily("streamer_replication_slots_up", "1 when the source answered the scrape.")
+    up.add_metric([], 1.0 if source["reachable"] else 0.0)
+    return [retained, lag, active, warnings, up]
+
+
+def serve_slot_metrics(settings: Settings, port: int, addr: str = "0.0.0.0") -> CollectorRegistry:
+    """For ``status --metrics-port``: serve the slot gauges on ``addr:port`` from a daemon thread."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SlotCollector(settings))
+    start_http_server(port, addr=addr, registry=registry)
+    logs.get("metrics").info("serving slot metrics", address=f"http://{addr}:{port}/metrics")
+    return registry

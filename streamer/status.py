@@ -13,6 +13,12 @@ are still shown):
   and the lag (end - position).
 * Per target table: the newest source position applied (``_streamer_tables``) and when.
 * The dead-letter topic (``consumer.dlq_topic``): records in it (true end - start).
+* The source's replication slots (those matching ``status.slots``, default all): plugin, active
+  or not, the connector that owns it (the Debezium PostgreSQL connectors, on the worker or in the
+  files, whose ``slot.name`` it is), the WAL it retains (current LSN - ``restart_lsn``) and its
+  confirmed-flush lag (current LSN - ``confirmed_flush_lsn``), in bytes. An inactive slot, one
+  retaining more than ``status.max_retained_wal_bytes`` (1 GiB), one whose WAL is lost and one
+  named by two connectors carry warnings and make ``ok`` false (see :mod:`streamer.slots`).
 
 JSON schema (``--json``; ``schema`` is bumped on any incompatible change)::
 
@@ -42,14 +48,30 @@ JSON schema (``--json``; ``schema`` is bumped on any incompatible change)::
       "lag": int | null,                   # sum over partitions (null when the broker was not read)
       "target": {"url": str, "reachable": bool, "error": str | null},   # password masked
       "tables": [{"table": str, "last_position": str | null, "updated_at": str | null}],
-      "dead_letters": {"topic": str, "exists": bool, "records": int | null}   # null: broker not read
+      "dead_letters": {"topic": str, "exists": bool, "records": int | null},  # null: broker not read
+      "source": {"url": str, "kind": str, "reachable": bool, "error": str | null},  # password masked
+      "slots": [{"name": str, "plugin": str | null, "type": str, "database": str | null,
+                 "active": bool, "active_pid": int | null,
+                 "restart_lsn": str | null, "confirmed_flush_lsn": str | null,
+                 "wal_status": str | null,          # reserved, extended, unreserved, lost
+                 "retained_wal_bytes": int | null,  # current LSN - restart_lsn
+                 "flush_lag_bytes": int | null,     # current LSN - confirmed_flush_lsn
+                 "owners": [{"connector": str, "on_worker": bool, "file": str | null}],
+                 "warnings": [str],
+                 "ok": bool}],                      # no warnings
+      "max_retained_wal_bytes": int                 # status.max_retained_wal_bytes
     }
+
+Slots are read only when ``source_url`` is PostgreSQL (``kind`` is then ``postgresql``; otherwise
+``slots`` is empty and ``reachable`` false without an error).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import re
 import time
 from typing import Any
 
@@ -59,7 +81,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from streamer import connectors, groups, state
+from streamer import connectors, groups, slots, state
 from streamer.connect import ConnectClient
 from streamer.db import create_target_engine
 from streamer.errors import StreamerError
@@ -82,8 +104,12 @@ def _masked(url: str) -> str:
         return "<unparseable url>"
 
 
-def _connect_section(settings: Settings) -> dict[str, Any]:
+def _connect_section(
+    settings: Settings,
+) -> tuple[dict[str, Any], dict[str, dict[str, str]], list[connectors.ConnectorFile]]:
+    """The Connect section, the worker's connector configs (empty when unreachable) and the files."""
     out: dict[str, Any] = {"url": settings.connect_url, "reachable": False, "error": None, "connectors": []}
+    worker: dict[str, dict[str, str]] = {}
     directory = settings.connectors_dir
     files: list[connectors.ConnectorFile] = []
     if directory.is_dir():
@@ -94,9 +120,10 @@ def _connect_section(settings: Settings) -> dict[str, Any]:
     try:
         with ConnectClient(settings.connect_url, timeout=CONNECT_TIMEOUT, request_timeout=5.0) as client:
             reports, _ = connectors.collect_status(client, files, connectors.scope_of(directory))
+            worker = client.configs()
     except StreamerError as exc:
         out["error"] = f"unreachable: {exc}"
-        return out
+        return out, worker, files
     out["reachable"] = True
     for r in reports:
         st = r.status
@@ -112,7 +139,62 @@ def _connect_section(settings: Settings) -> dict[str, Any]:
                 "ok": r.ok,
             }
         )
-    return out
+    return out, worker, files
+
+
+def slots_section(
+    settings: Settings,
+    worker: dict[str, dict[str, str]] | None = None,
+    files: list[connectors.ConnectorFile] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The source (reachable or not) and its replication slots with owners and warnings.
+
+    ``worker`` (Connect's configs) and ``files`` (the connector files) name the owners; when not
+    given they are read here (Connect unreachable: owners from the files only).
+    """
+    url = settings.source_url
+    source: dict[str, Any] = {"url": _masked(url), "kind": "?", "reachable": False, "error": None}
+    if not slots.is_postgres_url(url):
+        try:
+            source["kind"] = sa.engine.make_url(url).get_backend_name()
+        except sa.exc.ArgumentError:
+            source["error"] = "source_url is not a database URL"
+        return source, []
+    source["kind"] = "postgresql"
+    if files is None:
+        files = []
+        if settings.connectors_dir.is_dir():
+            try:
+                files = connectors.load_dir(settings.connectors_dir)
+            except StreamerError:
+                files = []  # the Connect section reports the files' errors
+    if worker is None:
+        try:
+            with ConnectClient(settings.connect_url, timeout=CONNECT_TIMEOUT, request_timeout=5.0) as client:
+                worker = client.configs()
+        except StreamerError:
+            worker = {}
+    try:
+        found = slots.read_slots(url)
+    except StreamerError as exc:
+        source["error"] = str(exc)
+        return source, []
+    source["reachable"] = True
+    owners = slots.slot_owners(worker, [(f.name, str(f.path), f.config) for f in files])
+    pattern = re.compile(settings.status.slots)
+    limit = settings.status.max_retained_wal_bytes
+    out = []
+    for slot in found:
+        if not pattern.search(slot.name):
+            continue
+        mine = owners.get(slot.name, [])
+        warnings = slots.slot_warnings(slot, mine, limit)
+        entry: dict[str, Any] = dataclasses.asdict(slot)
+        entry["owners"] = [o.to_json() for o in mine]
+        entry["warnings"] = warnings
+        entry["ok"] = not warnings
+        out.append(entry)
+    return source, out
 
 
 def _target_section(
@@ -165,7 +247,7 @@ def collect(settings: Settings, group: str | None = None, topics: str | None = N
         "group": group,
         "ok": False,
         "broker": {"bootstrap_servers": bootstrap, "reachable": False, "error": None},
-        "connect": _connect_section(settings),
+        "connect": {},
         "consumer_group": {"state": None, "members": [], "error": None},
         "partitions": [],
         "lag": None,
@@ -176,6 +258,9 @@ def collect(settings: Settings, group: str | None = None, topics: str | None = N
             "records": None,
         },
     }
+    doc["connect"], worker, files = _connect_section(settings)
+    doc["source"], doc["slots"] = slots_section(settings, worker, files)
+    doc["max_retained_wal_bytes"] = settings.status.max_retained_wal_bytes
     target, doc["tables"], stored = _target_section(settings, group)
     doc["target"] = target
     try:
@@ -229,6 +314,9 @@ def collect(settings: Settings, group: str | None = None, topics: str | None = N
         and target["reachable"]
         and target["error"] is None
         and doc["consumer_group"]["error"] is None
+        and doc["source"]["error"] is None
+        and (doc["source"]["reachable"] or doc["source"]["kind"] != "postgresql")
+        and all(sl["ok"] for sl in doc["slots"])
     )
     return doc
 
@@ -327,7 +415,59 @@ def render(doc: dict[str, Any]) -> RenderableType:
     else:
         line.append(f"{records} record(s)", style="green" if not records else "red")
     parts.append(line)
+    parts.extend(render_slots(doc))
     return Group(*parts)
+
+
+def slot_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """The slots table's cells: slot, plugin, active, connector, retained WAL, flush lag."""
+    rows = []
+    for sl in doc["slots"]:
+        owners = ", ".join(o["connector"] + ("" if o["on_worker"] else " (file only)") for o in sl["owners"])
+        active = f"yes (pid {sl['active_pid']})" if sl["active"] else "NO"
+        rows.append(
+            (
+                sl["name"],
+                sl["plugin"] or sl["type"],
+                active,
+                owners or "-",
+                slots.human_bytes(sl["retained_wal_bytes"]),
+                slots.human_bytes(sl["flush_lag_bytes"]),
+            )
+        )
+    return rows
+
+
+def slot_warning_lines(doc: dict[str, Any]) -> list[str]:
+    """One line per warning, ``slot NAME: ...``, never cut (printed below the table)."""
+    return [f"slot {sl['name']}: {w}" for sl in doc["slots"] for w in sl["warnings"]]
+
+
+def render_slots(doc: dict[str, Any]) -> list[RenderableType]:
+    source = doc["source"]
+    limit = slots.human_bytes(doc["max_retained_wal_bytes"])
+    # the heading is a line of its own: a table title wraps at the table's width
+    head = Text(
+        f"replication slots of {source['url']} (warning: inactive, or above {limit} retained WAL)",
+        style="italic",
+    )
+    st = Table()
+    for col in ("slot", "plugin", "active", "connector", "retained WAL", "flush lag"):
+        st.add_column(
+            col, justify="right" if col in ("retained WAL", "flush lag") else "left", overflow="fold"
+        )
+    if source["error"]:
+        st.add_row(Text(source["error"], style="red"), "", "", "", "", "")
+    elif source["kind"] != "postgresql":
+        st.add_row(f"(source is {source['kind']}: no replication slots)", "", "", "", "", "")
+    elif not doc["slots"]:
+        st.add_row("(none)", "", "", "", "", "")
+    for sl, row in zip(doc["slots"], slot_rows(doc), strict=True):
+        style = "" if sl["ok"] else "red"
+        st.add_row(*(Text(cell, style=style) for cell in row))
+    out: list[RenderableType] = [head, st]
+    out.extend(Text(line, style="red") for line in slot_warning_lines(doc))
+    return out
 
 
 def watch(

@@ -47,6 +47,7 @@ from sqlalchemy.engine import Engine
 from streamer.db import create_target_engine
 from streamer.events import TableId
 from streamer.schema import Router
+from streamer.stack import reachable_by_postgres
 from streamer.validate import compare_tables, describe, normalize
 
 TABLES = ("alpha", "beta", "gamma")
@@ -668,7 +669,8 @@ class PrivatePostgres:
     """
 
     def __init__(self, base: Path, database: str = "target") -> None:
-        self.base = base
+        # as root in a private checkout the server's user cannot reach base: a directory of its own
+        self.base = reachable_by_postgres(base)
         self.data = base / "data"
         self.sock = Path("/tmp") / f"faults-pg-{os.getpid()}-{id(self)}"
         self.port = free_port()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -11,12 +12,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import psycopg2
 import pytest
 from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient
 
 from streamer.errors import StackError
 from streamer.settings import load_settings
-from streamer.stack import PARTS, Stack
+from streamer.stack import PARTS, Stack, _alive, outside_dir_for, reachable_by_postgres
 from tests.conftest import kafka_consumer_config
 
 
@@ -116,3 +120,120 @@ def test_port_taken_is_one_clear_error(stack: Stack, side_dir: Path) -> None:
     with pytest.raises(StackError, match=r"port .* is taken .*STREAMER_STACK__SOURCE_PORT"):
         other.up()
     assert other.pid("source") is None
+
+
+def _processes_mentioning(*needles: str) -> list[str]:
+    """Command lines of live processes whose command line or working directory names one of ``needles``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if any(n in cmdline or cwd.startswith(n) for n in needles):
+            found.append(f"{proc.name}: {cmdline.strip()} (cwd {cwd})")
+    return found
+
+
+def test_stack_up_and_down_from_a_clone_in_a_private_directory(stack: Stack, tmp_path: Path) -> None:
+    """Issue 15: a clone in a mode-700 directory (root's home) starts its stack and stops all of it.
+
+    The clone runs its own code (the committed branch), on ports of its own; the shared stack is
+    untouched. As root the server runs as postgres, which cannot reach the clone: the cluster must
+    then live outside it, in a directory of that clone's own, which `down --purge` removes.
+    """
+    repo = Path(__file__).resolve().parents[2]
+    private = tmp_path / "home"
+    private.mkdir()
+    private.chmod(0o700)
+    clone = private / "streamer"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True, capture_output=True)
+    (clone / ".stack").mkdir()
+    (clone / ".stack" / "artifacts").symlink_to(stack.art_dir)  # fetched once, shared
+    ports = {"broker": _free_port(), "connect": _free_port(), "source": _free_port()}
+    overrides = {f"STREAMER_STACK__{part.upper()}_PORT": str(port) for part, port in ports.items()}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
+    env.update(overrides, PYTHONPATH=str(clone), STREAMER_STACK__CONNECT_HEAP="512m")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "streamer.cli", *args],
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+
+    which = subprocess.run(
+        [sys.executable, "-c", "import streamer; print(streamer.__file__)"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert which.stdout.strip() == str(clone / "streamer" / "__init__.py")
+    view = Stack(load_settings(env={**overrides, "STREAMER_STACK__DIR": str(clone / ".stack")}))
+    pids: dict[str, int | None] = {}
+    try:
+        up = cli("stack", "up")
+        assert up.returncode == 0, up.stderr[-3000:]
+        pids = {p: view.pid(p) for p in PARTS}
+        assert all(pids.values()), (pids, up.stderr[-2000:])
+        # the cluster is outside the private directory, and not the shared stack's
+        assert view.pg_outside and not view.pg_dir.is_relative_to(private)
+        assert view.pg_dir != stack.pg_dir and view.pg_dir == view.outside_pg_dir()
+        assert view.pg_dir.name.startswith("streamer-")  # <checkout name>-<hash>
+        assert f"the cluster lives in {view.pg_dir}" in up.stderr
+        # each part answers on its own port
+        conn = psycopg2.connect(view.source_admin_dsn(view.cfg.source_database), connect_timeout=5)
+        with conn.cursor() as cur:
+            cur.execute("SHOW wal_level")
+            assert cur.fetchone() == ("logical",)
+            cur.execute("SHOW port")
+            assert cur.fetchone() == (str(ports["source"]),)
+        conn.close()
+        md = AdminClient({"bootstrap.servers": f"127.0.0.1:{ports['broker']}"}).list_topics(timeout=10)
+        assert [b.port for b in md.brokers.values()] == [ports["broker"]]
+        resp = httpx.get(f"http://127.0.0.1:{ports['connect']}/connectors", timeout=10)
+        assert (resp.status_code, resp.json()) == (200, [])
+        # `stack status` and `stack env` of the clone find the same stack
+        status = cli("stack", "status")
+        assert status.returncode == 0, status.stdout + status.stderr
+        for pid in pids.values():
+            assert str(pid) in status.stdout
+        exports = dict(
+            line.removeprefix("export ").split("=", 1) for line in cli("stack", "env").stdout.splitlines()
+        )
+        assert exports["STREAMER_BOOTSTRAP_SERVERS"] == f"127.0.0.1:{ports['broker']}"
+        assert exports["STREAMER_CONNECT_URL"] == f"http://127.0.0.1:{ports['connect']}"
+        assert f":{ports['source']}/" in exports["STREAMER_SOURCE_URL"]
+        assert (clone / ".stack" / "logs" / "source.log").resolve() == view.pg_dir / "source.log"
+    finally:
+        down = cli("stack", "down", "--purge")
+    assert down.returncode == 0, down.stderr
+    assert down.stdout.splitlines()[0] == "stopped: connect, broker, source"
+    assert all(not _alive(pid) for pid in pids.values() if pid), pids
+    assert _processes_mentioning(str(clone), str(view.outside_pg_dir())) == []
+    assert not any(_listening(port) for port in ports.values())
+    assert not view.outside_pg_dir().exists()  # --purge removed the cluster outside the clone
+    assert all(s.healthy for s in stack.status())  # the shared stack is untouched
+
+
+def test_clusters_of_a_private_checkout_go_where_postgres_reaches(stack: Stack, tmp_path: Path) -> None:
+    """The fault matrix's private PostgreSQL in a private checkout: root's server user needs another place."""
+    tmp_path.chmod(0o700)
+    inside = stack.dir / "x"
+    private = tmp_path / "checkout" / ".stack" / "faults-target-x"
+    if os.geteuid() != 0:  # the server runs as us: every path is reachable
+        assert (reachable_by_postgres(inside), reachable_by_postgres(private)) == (inside, private)
+        return
+    assert reachable_by_postgres(inside) == inside  # the shared stack's directory is reachable
+    moved = reachable_by_postgres(private)
+    assert moved == outside_dir_for(private) and moved.parent.name == "streamer-stacks"
+    assert moved.name.startswith("faults-target-x-")
+    assert moved != outside_dir_for(tmp_path / "other" / ".stack" / "faults-target-x")
