@@ -46,7 +46,7 @@ Errors
   paths abandon the pending records and settle the batch in flight (its offsets go to Kafka only
   if the target committed it); then the rebalance callbacks apply nothing more, the member leaves
   the group and the dead-letter producer is flushed. The exit code and the one stderr line come
-  from the error's class (:mod:`streamer.errors`: 1 stopped on a record, 2 bad settings, 3 broker
+  from the error's class (:mod:`streamer.core.errors`: 1 stopped on a record, 2 bad settings, 3 broker
   or target unavailable), see the README's "Exit codes".
 """
 
@@ -81,9 +81,8 @@ from confluent_kafka.admin import AdminClient
 from sqlalchemy.engine import Connection
 
 from streamer import logs
-from streamer.db import is_transient
-from streamer.decode import Decoder
-from streamer.errors import (
+from streamer.core.checkpoint import OffsetIdentity, Origin
+from streamer.core.errors import (
     BrokerUnavailableError,
     DecodeError,
     RecordStoppedError,
@@ -91,7 +90,9 @@ from streamer.errors import (
     TargetUnavailableError,
     one_line,
 )
-from streamer.events import ChangeEvent
+from streamer.core.events import ChangeEvent
+from streamer.db import is_transient
+from streamer.decode import Decoder
 from streamer.holds import HoldChangedError, HoldView, check_batch
 from streamer.offsetcheck import check_starts, fingerprint
 from streamer.settings import Settings
@@ -103,7 +104,7 @@ from streamer.sink import (
     is_permanent,
     refuse_failures,
 )
-from streamer.state import OffsetIdentity, StoredOffset, forget_offset, load_offset_rows
+from streamer.state import StoredOffset, forget_offset, load_offset_rows
 
 
 class PoisonRecordError(RecordStoppedError):
@@ -562,7 +563,7 @@ class ConsumerProcess:
                         self._hold(topic, partition, offset, table)
                         continue
                     prepared.events.append(decoded)
-                    prepared.origins[(topic, partition, offset)] = msg
+                    prepared.origins[decoded.origin] = msg
             prepared.positions[(topic, partition)] = offset + 1
             prepared.first.setdefault((topic, partition), offset)
             prepared.counts[(topic, partition)] = prepared.counts.get((topic, partition), 0) + 1
@@ -722,8 +723,7 @@ class ConsumerProcess:
         def before_commit(result: ApplyResult) -> None:
             letters = list(dead)
             for ev, exc in result.failed:
-                o = ev.origin
-                letters.append((origins[(o.topic, o.partition, o.offset)], exc))
+                letters.append((origins[ev.origin], exc))
             if letters:
                 self._dead_letter(letters)
 
@@ -766,9 +766,8 @@ class ConsumerProcess:
         try:
             return retrying(attempt)
         except EventRejectedError as failed:
-            o = failed.event.origin
             raise PoisonRecordError(
-                o.topic, o.partition, o.offset, f"{type(failed.error).__name__}: {failed.error}"
+                *_coords(origins[failed.event.origin]), f"{type(failed.error).__name__}: {failed.error}"
             ) from None
         except Exception as exc:
             if not is_transient(exc):
@@ -880,7 +879,7 @@ class _Prepared:
     started: float
     records: int = 0
     events: list[ChangeEvent] = dataclasses.field(default_factory=list)
-    origins: dict[tuple[str, int, int], Message] = dataclasses.field(default_factory=dict)
+    origins: dict[Origin, Message] = dataclasses.field(default_factory=dict)  # the record of each event
     positions: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
     dead: list[tuple[Message, Exception]] = dataclasses.field(default_factory=list)
     poison: tuple[Message, Exception] | None = None
@@ -901,8 +900,8 @@ class _Prepared:
         return _Prepared(
             started=self.started,
             records=self.records - sum(n for tp, n in self.counts.items() if tp in partitions),
-            events=[e for e in self.events if (e.origin.topic, e.origin.partition) not in partitions],
-            origins={k: m for k, m in self.origins.items() if k[:2] not in partitions},
+            events=[e for e in self.events if e.origin.stream not in partitions],
+            origins={k: m for k, m in self.origins.items() if k.stream not in partitions},
             positions={tp: o for tp, o in self.positions.items() if tp not in partitions},
             dead=[(m, e) for m, e in self.dead if keep(m)],
             poison=poison,

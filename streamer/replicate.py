@@ -36,7 +36,7 @@ beyond it is skipped: the slot may lag the target by one confirmation (crash bet
 commit and the feedback), and what it sends again is not applied twice. A slot *ahead* of the
 target (its ``confirmed_flush_lsn`` beyond the target's LSN for it: advanced by hand, by another
 reader, or by an older version of streamer) may have passed changes the target never got: the
-start stops with :class:`~streamer.errors.SlotAheadError` naming both LSNs. Keep-alives are
+start stops with :class:`~streamer.core.errors.SlotAheadError` naming both LSNs. Keep-alives are
 answered when the server asks and feedback is sent at least every ``min(10 s,
 wal_sender_timeout / 2)``, also while a batch is being retried.
 
@@ -47,15 +47,15 @@ Errors
   the last applied LSN.
 * A value that cannot be converted or a change the target rejects follows
   ``consumer.error_policy``: ``stop`` exits non-zero naming the change's LSN
-  (:class:`~streamer.errors.ReplicationApplyError`), with the target and slot at the
+  (:class:`~streamer.core.errors.ReplicationApplyError`), with the target and slot at the
   transaction before it. There is no dead-letter *topic* without Kafka: ``dlq`` needs
   ``--dlq-file PATH`` and appends each such change there as one JSON line (error, LSN, commit
   LSN, xid, table, op, key, values), fsynced before the batch commits (so a crash can repeat a
   dead letter, never lose one), and goes on.
-* Setup problems are named: :class:`~streamer.errors.WalLevelError`,
-  :class:`~streamer.errors.ReplicationPrivilegeError`, :class:`~streamer.errors.SlotInUseError`,
-  :class:`~streamer.errors.SlotNotFoundError`, :class:`~streamer.errors.PublicationNotFoundError`,
-  :class:`~streamer.errors.TableIdentityError` (a published table without primary key or replica
+* Setup problems are named: :class:`~streamer.core.errors.WalLevelError`,
+  :class:`~streamer.core.errors.ReplicationPrivilegeError`, :class:`~streamer.core.errors.SlotInUseError`,
+  :class:`~streamer.core.errors.SlotNotFoundError`, :class:`~streamer.core.errors.PublicationNotFoundError`,
+  :class:`~streamer.core.errors.TableIdentityError` (a published table without primary key or replica
   identity index).
 
 SIGTERM/SIGINT: the complete transactions received are applied and confirmed, the partly
@@ -107,8 +107,8 @@ import tenacity
 from sqlalchemy.engine import Connection
 
 from streamer import logs
-from streamer.db import is_transient
-from streamer.errors import (
+from streamer.core.checkpoint import wal_stream
+from streamer.core.errors import (
     PublicationNotFoundError,
     ReplicationApplyError,
     ReplicationError,
@@ -123,7 +123,8 @@ from streamer.errors import (
     WalLevelError,
     one_line,
 )
-from streamer.events import ChangeEvent, format_lsn, parse_lsn
+from streamer.core.events import ChangeEvent, format_lsn, parse_lsn
+from streamer.db import is_transient
 from streamer.holds import HoldChangedError, HoldView, check_batch
 from streamer.pgoutput import (
     ProtocolError,
@@ -153,8 +154,8 @@ __all__ = ["ReplicateStats", "ReplicationProcess", "SourceCatalog", "origin_topi
 
 
 def origin_topic(slot: str) -> str:
-    """The ``topic`` of this path's positions in ``_streamer_offsets`` and of its events' origins."""
-    return f"pg:{slot}"
+    """The ``topic`` of this path's positions in ``_streamer_offsets`` (see :func:`streamer.core.checkpoint.wal_stream`)."""
+    return wal_stream(slot)
 
 
 def quote_ident(name: str) -> str:
@@ -588,7 +589,7 @@ class ReplicationProcess:
         )
         self._assembler = TransactionAssembler(
             database=catalog.database,
-            origin_topic=self.topic,
+            slot=self.slot,
             lookup=catalog.type,
             relation_meta=catalog.relation_meta,
             keep_failed=self.cfg.error_policy == "dlq",

@@ -31,8 +31,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Connection, Engine
 
-from streamer.errors import StreamerError
-from streamer.events import ChangeEvent, ColumnType, TableId
+from streamer.core.errors import StreamerError
+from streamer.core.events import ChangeEvent, ColumnType, TableId
 
 VERSION_TYPE_LENGTH = 40
 SqlType = sa.types.TypeEngine[Any]

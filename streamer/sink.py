@@ -18,7 +18,7 @@ Per batch:
 
 Version guard
 -------------
-Every target row carries the source position (:class:`~streamer.events.SourcePosition.version`)
+Every target row carries the source position (:class:`~streamer.core.events.SourcePosition.version`)
 of the change that wrote it, in the column ``consumer.version_column``. An upsert only replaces a
 row whose version is lower (or NULL: written by someone else); a delete only removes such a row;
 a truncate removes only rows older than itself. A replay, an overlapping snapshot load or a
@@ -48,9 +48,10 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from streamer import state
+from streamer.core.checkpoint import OffsetIdentity
+from streamer.core.errors import StreamerError
+from streamer.core.events import UNAVAILABLE, ChangeEvent, EndOfDay, InfiniteDate, InfiniteDatetime, Op
 from streamer.db import is_transient
-from streamer.errors import StreamerError
-from streamer.events import UNAVAILABLE, ChangeEvent, EndOfDay, InfiniteDate, InfiniteDatetime, Op
 from streamer.pgcopy import copy_rows
 from streamer.schema import Route, Router, SchemaManager, TargetTable
 from streamer.settings import Settings
@@ -172,9 +173,8 @@ class MissingVersionError(StreamerError):
 
     def __init__(self, event: ChangeEvent) -> None:
         self.event = event
-        o = event.origin
         super().__init__(
-            f"{o.topic}[{o.partition}]@{o.offset}: {event.op.value} on {event.table.qualified} has no source "
+            f"{event.origin.describe()}: {event.op.value} on {event.table.qualified} has no source "
             "position (empty version); the decoder refuses such records (MissingPositionError)"
         )
 
@@ -343,8 +343,7 @@ class EventRejectedError(StreamerError):
 
     def __init__(self, event: ChangeEvent, error: Exception) -> None:
         self.event, self.error = event, error
-        o = event.origin
-        super().__init__(f"{o.topic}[{o.partition}]@{o.offset}: {type(error).__name__}: {error}")
+        super().__init__(f"{event.origin.describe()}: {type(error).__name__}: {error}")
 
 
 class FencedBatchError(StreamerError):
@@ -411,7 +410,7 @@ class Sink:
         record_state: bool = True,
         in_transaction: Callable[[Connection], None] | None = None,
         first: Mapping[tuple[str, int], int] | None = None,
-        identities: Mapping[tuple[str, int], state.OffsetIdentity] | None = None,
+        identities: Mapping[tuple[str, int], OffsetIdentity] | None = None,
     ) -> ApplyResult:
         """Apply events and record ``positions`` ((topic, partition) -> next offset) in one transaction.
 

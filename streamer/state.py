@@ -35,6 +35,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from streamer.core.checkpoint import OffsetIdentity
+
 VERSION_TABLE = "_streamer_alembic_version"
 _meta = sa.MetaData()
 offsets_table = sa.Table(
@@ -160,15 +162,6 @@ def _upsert(
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
-@dataclasses.dataclass(frozen=True)
-class OffsetIdentity:
-    """What a stored offset belongs to: the topic's id (None when the broker has none) and a
-    fingerprint of the record at ``next_offset - 1`` (None when unknown)."""
-
-    topic_id: str | None = None
-    fingerprint: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 
-from streamer.errors import StackError
+from streamer.core.errors import StackError
 from streamer.settings import load_settings
 from streamer.stack import PARTS, Stack
 from tests.conftest import kafka_consumer_config
