@@ -95,6 +95,7 @@ from streamer.db import is_transient
 from streamer.decode import Decoder
 from streamer.holds import HoldChangedError, HoldView, check_batch
 from streamer.offsetcheck import check_starts, fingerprint
+from streamer.pipeline.policy import RetryPolicy, apply_with_policy
 from streamer.settings import Settings
 from streamer.sink import (
     ApplyResult,
@@ -727,56 +728,34 @@ class ConsumerProcess:
             if letters:
                 self._dead_letter(letters)
 
-        def attempt() -> ApplyResult:
-            try:
-                return self.sink.apply(
-                    events,
-                    positions,
-                    self.group,
-                    before_commit=before_commit,
-                    first=prepared.first,
-                    identities=prepared.identities,
-                    in_transaction=check_hold,
-                )
-            except (DeadLetterError, FencedBatchError, HoldChangedError):
-                raise
-            except Exception as exc:
-                if is_transient(exc) or not is_permanent(exc):
-                    raise
-            # a permanent error in the batch: apply event by event to find the culprit(s)
-            result = self.sink.apply(
+        def apply(isolate: bool) -> ApplyResult:
+            return self.sink.apply(
                 events,
                 positions,
                 self.group,
-                isolate=True,
-                before_commit=before_commit if self.cfg.error_policy == "dlq" else refuse_failures,
+                isolate=isolate,
+                before_commit=before_commit
+                if not isolate or self.cfg.error_policy == "dlq"
+                else refuse_failures,
                 first=prepared.first,
                 identities=prepared.identities,
                 in_transaction=check_hold,
             )
-            return result
 
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(is_transient),
-            stop=tenacity.stop_after_attempt(self.cfg.retry_attempts),
-            wait=tenacity.wait_exponential(multiplier=0.2, max=self.cfg.retry_max_wait_s),
-            before_sleep=self._before_retry,
-            reraise=True,
-        )
         try:
-            return retrying(attempt)
+            return apply_with_policy(
+                apply,
+                retry=RetryPolicy(self.cfg.retry_attempts, self.cfg.retry_max_wait_s),
+                transient=is_transient,
+                permanent=is_permanent,
+                passthrough=(DeadLetterError, FencedBatchError, HoldChangedError),
+                isolate_passthrough=(Exception,),  # every error of the event-by-event pass as it is
+                before_sleep=self._before_retry,
+            )
         except EventRejectedError as failed:
             raise PoisonRecordError(
                 *_coords(origins[failed.event.origin]), f"{type(failed.error).__name__}: {failed.error}"
             ) from None
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            raise TargetUnavailableError(
-                f"the target kept failing through {self.cfg.retry_attempts} attempts: {type(exc).__name__}: "
-                f"{one_line(str(exc))[:500]} (nothing of this batch was applied nor committed; run again "
-                "once the target is back)"
-            ) from exc
 
     def _before_retry(self, state: tenacity.RetryCallState) -> None:
         self.stats.retries += 1

@@ -119,7 +119,6 @@ from streamer.core.errors import (
     SlotInUseError,
     SlotNotFoundError,
     TableIdentityError,
-    TargetUnavailableError,
     WalLevelError,
     one_line,
 )
@@ -143,6 +142,7 @@ from streamer.pgtypes import (
     reported_type_name,
     type_from_row,
 )
+from streamer.pipeline.policy import BatchNotIsolatedError, RetryPolicy, apply_with_policy
 from streamer.settings import Settings
 from streamer.sink import ApplyResult, EventRejectedError, Sink, is_permanent, refuse_failures
 from streamer.state import load_offsets, save_offsets
@@ -431,14 +431,6 @@ class _StreamLost(Exception):
 
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error).strip())
-        self.error = error
-
-
-class _BatchFailed(Exception):
-    """A permanent error that applying event by event could not pin on one event."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
         self.error = error
 
 
@@ -958,32 +950,17 @@ class ReplicationProcess:
         def check_hold(conn: Connection) -> None:
             check_batch(conn, member_id, generation, touched)  # see streamer.holds
 
-        def attempt() -> ApplyResult:
-            try:
-                return self.sink.apply(
-                    events, positions, self.group, before_commit=before_commit, in_transaction=check_hold
-                )
-            except HoldChangedError:
-                raise
-            except Exception as exc:
-                if _transient(exc) or not _permanent(exc):
-                    raise
-            # a permanent error in the batch: event by event, to find the culprit(s)
-            try:
-                return self.sink.apply(
-                    events,
-                    positions,
-                    self.group,
-                    isolate=True,
-                    before_commit=before_commit if self.cfg.error_policy == "dlq" else refuse_failures,
-                    in_transaction=check_hold,
-                )
-            except (EventRejectedError, HoldChangedError):
-                raise
-            except Exception as exc:
-                if _transient(exc) or not _permanent(exc):
-                    raise
-                raise _BatchFailed(exc) from exc
+        def apply(isolate: bool) -> ApplyResult:
+            return self.sink.apply(
+                events,
+                positions,
+                self.group,
+                isolate=isolate,
+                before_commit=before_commit
+                if not isolate or self.cfg.error_policy == "dlq"
+                else refuse_failures,
+                in_transaction=check_hold,
+            )
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             self.stats.retries += 1
@@ -993,17 +970,19 @@ class ReplicationProcess:
             )
             self._keepalive(cur)
 
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(_transient),
-            stop=tenacity.stop_after_attempt(self.cfg.retry_attempts),
-            wait=tenacity.wait_exponential(multiplier=0.2, max=self.cfg.retry_max_wait_s),
-            sleep=lambda seconds: self._sleep_with_keepalive(seconds, cur),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
         try:
-            return retrying(attempt)
-        except _BatchFailed as failed:
+            return apply_with_policy(
+                apply,
+                retry=RetryPolicy(self.cfg.retry_attempts, self.cfg.retry_max_wait_s),
+                transient=_transient,
+                permanent=_permanent,
+                passthrough=(HoldChangedError,),
+                isolate_passthrough=(EventRejectedError, HoldChangedError),
+                before_sleep=before_sleep,
+                sleep=lambda seconds: self._sleep_with_keepalive(seconds, cur),
+                unavailable_hint="nothing of this batch was applied nor confirmed; run again once the target is back",
+            )
+        except BatchNotIsolatedError as failed:
             first = min((ev.position.lsn or 0 for ev in events), default=0)
             raise ReplicationApplyError(
                 f"{format_lsn(first)}..{format_lsn(batch[-1].commit_lsn)}",
@@ -1017,14 +996,6 @@ class ReplicationProcess:
                 f"{failed.event.table.qualified} ({failed.event.op.value}): "
                 f"{type(failed.error).__name__}: {str(failed.error)[:1000]}",
             ) from None
-        except Exception as exc:
-            if not _transient(exc):
-                raise
-            raise TargetUnavailableError(
-                f"the target kept failing through {self.cfg.retry_attempts} attempts: "
-                f"{type(exc).__name__}: {one_line(str(exc))[:500]} (nothing of this batch was applied nor "
-                "confirmed; run again once the target is back)"
-            ) from exc
 
     def _confirm(self, cur: Any, lsn: int) -> None:
         """Tell the server everything up to ``lsn`` is in the target (only ever called with such an LSN)."""
