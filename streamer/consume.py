@@ -95,7 +95,7 @@ from streamer.db import is_transient
 from streamer.decode import Decoder
 from streamer.holds import HoldChangedError, HoldView, check_batch
 from streamer.offsetcheck import check_starts, fingerprint
-from streamer.pipeline.policy import RetryPolicy, apply_with_policy
+from streamer.pipeline.policy import RetryPolicy, apply_with_policy, sink_apply
 from streamer.settings import Settings
 from streamer.sink import (
     ApplyResult,
@@ -103,7 +103,6 @@ from streamer.sink import (
     FencedBatchError,
     Sink,
     is_permanent,
-    refuse_failures,
 )
 from streamer.state import StoredOffset, forget_offset, load_offset_rows
 
@@ -728,20 +727,17 @@ class ConsumerProcess:
             if letters:
                 self._dead_letter(letters)
 
-        def apply(isolate: bool) -> ApplyResult:
-            return self.sink.apply(
-                events,
-                positions,
-                self.group,
-                isolate=isolate,
-                before_commit=before_commit
-                if not isolate or self.cfg.error_policy == "dlq"
-                else refuse_failures,
-                first=prepared.first,
-                identities=prepared.identities,
-                in_transaction=check_hold,
-            )
-
+        apply = sink_apply(
+            self.sink,
+            events,
+            positions,
+            self.group,
+            dead_letter=self.cfg.error_policy == "dlq",
+            before_commit=before_commit,
+            first=prepared.first,
+            identities=prepared.identities,
+            in_transaction=check_hold,
+        )
         try:
             return apply_with_policy(
                 apply,

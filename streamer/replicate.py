@@ -142,9 +142,9 @@ from streamer.pgtypes import (
     reported_type_name,
     type_from_row,
 )
-from streamer.pipeline.policy import BatchNotIsolatedError, RetryPolicy, apply_with_policy
+from streamer.pipeline.policy import BatchNotIsolatedError, RetryPolicy, apply_with_policy, sink_apply
 from streamer.settings import Settings
-from streamer.sink import ApplyResult, EventRejectedError, Sink, is_permanent, refuse_failures
+from streamer.sink import ApplyResult, EventRejectedError, Sink, is_permanent
 from streamer.state import load_offsets, save_offsets
 from streamer.walstream import WalStream, WalStreamEnded, WalStreamLost
 
@@ -950,17 +950,15 @@ class ReplicationProcess:
         def check_hold(conn: Connection) -> None:
             check_batch(conn, member_id, generation, touched)  # see streamer.holds
 
-        def apply(isolate: bool) -> ApplyResult:
-            return self.sink.apply(
-                events,
-                positions,
-                self.group,
-                isolate=isolate,
-                before_commit=before_commit
-                if not isolate or self.cfg.error_policy == "dlq"
-                else refuse_failures,
-                in_transaction=check_hold,
-            )
+        apply = sink_apply(
+            self.sink,
+            events,
+            positions,
+            self.group,
+            dead_letter=self.cfg.error_policy == "dlq",
+            before_commit=before_commit,
+            in_transaction=check_hold,
+        )
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             self.stats.retries += 1

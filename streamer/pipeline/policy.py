@@ -14,12 +14,14 @@ carries it. Transient errors through every attempt become
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import tenacity
 
 from streamer.core.errors import TargetUnavailableError, one_line
+from streamer.core.events import ChangeEvent
+from streamer.sink import ApplyResult, Sink, refuse_failures
 
 R = TypeVar("R")
 Classifier = Callable[[BaseException], bool]
@@ -39,6 +41,30 @@ class RetryPolicy:
 
     attempts: int
     max_wait_s: float
+
+
+def sink_apply(
+    sink: Sink,
+    events: Sequence[ChangeEvent],
+    positions: Mapping[tuple[str, int], int],
+    group: str,
+    *,
+    dead_letter: bool,
+    before_commit: Callable[[ApplyResult], None],
+    **kw: Any,
+) -> Callable[[bool], ApplyResult]:
+    """The ``apply(isolate)`` of :func:`apply_with_policy` for a batch of a sink.
+
+    ``before_commit`` (dead letters) runs in the batch transaction; on the event-by-event pass
+    it does only under error policy ``dlq`` (``dead_letter``), else a rejected event is refused
+    (:func:`~streamer.sink.refuse_failures`). ``kw`` goes to :meth:`~streamer.sink.Sink.apply`.
+    """
+
+    def apply(isolate: bool) -> ApplyResult:
+        hook = before_commit if not isolate or dead_letter else refuse_failures
+        return sink.apply(events, positions, group, isolate=isolate, before_commit=hook, **kw)
+
+    return apply
 
 
 def apply_with_policy(

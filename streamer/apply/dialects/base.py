@@ -46,3 +46,27 @@ class Dialect(Protocol):
         """Whether an INSERT leaving out a NOT NULL column without default fails even when it inserts
         no row (MySQL/MariaDB strict mode), so the caller must check that every key exists instead."""
         ...
+
+
+class OnConflictUpsert:
+    """``INSERT .. ON CONFLICT (key) DO UPDATE .. WHERE guard`` / ``DO NOTHING``: PostgreSQL and SQLite."""
+
+    @staticmethod
+    def _insert(table: sa.TableClause) -> Any:
+        raise NotImplementedError
+
+    def upsert(
+        self, table: sa.TableClause, key: Sequence[str], columns: Sequence[str], guard: Guard | None = None
+    ) -> Any:
+        ins = self._insert(table)
+        return ins.on_conflict_do_update(
+            index_elements=list(key),
+            set_={c: ins.excluded[c] for c in columns},
+            where=guard(ins.excluded) if guard is not None else None,
+        )
+
+    def insert_ignore(self, table: sa.TableClause) -> Any:
+        return self._insert(table).on_conflict_do_nothing()
+
+    def partial_insert_may_refuse(self) -> bool:
+        return False
