@@ -306,7 +306,12 @@ class ConsumerProcess:
     ) -> None:
         """Verify each start offset belongs to this topic (see :mod:`streamer.offsetcheck`); a
         partition whose offset fails is re-read from its start, and a stale stored row is dropped."""
-        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
+        # librdkafka's own lines (a purge of unserved events when the client goes) into the structured log
+        admin_conf: dict[str, Any] = {
+            "bootstrap.servers": self.settings.bootstrap_servers,
+            "logger": kafka_logger(),
+        }
+        admin = AdminClient(admin_conf)
         ids, failed = check_starts(
             self.settings.bootstrap_servers, admin, {tp.topic for tp in partitions}, starts
         )
