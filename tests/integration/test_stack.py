@@ -18,7 +18,7 @@ import pytest
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
-from streamer.errors import StackError
+from streamer.core.errors import StackError
 from streamer.settings import load_settings
 from streamer.stack import PARTS, Stack, _alive, outside_dir_for, reachable_by_postgres
 from tests.conftest import kafka_consumer_config
