@@ -334,7 +334,7 @@ def validate(
     sample: Annotated[
         int | None, typer.Option(help="Compare only N random rows per table (counts stay exact).")
     ] = None,
-    chunk_rows: Annotated[int, typer.Option(help="Rows per checksummed key range.")] = 20_000,
+    chunk_rows: Annotated[int, typer.Option(help="Keys per compared range (where tables differ).")] = 20_000,
     settle: Annotated[
         float,
         typer.Option(
@@ -342,8 +342,22 @@ def validate(
         ),
     ] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
+    show_values: Annotated[
+        bool,
+        typer.Option(
+            "--show-values",
+            help="Also print the differing values (source and target); rows may hold personal data.",
+        ),
+    ] = False,
+    limit: Annotated[
+        int, typer.Option(help="Differences listed per table (the counts are always complete).")
+    ] = 1000,
 ) -> None:
-    """Prove source == target: counts, range checksums, differing keys and columns. Exit 1 on any difference."""
+    """Prove source == target: range hashes, then the differing keys and columns. Exit 1 on any difference.
+
+    On a terminal: a summary table and the differences under it; otherwise plain lines
+    (DIFF table=... key=... ...) that are never cut.
+    """
     import json as _json
     import time as _time
 
@@ -352,6 +366,8 @@ def validate(
     from streamer.load import tables_from_connectors
     from streamer.sink import build_router
     from streamer.validate import validate_table
+    from streamer.validate.report import TableResult, print_plain, print_terminal
+    from streamer.validate.report import as_json as report_json
 
     settings = settings_of(ctx)
     tables = list(table or tables_from_connectors(settings.connectors_dir))
@@ -362,7 +378,7 @@ def validate(
     source = create_target_engine(settings.source_url)
     target = create_target_engine(settings.target_url)
     router = build_router(settings, target.dialect.name)
-    results = []
+    results: list[TableResult] = []
     try:
         database = source.url.database
         for name in tables:
@@ -383,52 +399,18 @@ def validate(
                 if diff.equal or attempt == 2 or settle <= 0:
                     break
                 _time.sleep(settle)
-            results.append((f"{schema}.{tbl}", route.qualified, diff))
+            results.append(TableResult(f"{schema}.{tbl}", route.qualified, diff))
     finally:
         source.dispose()
         target.dispose()
-    ok = all(d.equal for _, _, d in results)
+    ok = all(r.diff.equal for r in results)
     if as_json:
-        print(
-            _json.dumps(
-                {
-                    "ok": ok,
-                    "tables": [
-                        {
-                            "table": src,
-                            "target": tgt,
-                            "equal": d.equal,
-                            "source_rows": d.source_rows,
-                            "target_rows": d.target_rows,
-                            "ranges": d.ranges,
-                            "ranges_differing": d.ranges_differing,
-                            "missing": [list(k) for k in d.missing[:100]],
-                            "extra": [list(k) for k in d.extra[:100]],
-                            "changed": [{"key": list(k), "columns": cols} for k, cols in d.changed[:100]],
-                        }
-                        for src, tgt, d in results
-                    ],
-                },
-                default=str,
-            )
-        )
+        print(_json.dumps(report_json(results, limit=limit, show_values=show_values)))
+    elif sys.stdout.isatty():
+        title = "streamer validate" + (f" (sample of {sample} rows per table)" if sample else "")
+        print_terminal(results, limit=limit, show_values=show_values, title=title, console=Console())
     else:
-        out = Table(title="streamer validate" + (f" (sample of {sample} rows per table)" if sample else ""))
-        for col in ("table", "target", "source rows", "target rows", "ranges", "result", "first differences"):
-            out.add_column(col)
-        for src, tgt, d in results:
-            notes = [f"missing {k}" for k in d.missing[:3]] + [f"extra {k}" for k in d.extra[:3]]
-            notes += [f"changed {k}: {', '.join(cols)}" for k, cols in d.changed[:3]]
-            out.add_row(
-                src,
-                tgt,
-                str(d.source_rows),
-                str(d.target_rows),
-                f"{d.ranges_differing}/{d.ranges} differ" if d.ranges else "-",
-                "[green]equal[/]" if d.equal else "[red]DIFFERENT[/]",
-                "\n".join(notes) or ("row counts differ" if not d.equal else ""),
-            )
-        Console().print(out)
+        print_plain(results, limit=limit, show_values=show_values)
     if not ok:
         raise typer.Exit(1)
 
