@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -352,6 +352,18 @@ def validate(
     limit: Annotated[
         int, typer.Option(help="Differences listed per table (the counts are always complete).")
     ] = 1000,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Re-copy the differing key ranges from the source (version-guarded, safe while consumers run), "
+            "then compare them again.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="With --repair: print what would be re-copied.")
+    ] = False,
+    workers: Annotated[int, typer.Option(help="With --repair: parallel copy workers.")] = 2,
 ) -> None:
     """Prove source == target: range hashes, then the differing keys and columns. Exit 1 on any difference.
 
@@ -365,11 +377,16 @@ def validate(
     from streamer.events import TableId
     from streamer.load import tables_from_connectors
     from streamer.sink import build_router
+    from streamer.validate import repair as repairing
     from streamer.validate import validate_table
     from streamer.validate.report import TableResult, print_plain, print_terminal
     from streamer.validate.report import as_json as report_json
 
     settings = settings_of(ctx)
+    if dry_run and not repair:
+        raise StreamerError("--dry-run goes with --repair: streamer validate --repair --dry-run")
+    if repair and sample is not None:
+        raise StreamerError("--repair needs the whole comparison, not a sample: drop --sample")
     tables = list(table or tables_from_connectors(settings.connectors_dir))
     if not tables:
         raise StreamerError(
@@ -399,11 +416,18 @@ def validate(
                 if diff.equal or attempt == 2 or settle <= 0:
                     break
                 _time.sleep(settle)
-            results.append(TableResult(f"{schema}.{tbl}", route.qualified, diff))
+            result = TableResult(f"{schema}.{tbl}", route.qualified, diff)
+            if repair and not diff.equal:
+                result.repaired = repairing.plan(result.table, diff)
+                if not dry_run:
+                    result.repaired = _repair(
+                        settings, result.repaired, source, (schema, tbl), route, settle, workers
+                    )
+            results.append(result)
     finally:
         source.dispose()
         target.dispose()
-    ok = all(r.diff.equal for r in results)
+    ok = all(r.equal for r in results)
     if as_json:
         print(_json.dumps(report_json(results, limit=limit, show_values=show_values)))
     elif sys.stdout.isatty():
@@ -413,6 +437,57 @@ def validate(
         print_plain(results, limit=limit, show_values=show_values)
     if not ok:
         raise typer.Exit(1)
+
+
+def _repair(
+    settings: Settings,
+    report: Any,
+    source: Any,
+    source_table: tuple[str, str],
+    route: Any,
+    settle: float,
+    workers: int,
+) -> Any:
+    """``validate --repair`` of one table: re-copy its differing ranges, compare them again (with --settle)."""
+    import time as _time
+
+    from streamer import logs
+    from streamer.sink import build_sink
+    from streamer.validate import repair as repairing
+    from streamer.validate import validate_table
+
+    logs.configure(settings.log_format, "warning" if sys.stderr.isatty() else settings.log_level)
+    sink = build_sink(settings)
+    try:
+        report = repairing.repair(
+            report,
+            settings.source_url,
+            sink,
+            source,
+            source_table,
+            (route.target_schema, route.target_table),
+            rename=route.rename,
+            drop=route.drop,
+            hold_timeout_s=settings.load.hold_timeout_s,
+            member_expiry_s=settings.load.member_expiry_s,
+            workers=workers,
+        )
+        for _ in range(2 if settle > 0 else 0):
+            if report.equal_after:
+                break
+            _time.sleep(settle)
+            report.after = validate_table(
+                source,
+                source_table,
+                sink.engine,
+                (route.target_schema, route.target_table),
+                rename=route.rename,
+                drop=route.drop,
+                ranges=report.ranges,
+            )
+    finally:
+        sink.engine.dispose()
+    return report
 
 
 # ---------------------------------------------------------------- demo

@@ -26,6 +26,13 @@ class TableResult:
     diff: TableDiff
     repaired: Any = None  # a repair.RepairReport when --repair ran
 
+    @property
+    def equal(self) -> bool:
+        """Equal as compared, or (after a repair) equal when its ranges were compared again."""
+        if self.repaired is not None and not self.repaired.dry_run:
+            return bool(self.repaired.equal_after)
+        return self.diff.equal
+
 
 def sql_text(kind: str, value: Any) -> str:
     """A normalized value (or a raw key value) in its SQL text form."""
@@ -125,9 +132,13 @@ def print_plain(results: Sequence[TableResult], *, limit: int, show_values: bool
         if r.repaired is not None:
             for line in r.repaired.lines(r.table):
                 print(line)
-    ok = all(r.diff.equal for r in results)
-    different = sum(not r.diff.equal for r in results)
-    print(f"RESULT {'equal' if ok else 'DIFFERENT'} tables={len(results)} different={different}")
+    ok = all(r.equal for r in results)
+    different = sum(not r.equal for r in results)
+    repaired = sum(r.repaired is not None and not r.repaired.dry_run and r.equal for r in results)
+    print(
+        f"RESULT {'equal' if ok else 'DIFFERENT'} tables={len(results)} different={different}"
+        + (f" repaired={repaired}" if repaired else "")
+    )
 
 
 def print_terminal(
@@ -220,4 +231,4 @@ def as_json(results: Sequence[TableResult], *, limit: int, show_values: bool) ->
         if r.repaired is not None:
             entry["repair"] = r.repaired.as_json()
         tables.append(entry)
-    return {"ok": all(r.diff.equal for r in results), "tables": tables}
+    return {"ok": all(r.equal for r in results), "tables": tables}
