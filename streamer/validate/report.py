@@ -98,7 +98,7 @@ def difference_lines(r: TableResult, limit: int, show_values: bool) -> list[str]
     for k in d.missing:
         lines.append(f"{head}{key_text(d, k)} missing in target")
     for k in d.extra:
-        lines.append(f"{head}{key_text(d, k)} extra in target (not in source)")
+        lines.append(f"{head}{key_text(d, k)} extra in target")
     for k, cols in d.changed:
         line = f"{head}{key_text(d, k)} changed columns={','.join(cols)}"
         if show_values:

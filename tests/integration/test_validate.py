@@ -268,3 +268,165 @@ def test_repair_under_a_live_stream_ends_equal(
     finally:
         assert consumer.terminate() == 0, consumer.tail()
         end_all()
+
+
+# ---------------------------------------------------------------- what it prints
+@pytest.fixture
+def planted(stack: Stack, unique: str) -> Iterator[str]:
+    """Equal tables in source and target but for: accounts 20030 missing, 90001 extra, 77777 changed
+    (amount) and 120 changed (email); lines (5, 12) changed (a composite key)."""
+    schema = unique
+    source = create_target_engine(stack.settings.source_url)
+    target = create_target_engine(stack.settings.target_url)
+    for engine in (source, target):
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+            conn.execute(
+                sa.text(
+                    f'CREATE TABLE "{schema}".accounts (id bigint PRIMARY KEY, email text, amount numeric(12, 2))'
+                )
+            )
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO \"{schema}\".accounts SELECT g, 'user' || g || '@example.com', g / 100.0 "
+                    "FROM generate_series(1, 80000) g"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    f'CREATE TABLE "{schema}".lines (customer_id int, order_no int, qty int, '
+                    "PRIMARY KEY (customer_id, order_no))"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    f'INSERT INTO "{schema}".lines SELECT c, o, c * o FROM generate_series(1, 20) c, generate_series(1, 20) o'
+                )
+            )
+    with target.begin() as conn:
+        conn.execute(sa.text(f'DELETE FROM "{schema}".accounts WHERE id = 20030'))
+        conn.execute(sa.text(f"INSERT INTO \"{schema}\".accounts VALUES (90001, 'nobody@example.com', 1)"))
+        conn.execute(sa.text(f'UPDATE "{schema}".accounts SET amount = amount + 1 WHERE id = 77777'))
+        conn.execute(sa.text(f"UPDATE \"{schema}\".accounts SET email = 'it''s changed' WHERE id = 120"))
+        conn.execute(sa.text(f'UPDATE "{schema}".lines SET qty = 0 WHERE customer_id = 5 AND order_no = 12'))
+    target.dispose()
+    yield schema
+    with source.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    source.dispose()
+
+
+def _validate(schema: str, url: str, *extra: str, columns: str = "40") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "STREAMER_TARGET_URL": url, "STREAMER_LOG_FORMAT": "json", "COLUMNS": columns}
+    args = ["validate", "--table", f"{schema}.accounts", "--table", f"{schema}.lines", *extra]
+    return subprocess.run(
+        [sys.executable, "-m", "streamer.cli", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_plain_lines_off_a_terminal_name_every_key_uncut(stack: Stack, planted: str) -> None:
+    out = _validate(planted, stack.settings.target_url)  # stdout is a pipe; COLUMNS=40 must not matter
+    assert out.returncode == 1, out.stderr
+    lines = out.stdout.splitlines()
+    s = planted
+    assert f"DIFF table={s}.accounts key=id=20030 missing in target" in lines
+    assert f"DIFF table={s}.accounts key=id=90001 extra in target" in lines
+    assert f"DIFF table={s}.accounts key=id=120 changed columns=email" in lines
+    assert f"DIFF table={s}.accounts key=id=77777 changed columns=amount" in lines
+    assert f"DIFF table={s}.lines key=customer_id=5, order_no=12 changed columns=qty" in lines
+    assert lines[-1] == "RESULT DIFFERENT tables=2 different=2"
+    tables = [line for line in lines if line.startswith("TABLE ")]
+    assert tables[0].startswith(
+        f"TABLE table={s}.accounts target={s}.accounts source_rows=80000 target_rows=80000 "
+    ) and tables[0].endswith("missing=1 extra=1 changed=2 method=server hashes result=DIFFERENT")
+    assert "Decimal" not in out.stdout and "(" not in "".join(
+        line.split(" key=")[1] for line in lines if " key=" in line
+    )
+    assert "example.com" not in out.stdout  # values only with --show-values
+
+
+def test_show_values_prints_sql_text(stack: Stack, planted: str) -> None:
+    out = _validate(planted, stack.settings.target_url, "--show-values")
+    assert out.returncode == 1, out.stderr
+    lines = out.stdout.splitlines()
+    s = planted
+    assert (
+        f"DIFF table={s}.accounts key=id=77777 changed columns=amount amount: source 777.77 target 778.77"
+        in lines
+    )
+    assert (
+        f"DIFF table={s}.accounts key=id=120 changed columns=email email: source 'user120@example.com' "
+        "target 'it''s changed'"
+    ) in lines
+    assert (
+        f"DIFF table={s}.lines key=customer_id=5, order_no=12 changed columns=qty qty: source 60 target 0"
+        in lines
+    )
+
+
+def test_json_has_typed_keys_and_columns_values_only_when_asked(stack: Stack, planted: str) -> None:
+    out = _validate(planted, stack.settings.target_url, "--json")
+    assert out.returncode == 1, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["ok"] is False
+    accounts, lines = doc["tables"]
+    assert accounts["key_columns"] == ["id"]
+    assert accounts["missing"] == [{"id": 20030}]
+    assert accounts["extra"] == [{"id": 90001}]
+    assert accounts["changed"] == [
+        {"key": {"id": 120}, "columns": ["email"]},
+        {"key": {"id": 77777}, "columns": ["amount"]},
+    ]
+    assert lines["changed"] == [{"key": {"customer_id": 5, "order_no": 12}, "columns": ["qty"]}]
+    assert (accounts["source_rows"], accounts["target_rows"]) == (80000, 80000)
+    shown = json.loads(_validate(planted, stack.settings.target_url, "--json", "--show-values").stdout)
+    assert shown["tables"][0]["changed"][1]["values"] == {"amount": {"source": "777.77", "target": "778.77"}}
+    assert shown["tables"][1]["changed"][0]["values"] == {"qty": {"source": "60", "target": "0"}}
+
+
+def test_terminal_shows_a_summary_table_then_the_differences(stack: Stack, planted: str) -> None:
+    import pty
+    import select
+
+    env = {**os.environ, "STREAMER_TARGET_URL": stack.settings.target_url, "COLUMNS": "160", "LINES": "50"}
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamer.cli",
+            "validate",
+            "--table",
+            f"{planted}.accounts",
+            "--table",
+            f"{planted}.lines",
+        ],
+        env=env,
+        stdout=secondary,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    os.close(secondary)
+    chunks: list[bytes] = []
+    while True:
+        ready, _, _ = select.select([primary], [], [], 120)
+        if not ready:
+            break
+        try:
+            data = os.read(primary, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(primary)
+    assert proc.wait(60) == 1
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    header = next(line for line in text.splitlines() if "source rows" in line)
+    assert "ranges differing" in header and "missing" in header and "changed" in header
+    assert text.index("source rows") < text.index("id=20030 missing in target")
+    assert "id=77777 changed columns=amount" in text
+    assert "customer_id=5, order_no=12 changed columns=qty" in text
+    assert "DIFF table=" not in text  # the terminal form lists them under the table, by table
