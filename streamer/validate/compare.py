@@ -8,7 +8,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from streamer.validate.core import TableDiff, ValidationSetupError, _diff_rows, _Side, describe
+from streamer import logs
+from streamer.validate.core import TableDiff, ValidationSetupError, _diff_rows, _Side, describe, normalize
 from streamer.validate.fast import Range, Reader, plan_ranges, scan, typed_key, whole_table
 
 
@@ -76,8 +77,16 @@ def validate_table(
     key_idx = [names.index(k) for k in key]
     key_labels = [src.labels[i] for i in key_idx]
     key_kinds = [kinds[k] for k in key]
-    if ranges is None and src.is_pg and tgt.is_pg:
-        equal, diff.source_rows, diff.target_rows = whole_table(src, tgt)
+    server_hashes = src.is_pg and tgt.is_pg
+    if ranges is None and server_hashes:
+        try:
+            equal, diff.source_rows, diff.target_rows = whole_table(src, tgt)
+        except sa.exc.DBAPIError as exc:  # a target column the canonical cast refuses: stream instead
+            logs.get("validate").warning(
+                "no server-side hashes; streaming both sides", table=target_name, error=_db_error(exc)
+            )
+            server_hashes, equal = False, False
+            diff.method = "streamed"
         if equal:  # one hash per side proves it; ranges only when something differs
             diff.ranges = 1
             return diff
@@ -86,7 +95,14 @@ def validate_table(
     missing: set[tuple[str, ...]] = set()
     extra: set[tuple[str, ...]] = set()
     changed: set[tuple[str, ...]] = set()
-    for i, found in scan(src, tgt, todo, key_labels):
+    try:
+        found_ranges = list(scan(src, tgt, todo, key_labels, server_hashes=server_hashes))
+    except sa.exc.DBAPIError as exc:
+        raise ValidationSetupError(
+            f"cannot read {source_table[0]}.{source_table[1]} -> {target_name} for the comparison: {_db_error(exc)}; "
+            "the target's column types must hold the source's values (see streamer load, schema.mode)"
+        ) from None
+    for i, found in found_ranges:
         diff.ranges += 1
         diff.source_rows += found.source_rows
         diff.target_rows += found.target_rows
@@ -121,10 +137,12 @@ def validate_table(
     return diff
 
 
+def _db_error(exc: sa.exc.DBAPIError) -> str:
+    return str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+
+
 def _norm_key(side: _Side, raw: tuple[Any, ...]) -> tuple[Any, ...]:
     """The key of :meth:`_Side.by_keys`'s result (normalized) for a raw key."""
-    from streamer.validate.core import normalize
-
     return tuple(normalize(side.kinds[i], v) for i, v in zip(side.key_idx, raw, strict=True))
 
 

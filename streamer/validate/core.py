@@ -165,9 +165,20 @@ def _timestamp(v: Any, aware: bool) -> str:
 
 
 def normalize(kind: str, v: Any) -> Any:
-    """The canonical form of a value of a source column kind (see the module docstring)."""
+    """The canonical form of a value of a source column kind (see the module docstring).
+
+    A target value that is no value of the kind at all (``'abc'`` in a text column standing for
+    a numeric one) is kept as its text: it then differs from every value of the kind.
+    """
     if v is None:
         return None
+    try:
+        return _normalize(kind, v)
+    except (ValueError, TypeError, ArithmeticError):
+        return bytes(v).decode(errors="replace") if isinstance(v, bytes | memoryview) else str(v)
+
+
+def _normalize(kind: str, v: Any) -> Any:
     if kind == "number":
         return _number(v)
     if kind == "float4":

@@ -59,8 +59,34 @@ class Range:
     hi: tuple[Any, ...] | None
 
 
+# the column types a kind's canonical cast accepts; a column of another type (a managed target's
+# text column holding JSON, say) is read as its text, and the arbiter judges what differs
+_NATURAL: dict[str, tuple[type[Any], ...]] = {
+    "number": (sa.Integer, sa.Numeric, postgresql.MONEY),
+    "float4": (sa.Integer, sa.Numeric),
+    "float8": (sa.Integer, sa.Numeric),
+    "bool": (sa.Boolean,),
+    "timestamp": (sa.DateTime,),
+    "timestamptz": (sa.DateTime,),
+    "date": (sa.Date, sa.DateTime),
+    "time": (sa.Time,),
+    "timetz": (sa.Time,),
+    "interval": (sa.Interval, postgresql.INTERVAL),
+    "json": (sa.JSON,),
+    "array": (sa.ARRAY,),
+    "bytes": (sa.LargeBinary,),
+    "uuid": (sa.Uuid, sa.String),
+}
+
+
+def _natural(col: Any, kind: str) -> bool:
+    return kind not in _NATURAL or isinstance(col.type, _NATURAL[kind])
+
+
 def _pg_text(col: Any, kind: str) -> Any:
     """A PostgreSQL expression of a column's fast canonical text (``SET LOCAL`` settings of :data:`PG_SESSION`)."""
+    if not _natural(col, kind):
+        return sa.cast(col, sa.Text)
     if kind == "number" and isinstance(col.type, sa.Integer):
         return sa.cast(col, sa.Text)  # an integer's text is canonical already
     if kind == "number":
@@ -105,6 +131,8 @@ _CANONICAL: dict[str, Any] = {
 
 def _pg_typed(col: Any, kind: str) -> Any:
     """A column cast to its kind's canonical PostgreSQL type, whose hash agrees with equality."""
+    if not _natural(col, kind):
+        return sa.cast(col, sa.Text)
     if kind == "array":
         return sa.func.to_jsonb(col)
     return sa.cast(col, _CANONICAL.get(kind, sa.Text()))
@@ -503,6 +531,8 @@ def scan(
     target: Reader,
     ranges: Sequence[Range],
     key_labels: Sequence[str],
+    *,
+    server_hashes: bool = True,
 ) -> Iterator[tuple[int, RangeResult]]:
     """Each range's fast verdict: by server hashes when both sides are PostgreSQL, else by streams.
 
@@ -510,7 +540,7 @@ def scan(
     polars releases the GIL); streams are read a few ranges ahead so that memory stays bounded.
     """
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        if source.is_pg and target.is_pg:
+        if server_hashes and source.is_pg and target.is_pg:
             method = hash_method(source, target)
             fs = pool.submit(source.digests, ranges, method)
             ft = pool.submit(target.digests, ranges, method)

@@ -430,3 +430,41 @@ def test_terminal_shows_a_summary_table_then_the_differences(stack: Stack, plant
     assert "id=77777 changed columns=amount" in text
     assert "customer_id=5, order_no=12 changed columns=qty" in text
     assert "DIFF table=" not in text  # the terminal form lists them under the table, by table
+
+
+def test_a_target_of_other_column_types_is_compared_by_value(stack: Stack, unique: str) -> None:
+    """A managed target holding jsonb and numeric as text: equal values equal, a non-JSON text found, no crash."""
+    schema = unique
+    source = create_target_engine(stack.settings.source_url)
+    target = create_target_engine(stack.settings.target_url)
+    try:
+        with source.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+            conn.execute(
+                sa.text(f'CREATE TABLE "{schema}".docs (id int PRIMARY KEY, doc jsonb, amount numeric(8, 2))')
+            )
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO \"{schema}\".docs SELECT g, jsonb_build_object('b', g, 'a', 'x'), g / 4.0 "
+                    "FROM generate_series(1, 300) g"
+                )
+            )
+        with target.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+            conn.execute(sa.text(f'CREATE TABLE "{schema}".docs (id int PRIMARY KEY, doc text, amount text)'))
+            # other key order and spacing, other scale: equal values all the same
+            conn.execute(
+                sa.text(
+                    f"""INSERT INTO "{schema}".docs SELECT g, '{{"b":' || g || ',"a":"x"}}', (g / 4.0)::numeric(8, 4)::text """
+                    "FROM generate_series(1, 300) g"
+                )
+            )
+            conn.execute(sa.text(f"UPDATE \"{schema}\".docs SET doc = 'not json' WHERE id = 7"))
+            conn.execute(sa.text(f"UPDATE \"{schema}\".docs SET amount = 'abc' WHERE id = 8"))
+        diff = validate_table(source, (schema, "docs"), target, (schema, "docs"), chunk_rows=100)
+    finally:
+        source.dispose()
+        target.dispose()
+    assert diff.changed == [((7,), ["doc"]), ((8,), ["amount"])]
+    assert diff.missing == [] and diff.extra == []
+    assert (diff.source_rows, diff.target_rows) == (300, 300)
