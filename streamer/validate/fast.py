@@ -96,11 +96,11 @@ def _pg_text(col: Any, kind: str) -> Any:
     if kind == "float8":
         return sa.cast(sa.cast(col, postgresql.DOUBLE_PRECISION), sa.Text)
     if kind == "bool":
-        return sa.cast(sa.cast(col, sa.Boolean), sa.Text)
+        return sa.case((col.is_(True), "t"), (col.is_(False), "f"))
     if kind == "timestamp":
         return sa.cast(sa.cast(col, postgresql.TIMESTAMP()), sa.Text)
-    if kind == "timestamptz":
-        return sa.cast(sa.cast(col, postgresql.TIMESTAMP(timezone=True)), sa.Text)
+    if kind == "timestamptz":  # at UTC, without the zone: as fast_norm writes it
+        return sa.cast(sa.func.timezone("UTC", sa.cast(col, postgresql.TIMESTAMP(timezone=True))), sa.Text)
     if kind == "interval":
         return sa.cast(sa.cast(sa.func.round(sa.extract("epoch", col) * 1_000_000), sa.BigInteger), sa.Text)
     if kind == "json":
@@ -227,16 +227,24 @@ class Reader:
         self.labels = [f"c{i}" for i in range(len(columns))]
         self.exprs: list[Any] = []
         self.typed: list[Any] = []  # PostgreSQL: each column cast to its kind's canonical type (row hashes)
+        # columns whose text the server already writes in fast_norm's form (PostgreSQL, a column of
+        # its kind's own type, not a float): polars leaves them as they are
+        self.canonical: list[bool] = []
         for c, label in zip(columns, self.labels, strict=True):
             n = names.get(c.name, c.name)
             if n not in self.t.c:
                 self.exprs.append(sa.cast(sa.null(), sa.Text).label(label))
                 self.typed.append(sa.cast(sa.null(), _CANONICAL.get(c.kind, sa.Text())))
+                self.canonical.append(True)
             elif self.dialect == "postgresql":
                 self.exprs.append(_pg_text(self.t.c[n], c.kind).label(label))
                 self.typed.append(_pg_typed(self.t.c[n], c.kind))
+                self.canonical.append(
+                    _natural(self.t.c[n], c.kind) and c.kind not in ("float4", "float8", "timetz")
+                )
             else:
                 self.exprs.append(_other_text(self.t.c[n], c.kind, self.dialect).label(label))
+                self.canonical.append(False)
         self.key_cols = [self.t.c[names.get(k, k)] for k in key]
 
     @property
@@ -334,16 +342,16 @@ class Reader:
         for c, e in zip(self.columns, self.exprs, strict=True):
             value = e.element
             if c.kind in _ESCAPED:
-                value = _my_escape(value)
+                value = _my_escape(value, _SEPARATING)
             pieces.append(sa.func.ifnull(value, "\\N"))
         row = sa.func.concat_ws(sa.func.char(9), *pieces).label("r")
         keys = [k.label(f"k{i}") for i, k in enumerate(self.key_cols)]
         inner = self._where(sa.select(row, *keys).select_from(self.t), rng)
         compiled = inner.compile(dialect=self.engine.dialect)
-        order = ", ".join(f"k{i}" for i in range(len(keys)))
+        # no ORDER BY: the rows are matched by key, not by position (and the range scan reads them in
+        # key order anyway, which lets the equal case skip the join)
         sql = (  # the inner query is compiled with bound parameters
-            f"SELECT COUNT(*), GROUP_CONCAT(r ORDER BY {order} SEPARATOR '\\n') "  # noqa: S608
-            f"FROM ({compiled}) AS streamer_rows"
+            f"SELECT COUNT(*), GROUP_CONCAT(r SEPARATOR '\\n') FROM ({compiled}) AS streamer_rows"  # noqa: S608
         )
         raw: Any = self.engine.raw_connection()
         try:
@@ -382,8 +390,8 @@ class Reader:
         else:
             df = self._fetch_other(rng)
         return df.select(
-            fast_norm(c.kind, pl.col(label)).alias(label)
-            for c, label in zip(self.columns, self.labels, strict=True)
+            (pl.col(label) if done else fast_norm(c.kind, pl.col(label))).alias(label)
+            for c, label, done in zip(self.columns, self.labels, self.canonical, strict=True)
         )
 
 
@@ -400,9 +408,14 @@ _COPY_ESCAPES = (
 )
 
 
-def _my_escape(value: Any) -> Any:
-    """MariaDB/MySQL SQL escaping a text as PostgreSQL's COPY text form does."""
-    for raw, escaped in _COPY_ESCAPES:
+# what the server must escape: the separators and the escape character (injective, one line per
+# row); a value with \b, \f or \v then differs in the fast tier only and the arbiter judges it
+_SEPARATING = _COPY_ESCAPES[:1] + _COPY_ESCAPES[3:6]
+
+
+def _my_escape(value: Any, escapes: Sequence[tuple[str, str]]) -> Any:
+    """MariaDB/MySQL SQL escaping a text as PostgreSQL's COPY text form does (``escapes`` of it)."""
+    for raw, escaped in escapes:
         value = sa.func.replace(value, raw, escaped)
     return value
 
