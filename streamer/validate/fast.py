@@ -104,7 +104,8 @@ def _pg_text(col: Any, kind: str) -> Any:
     if kind == "interval":
         return sa.cast(sa.cast(sa.func.round(sa.extract("epoch", col) * 1_000_000), sa.BigInteger), sa.Text)
     if kind == "json":
-        return sa.cast(sa.cast(col, postgresql.JSONB), sa.Text)
+        # json keeps the text it was given, and that text is what the stream carries: as it is
+        return sa.cast(col, sa.Text)
     if kind == "array":
         return sa.cast(sa.func.array_to_json(col), sa.Text)  # compact, as the sink writes a JSON target
     if kind == "bytes":
