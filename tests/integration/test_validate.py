@@ -474,3 +474,49 @@ def test_a_target_of_other_column_types_is_compared_by_value(stack: Stack, uniqu
     assert diff.changed == [((7,), ["doc"]), ((8,), ["amount"])]
     assert diff.missing == [] and diff.extra == []
     assert (diff.source_rows, diff.target_rows) == (300, 300)
+
+
+def test_repair_never_overwrites_or_deletes_rows_newer_than_its_snapshot(
+    stack: Stack, typed_source: str
+) -> None:
+    """The version guard: a row the stream moved past the repair's snapshot keeps the stream's value."""
+    schema = typed_source
+    url = stack.settings.target_url
+    loaded = streamer("load", "--table", f"{schema}.typed", url=url)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    newer = "pg:ffffffffffffffff"  # past any position of the source
+    target = create_target_engine(url)
+    try:
+        with target.begin() as conn:
+            q = f'"{schema}".typed'
+            conn.execute(
+                sa.text(f"UPDATE {q} SET t = 'newer', _streamer_version = :v WHERE id = 10"), {"v": newer}
+            )
+            conn.execute(sa.text(f"UPDATE {q} SET t = 'corrupt' WHERE id = 11"))
+            conn.execute(sa.text(f"DELETE FROM {q} WHERE id = 12"))
+            for key, version in ((5000, newer), (5001, "pg:0000000000000001")):
+                conn.execute(
+                    sa.text(f"INSERT INTO {q} (id, t, _streamer_version) VALUES (:k, 'added', :v)"),
+                    {"k": key, "v": version},
+                )
+        dry = streamer(
+            "validate", "--table", f"{schema}.typed", "--repair", "--dry-run", "--chunk-rows", "100", url=url
+        )
+        assert dry.returncode == 1, dry.stderr
+        assert f"REPAIR table={schema}.typed would re-copy range id <= 100" in dry.stdout.splitlines()
+        with target.connect() as conn:  # the dry run changed nothing
+            assert conn.execute(sa.text(f"SELECT t FROM {q} WHERE id = 11")).scalar_one() == "corrupt"
+        out = streamer("validate", "--table", f"{schema}.typed", "--repair", "--chunk-rows", "100", url=url)
+        with target.connect() as conn:
+            rows = dict(
+                conn.execute(sa.text(f"SELECT id, t FROM {q} WHERE id IN (10, 11, 12, 5000, 5001)")).all()
+            )
+    finally:
+        target.dispose()
+    assert out.returncode == 1, out.stdout  # what the guard kept still differs, and is reported
+    assert rows == {10: "newer", 11: 'text 11 \t tab, "q" \'s', 12: 'text 12 \t tab, "q" \'s', 5000: "added"}
+    lines = out.stdout.splitlines()
+    assert any(
+        line.startswith(f"REPAIR table={schema}.typed ranges=") and "checked_again=STILL DIFFERENT" in line
+        for line in lines
+    ), out.stdout
