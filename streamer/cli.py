@@ -384,9 +384,13 @@ def validate(
 
     settings = settings_of(ctx)
     if dry_run and not repair:
-        raise StreamerError("--dry-run goes with --repair: streamer validate --repair --dry-run")
+        raise typer.BadParameter(
+            "goes with --repair: streamer validate --repair --dry-run", param_hint="--dry-run"
+        )
     if repair and sample is not None:
-        raise StreamerError("--repair needs the whole comparison, not a sample: drop --sample")
+        raise typer.BadParameter(
+            "--repair needs the whole comparison, not a sample: drop --sample", param_hint="--sample"
+        )
     tables = list(table or tables_from_connectors(settings.connectors_dir))
     if not tables:
         raise StreamerError(

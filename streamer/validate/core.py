@@ -35,11 +35,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
-from streamer.errors import StreamerError
+from streamer.errors import EXIT_SETTINGS, StreamerError
 
 
 class ValidationSetupError(StreamerError):
-    """A table to validate is missing or has no primary key."""
+    """A table cannot be compared (missing, no primary key, unreadable): exit 2, apart from "differs" (1)."""
+
+    exit_code = EXIT_SETTINGS
+    headline = "cannot validate"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,14 +32,17 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
-from streamer.errors import StreamerError
+from streamer.errors import EXIT_SETTINGS, StreamerError
 from streamer.validate.core import SourceColumn
 
 GROUP_ROWS = 200  # MariaDB/MySQL rows per GROUP_CONCAT string
 
 
 class FetchError(StreamerError):
-    """A side's rows could not be read whole; the message says which table and what to change."""
+    """A side's rows could not be read whole; the message says which table and what to change. Exit 2."""
+
+    exit_code = EXIT_SETTINGS
+    headline = "cannot validate"
 
 
 PG_SESSION = (

@@ -18,13 +18,16 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from streamer.errors import StreamerError
+from streamer.errors import EXIT_SETTINGS, StreamerError
 from streamer.validate.core import TableDiff
 from streamer.validate.fast import Range
 
 
 class RepairError(StreamerError):
-    """A repair cannot be planned (a sample, a table without key); the message says why."""
+    """A repair cannot be planned (a sample); the message says why. Exit 2."""
+
+    exit_code = EXIT_SETTINGS
+    headline = "cannot repair"
 
 
 @dataclasses.dataclass

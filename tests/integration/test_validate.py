@@ -508,7 +508,7 @@ def test_repair_never_overwrites_or_deletes_rows_newer_than_its_snapshot(
             assert conn.execute(sa.text(f"SELECT t FROM {q} WHERE id = 11")).scalar_one() == "corrupt"
         out = streamer("validate", "--table", f"{schema}.typed", "--repair", "--chunk-rows", "100", url=url)
         with target.connect() as conn:
-            rows = dict(
+            rows: dict[int, str] = dict(
                 conn.execute(sa.text(f"SELECT id, t FROM {q} WHERE id IN (10, 11, 12, 5000, 5001)")).all()
             )
     finally:
@@ -520,3 +520,18 @@ def test_repair_never_overwrites_or_deletes_rows_newer_than_its_snapshot(
         line.startswith(f"REPAIR table={schema}.typed ranges=") and "checked_again=STILL DIFFERENT" in line
         for line in lines
     ), out.stdout
+
+
+def test_a_table_that_cannot_be_compared_exits_2_naming_it_and_the_next_command(
+    stack: Stack, typed_source: str
+) -> None:
+    schema = typed_source
+    out = streamer("validate", "--table", f"{schema}.typed", url=stack.settings.target_url)  # never loaded
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert (
+        f"streamer: cannot validate: target table {schema}.typed does not exist: load it first "
+        f"(streamer load --table {schema}.typed)"
+    ) in out.stderr
+    assert "Traceback" not in out.stderr
+    usage = streamer("validate", "--table", f"{schema}.typed", "--dry-run", url=stack.settings.target_url)
+    assert usage.returncode == 2 and "--repair" in usage.stderr
