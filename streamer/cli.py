@@ -365,7 +365,9 @@ def validate(
     ] = False,
     workers: Annotated[int, typer.Option(help="With --repair: parallel copy workers.")] = 2,
 ) -> None:
-    """Prove source == target: range hashes, then the differing keys and columns. Exit 1 on any difference.
+    """Prove source == target: range hashes, then the differing keys and columns.
+
+    Exit 0 all equal, 1 a table differs, 2 a table cannot be compared.
 
     On a terminal: a summary table and the differences under it; otherwise plain lines
     (DIFF table=... key=... ...) that are never cut.

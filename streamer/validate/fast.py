@@ -1,17 +1,17 @@
-"""The fast comparison: server-side range hashes (PostgreSQL on both sides), else bulk streams hashed by polars.
+"""The fast comparison: server-side hashes (PostgreSQL on both sides), else bulk streams joined by polars.
 
 Two tiers, so that speed never costs correctness:
 
-1. **Fast text.** Each column is turned into a canonical text, in SQL on PostgreSQL (``trim_scale``
-   for numerics, ``float4``/``float8`` text with ``extra_float_digits=0`` = 6/15 significant
-   digits, timestamps in ISO form at UTC, intervals as microseconds, ``jsonb`` text, arrays as
-   ``to_jsonb``, bytes as hex) and, for what a MariaDB or SQLite side hands back, by the same
-   polars expressions (:func:`fast_norm`) applied to both sides. NULL stays NULL (never equal to
-   an empty string). When both sides are PostgreSQL each range's rows are reduced on the server to
-   ``count(*)`` and the sum of the first 64 bits of ``md5`` of each row's text (order does not
-   matter, nothing but two numbers per range crosses the network). Otherwise both sides' ranges
-   are streamed in bulk (``COPY ... TO STDOUT`` on PostgreSQL, a streamed cursor elsewhere) and
-   compared column by column by a polars join.
+1. **Fast tier.** Both sides PostgreSQL: each server reduces the whole table (then, where that
+   differs, each key range) to ``count(*)`` and the sum of a 64-bit hash per row,
+   ``hash_record_extended`` of the columns cast to one canonical type per kind (:data:`_CANONICAL`;
+   md5 of the rows' text when the servers' hashes disagree on a probe). Otherwise, and for the
+   ranges that differ, both sides' rows are streamed in bulk as text (``COPY ... TO STDOUT`` on
+   PostgreSQL, which writes each column's canonical text itself (:func:`_pg_text`); one
+   ``GROUP_CONCAT`` string per range in COPY text form on MariaDB/MySQL; a cursor on SQLite),
+   the other side's texts are brought to the same form by polars (:func:`fast_norm`), and a polars
+   join on the key names the keys on one side only and the keys whose other columns differ. NULL
+   stays NULL: never equal to an empty string.
 2. **Arbiter.** A row whose fast texts differ is read again by key on both sides and compared by
    :func:`streamer.validate.core.normalize`, the exact normalization. Only what it still finds
    different is reported: the fast texts may differ for equal values (a JSON document stored with
@@ -34,8 +34,6 @@ from sqlalchemy.engine import Engine
 
 from streamer.errors import EXIT_SETTINGS, StreamerError
 from streamer.validate.core import SourceColumn
-
-GROUP_ROWS = 200  # MariaDB/MySQL rows per GROUP_CONCAT string
 
 
 class FetchError(StreamerError):
@@ -307,9 +305,8 @@ class Reader:
         return out
 
     def _fetch_other(self, rng: Range) -> pl.DataFrame:
-        """MariaDB/MySQL: rows as ``JSON_ARRAY`` texts joined by the server ``GROUP_CONCAT`` in groups of
-        :data:`GROUP_ROWS` (a pure-Python driver pays per row and per field; this way it reads a few
-        long strings) and split by polars; SQLite: the rows as they are."""
+        """MariaDB/MySQL: :meth:`_fetch_grouped` (a pure-Python driver pays per row and per field, so
+        it reads one long string per range); SQLite: the rows as they are, escaped as COPY text."""
         my = self.dialect in ("mysql", "mariadb")
         if my:
             return self._fetch_grouped(rng)
