@@ -361,8 +361,12 @@ class Loader:
         on_table_start: Callable[[str], None] | None = None,
         hold_timeout_s: float = 60.0,
         member_expiry_s: float = 30.0,
+        ranges: Mapping[str, Sequence[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]]] | None = None,
     ) -> None:
         self.params = _dsn_params(source_url)
+        # a repair (``streamer validate --repair``): per source ``schema.table``, only these key
+        # ranges ``(lo, hi]`` are copied, and only rows inside them are swept
+        self.ranges = {k: list(v) for k, v in (ranges or {}).items()}
         self.sink = sink
         self.engine = sink.engine
         self.dialect = sink.dialect
@@ -571,7 +575,7 @@ class Loader:
             t.join()
         if errors:
             raise errors[0]
-        report.swept = self._finish(route, target, floor, report.rows)
+        report.swept = self._finish(route, target, floor, report.rows, self.ranges.get(src.qualified))
         report.seconds = time.monotonic() - started
         self.log.info(
             "table loaded",
@@ -637,7 +641,10 @@ class Loader:
         if self.resume and row is not None and row.status == "done":
             self.log.info("already loaded; loading again", table=route.qualified)
         with conn.cursor() as cur:
-            if src.key:
+            if src.key and src.qualified in self.ranges:
+                chunks = [Chunk(i, lo, hi) for i, (lo, hi) in enumerate(self.ranges[src.qualified])]
+                total = 0
+            elif src.key:
                 chunks, total = plan_chunks(cur, src, self.chunk_rows)
             else:
                 cur.execute(f"SELECT count(*) FROM {_quote(src.schema)}.{_quote(src.table)}")  # noqa: S608
@@ -688,17 +695,32 @@ class Loader:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.literal(1)).select_from(t).limit(1)).first() is None
 
-    def _finish(self, route: Route, target: TargetTable, floor: str, rows: int) -> int:
-        """Sweep rows the snapshot did not have, mark the load done (one transaction)."""
+    def _finish(
+        self,
+        route: Route,
+        target: TargetTable,
+        floor: str,
+        rows: int,
+        ranges: Sequence[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]] | None = None,
+    ) -> int:
+        """Sweep rows the snapshot did not have (only inside ``ranges`` when given), mark the load done."""
         ver = target.version_column
-        t = sa.table(route.target_table, sa.column(ver), schema=route.target_schema)
+        t = sa.table(
+            route.target_table,
+            sa.column(ver),
+            *(sa.column(k) for k in target.key),
+            schema=route.target_schema,
+        )
         loads = state.loads_table
         with self.engine.begin() as conn:
             swept = 0
             if target.key:
-                swept = conn.execute(
-                    sa.delete(t).where(sa.or_(t.c[ver].is_(None), t.c[ver] < floor))
-                ).rowcount
+                older = sa.or_(t.c[ver].is_(None), t.c[ver] < floor)
+                if ranges is not None:
+                    older = sa.and_(
+                        older, sa.or_(*(_in_range([t.c[k] for k in target.key], r) for r in ranges))
+                    )
+                swept = conn.execute(sa.delete(t).where(older)).rowcount
             conn.execute(
                 sa.update(loads)
                 .where(loads.c.table_name == route.qualified)
@@ -872,6 +894,17 @@ def _no_key(src: SourceTable) -> NoPrimaryKeyError:
         f"source table {src.qualified} has no primary key: changes to it cannot be applied by key; "
         "copy it whole with --no-key (no resume, no merge with the stream)"
     )
+
+
+def _in_range(cols: Sequence[Any], rng: tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]) -> Any:
+    """``lo < (cols) <= hi`` as an SQLAlchemy condition (``None``: unbounded)."""
+    lo, hi = rng
+    parts: list[Any] = [sa.true()]
+    if lo is not None:
+        parts.append(sa.tuple_(*cols) > sa.tuple_(*(sa.literal(v) for v in lo)))
+    if hi is not None:
+        parts.append(sa.tuple_(*cols) <= sa.tuple_(*(sa.literal(v) for v in hi)))
+    return sa.and_(*parts)
 
 
 def _range(key: Sequence[str], chunk: Chunk) -> tuple[str, list[Any]]:

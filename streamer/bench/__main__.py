@@ -1,6 +1,6 @@
 """``make bench``: every benchmark in one run, each against its floors; exit 1 if any misses one.
 
-decode (issue 3), consume (issue 4), load (issue 5), replicate (issue 7). Each module prints
+decode (issue 3), consume (issue 4), load (issue 5), replicate (issue 7), validate (issue 14). Each module prints
 its own table; this runner prints a summary. Numbers are measured on the machine at hand.
 """
 
@@ -10,7 +10,7 @@ import importlib
 import sys
 import time
 
-BENCHES = ("decode", "consume", "load", "replicate")
+BENCHES = ("decode", "consume", "load", "replicate", "validate")
 
 
 def main() -> int:
