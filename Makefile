@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEB_PACKAGES := openjdk-17-jre-headless libjetty9-java postgresql
+DEB_PACKAGES := openjdk-17-jre-headless libjetty9-java postgresql mariadb-server
 DOCKER_OK = $(shell docker info >/dev/null 2>&1 && echo yes)
 
 .PHONY: install system-packages up down status test lint unit integration faults faults-open chaos demo connectors bench clean
@@ -17,6 +17,7 @@ system-packages:
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	[ -f /usr/share/java/jetty9-server.jar ] || missing="$$missing libjetty9-java"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	{ [ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null; } || missing="$$missing mariadb-server"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
