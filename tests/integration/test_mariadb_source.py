@@ -29,6 +29,7 @@ from streamer.db import create_target_engine
 from streamer.events import TableId
 from streamer.schema import Router
 from streamer.stack import Stack
+from streamer.validate import compare_tables
 from tests.conftest import wait_running
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -341,5 +342,15 @@ def test_mariadb_changes_reach_postgresql(
     assert not missing and not extra and not changed, (
         f"seed {seed}: missing {missing[:5]} extra {extra[:5]} changed {dict(list(changed.items())[:3])}"
     )
+    # and so does streamer's own validator, reading MariaDB as the source
+    source_engine = create_target_engine(stack.mariadb_url(mariadb_db))
+    target_engine = create_target_engine(stack.settings.target_url)
+    try:
+        diff = compare_tables(source_engine, (None, TABLE), target_engine, (mariadb_db, TABLE))
+    finally:
+        source_engine.dispose()
+        target_engine.dispose()
+    assert diff.source_rows == len(source)
+    assert diff.equal, f"missing {diff.missing[:5]} extra {diff.extra[:5]} changed {diff.changed[:5]}"
     # every row carries its binlog coordinate (file number, position, row), so the guard can order it
     assert all(re.fullmatch(r"my:\d{8}:[0-9a-f]{16}:\d{6}", v) for v in versions), versions[:5]
