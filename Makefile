@@ -41,7 +41,7 @@ up: install
 ifeq ($(DOCKER_OK),yes)
 	@echo "Docker engine found: starting docker-compose.yml"
 	docker compose up -d --wait
-	@echo "broker 127.0.0.1:9092  connect http://127.0.0.1:8083  source postgresql://postgres:postgres@127.0.0.1:15432/inventory  schema registry http://127.0.0.1:8081"
+	@echo "broker 127.0.0.1:9092  connect http://127.0.0.1:8083  source postgresql://postgres:postgres@127.0.0.1:15432/inventory  mariadb mysql://root:root@127.0.0.1:13306/inventory  schema registry http://127.0.0.1:8081"
 else
 	@echo "No Docker engine: starting the native stack (streamer stack up)"
 	$(BIN)/streamer stack up

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VERSION = "_streamer_version"
 TABLE = "items"
 MARKER = 999_999  # the workload's last insert: once the target has it, the consumer has read that far
-COLUMNS = ("id", "big", "price", "name", "notes", "happened", "stamped", "day", "data", "doc", "state")
+COLUMNS = ("id", "big", "counter", "price", "name", "notes", "happened", "stamped", "day", "data", "doc", "state")
 STATES = ("new", "paid", "shipped")
 
 
@@ -106,6 +106,8 @@ def _row(rng: random.Random, key: int) -> dict[str, Any]:
     return {
         "id": key,
         "big": rng.choice([-(2**63), 2**63 - 1, rng.randint(-(10**15), 10**15)]),
+        # past a signed bigint: the connector file's bigint.unsigned.handling.mode=precise
+        "counter": rng.choice([0, 2**64 - 1, rng.randint(2**63, 2**64 - 1)]),
         "price": Decimal(rng.randint(-(10**11), 10**11)) / 1000,
         "name": "".join(rng.choice("abcdé 'ü\\xyz") for _ in range(rng.randint(0, 40))),
         "notes": maybe("ñ" * rng.randint(0, 3000)),
@@ -141,6 +143,7 @@ class Workload:
             f"""CREATE TABLE {self.table} (
                 id INT PRIMARY KEY,
                 big BIGINT NOT NULL,
+                counter BIGINT UNSIGNED NOT NULL,
                 price DECIMAL(14,3) NOT NULL,
                 name VARCHAR(100) NOT NULL,
                 notes TEXT NULL,
