@@ -36,7 +36,20 @@ ROOT = Path(__file__).resolve().parents[2]
 VERSION = "_streamer_version"
 TABLE = "items"
 MARKER = 999_999  # the workload's last insert: once the target has it, the consumer has read that far
-COLUMNS = ("id", "big", "counter", "price", "name", "notes", "happened", "stamped", "day", "data", "doc", "state")
+COLUMNS = (
+    "id",
+    "big",
+    "counter",
+    "price",
+    "name",
+    "notes",
+    "happened",
+    "stamped",
+    "day",
+    "data",
+    "doc",
+    "state",
+)
 STATES = ("new", "paid", "shipped")
 
 
