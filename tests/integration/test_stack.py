@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import psycopg2
 import pytest
+import sqlalchemy as sa
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
@@ -120,13 +121,26 @@ def test_second_stack_up_twice_then_down_leaves_nothing(stack: Stack, side_dir: 
 def test_only_one_part_starts_and_stops_alone(stack: Stack, side_dir: Path) -> None:
     """`up --only mariadb` next to nothing else; `running_stack` stops exactly what it started."""
     port = _free_port()
-    env = {"STREAMER_STACK__DIR": str(side_dir), "STREAMER_STACK__MARIADB_PORT": str(port)}
+    env = {
+        "STREAMER_STACK__DIR": str(side_dir),
+        "STREAMER_STACK__MARIADB_PORT": str(port),
+        # quotes, backslashes and URL characters survive the init file and the URL
+        "STREAMER_STACK__MARIADB_PASSWORD": "it's \\ a; test",
+        "STREAMER_STACK__MARIADB_ROOT_PASSWORD": "r@o:t/'%",
+    }
     settings = load_settings(env=env)
     with running_stack(settings, only=["mariadb"]) as (other, started):
         assert started
         assert other.pid("mariadb") is not None
         assert [p for p in PARTS if other.pid(p) is not None] == ["mariadb"]
+        # healthy means the replication user logged in with its password
         assert [s.name for s in other.status() if s.healthy] == ["mariadb"]
+        root = sa.create_engine(other.mariadb_url().replace("mysql://", "mysql+pymysql://", 1))
+        try:
+            with root.connect() as conn:
+                assert conn.execute(sa.text("SELECT DATABASE(), @@port")).one() == ("inventory", port)
+        finally:
+            root.dispose()
         with running_stack(settings, only=["mariadb"]) as (_, started_again):
             assert not started_again  # already running: left running
         assert other.pid("mariadb") is not None
