@@ -264,6 +264,10 @@ def test_stack_up_and_down_from_a_clone_in_a_private_directory(stack: Stack, tmp
         my.close()
         for grant in ("SELECT", "RELOAD", "SHOW DATABASES", "REPLICATION SLAVE", "BINLOG MONITOR"):
             assert grant in grants, grants
+        # the worker `up` started resolves every placeholder of connectors/*.json, the MariaDB
+        # file's included (Connect's validation connects to each source as its file says)
+        validated = cli("connectors", "validate")
+        assert validated.returncode == 0, validated.stdout + validated.stderr
         assert (clone / ".stack" / "logs" / "source.log").resolve() == view.pg_dir / "source.log"
     finally:
         down = cli("stack", "down", "--purge")
