@@ -255,8 +255,9 @@ class Stack:
             found.append(path)
         return found[0], found[1]
 
-    def check_prerequisites(self) -> None:
-        """One clear error per missing part, naming the package that provides it."""
+    def check_prerequisites(self, parts: Sequence[str] | None = None) -> None:
+        """One clear error per missing part, naming the package that provides it (MariaDB's only
+        when ``parts``, default every part, holds it)."""
         if shutil.which("java") is None:
             raise PrerequisiteError("java not found: install the Debian package openjdk-17-jre-headless")
         missing = [p for p in JETTY_PARTS if not (JETTY_DIR / f"jetty9-{p}.jar").exists()]
@@ -266,7 +267,7 @@ class Stack:
                 "install the Debian package libjetty9-java"
             )
         self.pg_bindir()
-        if self.cfg.mariadb:
+        if "mariadb" in self.select(parts):
             self.mariadb_binaries()
         if not self.tansu_bin.exists() or not (self.connect_libs / ".complete").exists():
             raise PrerequisiteError(
@@ -313,7 +314,7 @@ class Stack:
         ``only``: just these parts (e.g. ``["mariadb"]`` next to a stack that runs without it).
         """
         parts = self.select(only)
-        self.check_prerequisites()
+        self.check_prerequisites(parts)
         for d in (self.run_dir, self.log_dir, self.conf_dir):
             d.mkdir(parents=True, exist_ok=True)
         starters = {
