@@ -386,7 +386,7 @@ class Stack:
         """SQLAlchemy URL of the MariaDB source as its root user (tables, load, validate)."""
         c = self.cfg
         db = c.mariadb_database if database is None else database
-        return f"mysql://root:{quote(c.mariadb_root_password, safe='')}@{c.host}:{c.mariadb_port}/{db}"
+        return f"mysql://root:{quote(c.mariadb_root_password, safe='')}@{c.host}:{c.mariadb_port}/{quote(db, safe='')}"
 
     def connect_env(self) -> dict[str, str]:
         """Variables the Connect worker resolves ``${env:...}`` placeholders from (defaults for the stack)."""
