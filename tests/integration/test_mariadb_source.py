@@ -201,6 +201,10 @@ class Workload:
         self.keys.discard(key)
         self.keys.add(new)
 
+    def truncate(self) -> None:
+        self.execute(f"TRUNCATE TABLE {self.table}")
+        self.keys.clear()
+
     def pick(self) -> int:
         return self.rng.choice(sorted(self.keys))
 
@@ -299,7 +303,8 @@ def test_mariadb_changes_reach_postgresql(
     stack: Stack, mariadb_db: str, mariadb_connector: Any, unique: str
 ) -> None:
     """Snapshot rows, inserts, updates, deletes, primary-key updates, one key twice in a transaction,
-    multi-row events and delete + re-insert of a key: the PostgreSQL target equals the source."""
+    multi-row events, delete + re-insert of a key and a TRUNCATE amid the writes: the PostgreSQL
+    target equals the source."""
     seed = random.randrange(2**32)
     print(f"seed {seed}")
     conn = stack.mariadb_connect(database=mariadb_db, autocommit=True)
@@ -308,7 +313,9 @@ def test_mariadb_changes_reach_postgresql(
         work.create()
         work.insert(40)  # read by the connector's snapshot
         mariadb_connector(mariadb_db)
-        work.run(300)  # streamed from the binlog
+        work.run(150)  # streamed from the binlog
+        work.truncate()  # every row so far goes; the rows written after it stay
+        work.run(150)
         work.insert(1, key=MARKER)
     finally:
         conn.close()
