@@ -37,9 +37,9 @@ from rich.table import Table
 
 from streamer import logs, state
 from streamer.consume import ConsumerProcess, Hooks, build_decoder
+from streamer.core.errors import StreamerError
+from streamer.core.events import ChangeEvent, TableId
 from streamer.db import create_target_engine
-from streamer.errors import StreamerError
-from streamer.events import ChangeEvent, TableId
 from streamer.load import Loader
 from streamer.settings import Settings
 from streamer.sink import ApplyResult, build_sink

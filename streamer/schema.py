@@ -31,8 +31,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Connection, Engine
 
-from streamer.errors import StreamerError
-from streamer.events import ChangeEvent, ColumnType, TableId
+from streamer.apply.dialects import dialect_for
+from streamer.core.errors import StreamerError
+from streamer.core.events import ChangeEvent, ColumnType, TableId
 
 VERSION_TYPE_LENGTH = 40
 SqlType = sa.types.TypeEngine[Any]
@@ -78,6 +79,7 @@ class Router:
 
     def __init__(self, dialect: str, routes: Mapping[str, RouteSpec] | None = None) -> None:
         self.dialect = dialect
+        self.target = dialect_for(dialect)
         self.routes = dict(routes or {})
         self._cache: dict[TableId, Route] = {}
 
@@ -95,11 +97,11 @@ class Router:
             schema, _, name = spec.target.rpartition(".")
             target_schema: str | None = schema or None
             target_table = name
-        elif self.dialect == "postgresql":
+        elif self.target.namespaces_as_schemas:
             target_schema, target_table = ns, table.table
         else:
             target_schema, target_table = None, f"{ns}_{table.table}" if ns else table.table
-        if self.dialect == "sqlite" and target_schema is not None:  # SQLite has no schemas
+        if not self.target.has_schemas and target_schema is not None:  # SQLite has no schemas
             target_table, target_schema = f"{target_schema}_{target_table}", None
         if spec is None:
             return Route(target_schema, target_table)
@@ -255,6 +257,7 @@ class SchemaManager:
     def __init__(self, engine: Engine, version_column: str, mode: str = "auto") -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self.target = dialect_for(self.dialect)
         self.version_column = version_column
         self.mode = mode
         self._known: dict[tuple[str | None, str], TargetTable] = {}
@@ -342,7 +345,7 @@ class SchemaManager:
         columns: Mapping[str, SqlType],
         key: tuple[str, ...],
     ) -> None:
-        if route.target_schema and self.dialect == "postgresql":
+        if route.target_schema and self.target.namespaces_as_schemas:
             conn.execute(sa.schema.CreateSchema(route.target_schema, if_not_exists=True))
         # key columns first, in key order, then the rest as the source orders them
         ordered = {k: columns[k] for k in key if k in columns}

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from streamer.errors import SettingsError
+from streamer.core.errors import SettingsError
 
 ENV_PREFIX = "STREAMER_"
 DEFAULT_FILE = "streamer.toml"

@@ -18,7 +18,7 @@ Per batch:
 
 Version guard
 -------------
-Every target row carries the source position (:class:`~streamer.events.SourcePosition.version`)
+Every target row carries the source position (:class:`~streamer.core.events.SourcePosition.version`)
 of the change that wrote it, in the column ``consumer.version_column``. An upsert only replaces a
 row whose version is lower (or NULL: written by someone else); a delete only removes such a row;
 a truncate removes only rows older than itself. A replay, an overlapping snapshot load or a
@@ -44,13 +44,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from streamer import state
+from streamer.apply.dialects import Dialect, dialect_for
+from streamer.core.checkpoint import OffsetIdentity
+from streamer.core.errors import StreamerError
+from streamer.core.events import UNAVAILABLE, ChangeEvent, EndOfDay, InfiniteDate, InfiniteDatetime, Op
 from streamer.db import is_transient
-from streamer.errors import StreamerError
-from streamer.events import UNAVAILABLE, ChangeEvent, EndOfDay, InfiniteDate, InfiniteDatetime, Op
 from streamer.pgcopy import copy_rows
 from streamer.schema import Route, Router, SchemaManager, TargetTable
 from streamer.settings import Settings
@@ -172,9 +173,8 @@ class MissingVersionError(StreamerError):
 
     def __init__(self, event: ChangeEvent) -> None:
         self.event = event
-        o = event.origin
         super().__init__(
-            f"{o.topic}[{o.partition}]@{o.offset}: {event.op.value} on {event.table.qualified} has no source "
+            f"{event.origin.describe()}: {event.op.value} on {event.table.qualified} has no source "
             "position (empty version); the decoder refuses such records (MissingPositionError)"
         )
 
@@ -250,35 +250,17 @@ def _light_table(table: TargetTable, columns: Iterable[str]) -> sa.TableClause:
     )
 
 
-def _upsert_statement(dialect: str, table: TargetTable, columns: Sequence[str]) -> Any:
+def _upsert_statement(dialect: Dialect, table: TargetTable, columns: Sequence[str]) -> Any:
+    """The guarded upsert: a row is written where the target's is missing or has an older version."""
     ver = table.version_column
     t = _light_table(table, columns)
-    key = list(table.key)
-    update_cols = [c for c in columns if c not in key and c != ver]
-    if dialect in ("mysql", "mariadb"):
-        ins = mysql.insert(t)
-        newer = sa.or_(t.c[ver].is_(None), t.c[ver] < ins.inserted[ver])
-        sets: list[tuple[str, Any]] = [
-            (c, sa.case((newer, ins.inserted[c]), else_=t.c[c])) for c in update_cols
-        ]
-        # MySQL evaluates assignments left to right: the version column must change last
-        sets.append((ver, sa.case((newer, ins.inserted[ver]), else_=t.c[ver])))
-        return ins.on_duplicate_key_update(sets)
-    if dialect == "postgresql":
-        pg_ins = postgresql.insert(t)
-        return pg_ins.on_conflict_do_update(
-            index_elements=key,
-            set_={c: pg_ins.excluded[c] for c in [*update_cols, ver]},
-            where=sa.or_(t.c[ver].is_(None), t.c[ver] < pg_ins.excluded[ver]),
-        )
-    if dialect == "sqlite":
-        lite_ins = sqlite.insert(t)
-        return lite_ins.on_conflict_do_update(
-            index_elements=key,
-            set_={c: lite_ins.excluded[c] for c in [*update_cols, ver]},
-            where=sa.or_(t.c[ver].is_(None), t.c[ver] < lite_ins.excluded[ver]),
-        )
-    raise NotImplementedError(f"no upsert statement for dialect {dialect}")
+    update_cols = [c for c in columns if c not in table.key and c != ver]
+    return dialect.upsert(
+        t,
+        list(table.key),
+        [*update_cols, ver],  # the version last: MySQL assigns left to right
+        guard=lambda new: sa.or_(t.c[ver].is_(None), t.c[ver] < new[ver]),
+    )
 
 
 def _partial_statements(table: TargetTable, columns: Sequence[str]) -> tuple[Any, Any]:
@@ -343,8 +325,7 @@ class EventRejectedError(StreamerError):
 
     def __init__(self, event: ChangeEvent, error: Exception) -> None:
         self.event, self.error = event, error
-        o = event.origin
-        super().__init__(f"{o.topic}[{o.partition}]@{o.offset}: {type(error).__name__}: {error}")
+        super().__init__(f"{event.origin.describe()}: {type(error).__name__}: {error}")
 
 
 class FencedBatchError(StreamerError):
@@ -394,6 +375,7 @@ class Sink:
     ) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self.target = dialect_for(self.dialect)
         self.router = router
         self.schema = schema
         self.truncate = truncate
@@ -411,7 +393,7 @@ class Sink:
         record_state: bool = True,
         in_transaction: Callable[[Connection], None] | None = None,
         first: Mapping[tuple[str, int], int] | None = None,
-        identities: Mapping[tuple[str, int], state.OffsetIdentity] | None = None,
+        identities: Mapping[tuple[str, int], OffsetIdentity] | None = None,
     ) -> ApplyResult:
         """Apply events and record ``positions`` ((topic, partition) -> next offset) in one transaction.
 
@@ -521,7 +503,7 @@ class Sink:
                 truncated = plan.truncate_version
         # group rows by the set of columns they carry (unavailable TOAST values left out)
         groups: dict[tuple[str, ...], list[list[Any]]] = {}
-        pg = self.dialect == "postgresql"
+        pg = self.target.merges_by_copy
         adapt = None if pg else self.adapt  # COPY formats Python values itself
         known = set(table.columns)
         carried: set[str] = set()  # columns the rows carry, unavailable ones included
@@ -551,14 +533,14 @@ class Sink:
             names = [*cols, ver]
             if cols not in partial:
                 conn.execute(
-                    _upsert_statement(self.dialect, table, names),
+                    _upsert_statement(self.target, table, names),
                     [dict(zip(names, r, strict=True)) for r in rows],
                 )
                 continue
             # rows lacking columns: insert the missing keys, then a guarded update (see _partial_statements)
             insert, update = _partial_statements(table, names)
             bound = [{f"p_{i}": v for i, v in enumerate(r)} for r in rows]
-            if self.dialect not in ("mysql", "mariadb"):
+            if not self.target.partial_insert_may_refuse():
                 conn.execute(insert, bound)
             else:
                 try:

@@ -32,8 +32,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
+
+from streamer.apply.dialects import dialect_for
+from streamer.core.checkpoint import OffsetIdentity
 
 VERSION_TABLE = "_streamer_alembic_version"
 _meta = sa.MetaData()
@@ -122,16 +124,11 @@ def upgrade(engine: Engine) -> str:
     """Create or upgrade streamer's tables to the newest revision; safe to run from many processes."""
     cfg = _alembic_config()
     with engine.begin() as conn:
-        dialect = conn.dialect.name
-        # serialize concurrent upgrades (several consumers starting at once)
-        if dialect == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7301945)"))
-        elif dialect in ("mysql", "mariadb"):
-            conn.execute(sa.text("SELECT GET_LOCK('streamer_migrations', 60)"))
+        dialect = dialect_for(conn.dialect.name)
+        dialect.lock_migrations(conn)  # serialize concurrent upgrades (several consumers starting at once)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
-        if dialect in ("mysql", "mariadb"):
-            conn.execute(sa.text("SELECT RELEASE_LOCK('streamer_migrations')"))
+        dialect.unlock_migrations(conn)
     return head_revision()
 
 
@@ -140,35 +137,12 @@ def _upsert(
 ) -> None:
     if not rows:
         return
-    cols = list(update)
     key = [c.name for c in table.primary_key.columns]
-    dialect = conn.dialect.name
-    stmt: Any
-    if dialect == "postgresql":
-        pg = postgresql.insert(table)
-        stmt = pg.on_conflict_do_update(index_elements=key, set_={c: pg.excluded[c] for c in cols})
-    elif dialect == "sqlite":
-        lite = sqlite.insert(table)
-        stmt = lite.on_conflict_do_update(index_elements=key, set_={c: lite.excluded[c] for c in cols})
-    elif dialect in ("mysql", "mariadb"):
-        my = mysql.insert(table)
-        stmt = my.on_duplicate_key_update({c: my.inserted[c] for c in cols})
-    else:
-        raise NotImplementedError(dialect)
-    conn.execute(stmt, list(rows))
+    conn.execute(dialect_for(conn.dialect.name).upsert(table, key, list(update)), list(rows))
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
-@dataclasses.dataclass(frozen=True)
-class OffsetIdentity:
-    """What a stored offset belongs to: the topic's id (None when the broker has none) and a
-    fingerprint of the record at ``next_offset - 1`` (None when unknown)."""
-
-    topic_id: str | None = None
-    fingerprint: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,24 +190,9 @@ def save_offsets(
         return
     t = offsets_table
     key = [c.name for c in t.primary_key.columns]
-    dialect = conn.dialect.name
-    stmt: Any
-    if dialect in ("postgresql", "sqlite"):
-        ins = postgresql.insert(t) if dialect == "postgresql" else sqlite.insert(t)
-        stmt = ins.on_conflict_do_update(
-            index_elements=key,
-            set_={c: ins.excluded[c] for c in cols},
-            where=t.c.next_offset <= ins.excluded.next_offset,
-        )
-    elif dialect in ("mysql", "mariadb"):
-        my = mysql.insert(t)
-        forward = t.c.next_offset <= my.inserted.next_offset
-        # assignments run left to right: next_offset changes last, so `forward` sees the old value
-        stmt = my.on_duplicate_key_update(
-            [(c, sa.case((forward, my.inserted[c]), else_=t.c[c])) for c in cols]
-        )
-    else:
-        raise NotImplementedError(dialect)
+    stmt = dialect_for(conn.dialect.name).upsert(
+        t, key, cols, guard=lambda new: t.c.next_offset <= new.next_offset
+    )
     conn.execute(stmt, rows)
 
 
@@ -270,23 +229,14 @@ def lock_offsets(
         }
         for tp, p in wanted
     ]
-    dialect = conn.dialect.name
-    insert: Any
-    if dialect == "postgresql":
-        insert = postgresql.insert(t).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        insert = sqlite.insert(t).on_conflict_do_nothing()
-    elif dialect in ("mysql", "mariadb"):
-        insert = mysql.insert(t).prefix_with("IGNORE")
-    else:
-        raise NotImplementedError(dialect)
-    conn.execute(insert, placeholders)
+    dialect = dialect_for(conn.dialect.name)
+    conn.execute(dialect.insert_ignore(t), placeholders)
     q = (
         sa.select(t.c.topic, t.c.partition_id, t.c.next_offset)
         .where(t.c.consumer_group == group, t.c.topic.in_(sorted({tp for tp, _ in wanted})))
         .order_by(t.c.topic, t.c.partition_id)
     )
-    if dialect != "sqlite":
+    if dialect.locks_rows:
         q = q.with_for_update()
     found = {(r.topic, r.partition_id): int(r.next_offset) for r in conn.execute(q)}
     return {tp: found[tp] for tp in wanted if tp in found}

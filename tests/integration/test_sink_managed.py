@@ -13,17 +13,17 @@ from typing import Any
 import sqlalchemy as sa
 
 from streamer import state
-from streamer.db import create_target_engine
-from streamer.events import (
+from streamer.core.checkpoint import KafkaOrigin
+from streamer.core.events import (
     UNAVAILABLE,
     ChangeEvent,
     ColumnType,
     Op,
-    Origin,
     SourcePosition,
     TableId,
     pg_version,
 )
+from streamer.db import create_target_engine
 from streamer.load import Loader
 from streamer.schema import Router, SchemaManager
 from streamer.sink import Sink
@@ -58,7 +58,7 @@ class Events:
             txid=None,
             source_ts=None,
             event_ts=None,
-            origin=Origin("topic", 0, self.offset),
+            origin=KafkaOrigin("topic", 0, self.offset),
         )
 
 
