@@ -25,8 +25,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from streamer.core.events import TableId
 from streamer.db import create_target_engine
-from streamer.events import TableId
 from streamer.schema import Router
 from streamer.stack import Stack
 from streamer.validate import compare_tables
