@@ -22,6 +22,7 @@ from streamer.errors import (
     ConnectorFailedError,
     ConnectorFileError,
     SettingsError,
+    StackError,
     StreamerError,
 )
 from streamer.settings import Settings, load_settings
@@ -35,7 +36,7 @@ app = typer.Typer(
     add_completion=False,
 )
 stack_app = typer.Typer(
-    help="The native development stack (PostgreSQL, broker, Kafka Connect).", no_args_is_help=True
+    help="The native development stack (PostgreSQL, MariaDB, broker, Kafka Connect).", no_args_is_help=True
 )
 app.add_typer(stack_app, name="stack")
 
@@ -77,12 +78,18 @@ def stack_fetch(ctx: typer.Context) -> None:
     Stack(settings_of(ctx)).fetch()
 
 
+_ONLY_HELP = "Just this part (source, mariadb, broker, connect); repeat for several."
+
+
 @stack_app.command("up")
-def stack_up(ctx: typer.Context) -> None:
+def stack_up(
+    ctx: typer.Context,
+    only: Annotated[list[str] | None, typer.Option("--only", help=_ONLY_HELP)] = None,
+) -> None:
     """Start the native stack (what is not running yet) and wait until every part is healthy."""
     stack = Stack(settings_of(ctx))
     stack.fetch()
-    stack.up()
+    stack.up(only)
     _print_status(stack)
 
 
@@ -90,10 +97,13 @@ def stack_up(ctx: typer.Context) -> None:
 def stack_down(
     ctx: typer.Context,
     purge: Annotated[bool, typer.Option(help="Also delete the source database's data and logs.")] = False,
+    only: Annotated[list[str] | None, typer.Option("--only", help=_ONLY_HELP)] = None,
 ) -> None:
     """Stop what `stack up` started."""
     stack = Stack(settings_of(ctx))
-    stopped = stack.down()
+    if only and purge:
+        raise StackError("--purge deletes the whole stack's data: use it without --only")
+    stopped = stack.down(only)
     print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
     if purge:
         stack.purge()

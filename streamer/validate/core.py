@@ -11,7 +11,7 @@ number         ``Decimal`` normalized (``1.50`` == ``1.5``; NaN and infinities a
 float4/float8  the float rounded to 6 / 15 significant digits
 bool           ``True``/``False`` (MySQL's 0/1 included)
 timestamp      naive ISO text (``+infinity``/``-infinity`` for the extremes)
-timestamptz    UTC ISO text
+timestamptz    UTC ISO text (a MySQL/MariaDB ``TIMESTAMP`` too: read as UTC whatever the session zone)
 date, time     ISO text; ``timetz`` converted to UTC
 interval       total microseconds (MySQL/SQLite targets store it so)
 json           compact JSON with sorted keys (text parsed first)
@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Engine
 
 from streamer.errors import EXIT_SETTINGS, StreamerError
@@ -65,7 +65,8 @@ def _kind(coltype: Any) -> str:
     if isinstance(coltype, sa.Integer | sa.Numeric):
         return "number"
     if isinstance(coltype, sa.DateTime):
-        return "timestamptz" if coltype.timezone else "timestamp"
+        # a MySQL/MariaDB TIMESTAMP is an instant (stored in UTC, shown in the session's zone)
+        return "timestamptz" if coltype.timezone or _is_mysql_timestamp(coltype) else "timestamp"
     if isinstance(coltype, sa.Date):
         return "date"
     if isinstance(coltype, sa.Time):
@@ -81,6 +82,10 @@ def _kind(coltype: Any) -> str:
     if isinstance(coltype, sa.Uuid):
         return "uuid"
     return "text"
+
+
+def _is_mysql_timestamp(coltype: Any) -> bool:
+    return isinstance(coltype, mysql.TIMESTAMP)
 
 
 def describe(engine: Engine, schema: str | None, table: str) -> tuple[list[SourceColumn], tuple[str, ...]]:
@@ -262,6 +267,14 @@ class _Side:
                 self.exprs.append(sa.null().label(c.name))
             elif engine.dialect.name == "postgresql":
                 self.exprs.append(_pg_read(self.t.c[n], c))
+            elif _is_mysql_timestamp(self.t.c[n].type):
+                # read as UTC whatever the session's time zone (read back naive, i.e. as UTC)
+                col = self.t.c[n]
+                self.exprs.append(
+                    sa.func.convert_tz(col, sa.text("@@session.time_zone"), "+00:00", type_=col.type).label(
+                        c.name
+                    )
+                )
             elif c.kind == "json":
                 # as text everywhere: a JSON null must not read back as SQL NULL
                 self.exprs.append(sa.cast(self.t.c[n], sa.Text).label(c.name))
