@@ -65,7 +65,7 @@ def test_a_mysql_timestamp_is_an_instant_and_a_datetime_is_not() -> None:
     timestamptz target column): compared as UTC; DATETIME is a wall-clock value."""
     from sqlalchemy.dialects import mysql
 
-    from streamer.validate import _kind
+    from streamer.validate.core import _kind
 
     assert _kind(mysql.TIMESTAMP(fsp=6)) == "timestamptz"
     assert _kind(mysql.DATETIME(fsp=6)) == "timestamp"
