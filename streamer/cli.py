@@ -349,6 +349,7 @@ def validate(
 
     from streamer.db import create_target_engine
     from streamer.events import TableId
+    from streamer.fetch import incomplete_rows, incomplete_text
     from streamer.load import tables_from_connectors
     from streamer.sink import build_router
     from streamer.validate import validate_table
@@ -384,10 +385,13 @@ def validate(
                     break
                 _time.sleep(settle)
             results.append((f"{schema}.{tbl}", route.qualified, diff))
+        with target.connect() as tconn:  # issue 13: rows the stream left incomplete (streamer.fetch)
+            names = {tgt for _, tgt, _ in results}
+            incomplete = [r.to_json() for r in incomplete_rows(tconn) if r.table in names]
     finally:
         source.dispose()
         target.dispose()
-    ok = all(d.equal for _, _, d in results)
+    ok = all(d.equal for _, _, d in results) and not incomplete
     if as_json:
         print(
             _json.dumps(
@@ -408,6 +412,7 @@ def validate(
                         }
                         for src, tgt, d in results
                     ],
+                    "incomplete": incomplete,
                 },
                 default=str,
             )
@@ -429,6 +434,8 @@ def validate(
                 "\n".join(notes) or ("row counts differ" if not d.equal else ""),
             )
         Console().print(out)
+        for line in incomplete_text(incomplete):
+            Console().print(line, style="red", markup=False, highlight=False)
     if not ok:
         raise typer.Exit(1)
 
@@ -824,7 +831,7 @@ def replicate(
             overrides={"consumer": {"error_policy": error_policy}}, path=_config_path(ctx)
         )
     logs.configure(settings.log_format, settings.log_level)
-    sink = build_sink(settings)
+    sink = build_sink(settings, source_url=source or settings.source_url)
     try:
         _upgrade_target(sink.engine)
         proc = ReplicationProcess(

@@ -699,6 +699,9 @@ class Loader:
                 swept = conn.execute(
                     sa.delete(t).where(sa.or_(t.c[ver].is_(None), t.c[ver] < floor))
                 ).rowcount
+            # keys left incomplete by changes older than the snapshot are complete now (streamer.fetch)
+            inc = state.incomplete_table
+            conn.execute(sa.delete(inc).where(inc.c.table_name == route.qualified, inc.c.version < floor))
             conn.execute(
                 sa.update(loads)
                 .where(loads.c.table_name == route.qualified)

@@ -26,9 +26,10 @@ zombie consumer can therefore never move a row back in time. A key deleted in th
 replayed from before its delete is inserted again by the replay and deleted again when the replay
 reaches the delete: replays converge once they have drained, as the README states.
 
-Unavailable (unchanged TOAST) values are never written: such a column is left out of the update;
-if the row does not exist in the target at all, it is inserted with NULL there (the target never
-had the value to keep; a NOT NULL column rejects it, and the error policy names the event).
+Unavailable (unchanged TOAST) values are never written: such a column is left out of the update.
+A row the target lacks (never loaded, or the create half of a primary-key update) is completed
+from the source by key before it is written, or left out and recorded incomplete when the source
+cannot be read: :mod:`streamer.fetch` (the hook is :meth:`Sink._apply_plans`' first line).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from streamer import state
 from streamer.db import is_transient
 from streamer.errors import StreamerError
 from streamer.events import UNAVAILABLE, ChangeEvent, EndOfDay, InfiniteDate, InfiniteDatetime, Op
+from streamer.fetch import RowCompleter, SourceFetcher, build_fetcher
 from streamer.pgcopy import copy_rows
 from streamer.schema import Route, Router, SchemaManager, TargetTable
 from streamer.settings import Settings
@@ -391,8 +393,10 @@ class Sink:
         schema: SchemaManager,
         *,
         truncate: bool = True,
+        fetcher: SourceFetcher | None = None,
     ) -> None:
         self.engine = engine
+        self.completer = RowCompleter(fetcher)  # values events do not carry (streamer.fetch)
         self.dialect = engine.dialect.name
         self.router = router
         self.schema = schema
@@ -503,6 +507,7 @@ class Sink:
         truncated: Mapping[str, str],
         result: ApplyResult,
     ) -> None:
+        self.completer.complete(conn, plans, tables)  # unchanged TOAST of rows the target lacks
         for tkey, plan in plans.items():
             table = tables.get(tkey)
             if table is None:
@@ -690,11 +695,22 @@ def build_router(settings: Settings, dialect: str) -> Router:
     return Router(dialect, routes)
 
 
-def build_sink(settings: Settings, engine: Engine | None = None) -> Sink:
-    """The sink the settings describe: target URL, routes, version column, schema mode, truncate policy."""
+def build_sink(settings: Settings, engine: Engine | None = None, source_url: str | None = None) -> Sink:
+    """The sink the settings describe: target URL, routes, version column, schema mode, truncate policy.
+
+    Values events do not carry are read from ``source_url`` when given (``streamer replicate
+    --source``), else from the settings' ``source_url`` and the connector files' sources.
+    """
     from streamer.db import create_target_engine
 
     engine = engine or create_target_engine(settings.target_url)
     c = settings.consumer
     router = build_router(settings, engine.dialect.name)
-    return Sink(engine, router, SchemaManager(engine, c.version_column, c.schema_mode), truncate=c.truncate)
+    fetcher = SourceFetcher.for_url(source_url) if source_url else build_fetcher(settings)
+    return Sink(
+        engine,
+        router,
+        SchemaManager(engine, c.version_column, c.schema_mode),
+        truncate=c.truncate,
+        fetcher=fetcher,
+    )
