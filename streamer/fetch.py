@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -51,6 +52,7 @@ from sqlalchemy.engine import Connection
 
 from streamer import logs, state
 from streamer.events import UNAVAILABLE, TableId
+from streamer.schema import SchemaMismatchError
 
 if TYPE_CHECKING:
     from streamer.schema import TargetTable
@@ -59,6 +61,19 @@ if TYPE_CHECKING:
 
 KeyTuple = tuple[Any, ...]
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class GeneratedColumnError(SchemaMismatchError):
+    """A target column holds a source column the source generates (the capture does not send it)
+    and its values cannot be read from the source: stop rather than leave it stale."""
+
+    def __init__(self, table: str, columns: Sequence[str], reason: str) -> None:
+        super().__init__(
+            f"target table {table}: column(s) {', '.join(columns)} are generated at the source, the change "
+            f"events do not carry them and they cannot be read from the source ({reason}); next: make the "
+            "source readable (source_url), or make them generated columns in the target (schema_mode=managed), "
+            'or drop them from the route ([routes."schema.table"] drop = [...])'
+        )
 
 
 class SourceReadError(Exception):
@@ -89,9 +104,12 @@ class SourceFetcher:
     use and opened again after an error.
     """
 
-    def __init__(self, sources: Mapping[str | None, Mapping[str, Any]]) -> None:
+    def __init__(self, sources: Mapping[str | None, Mapping[str, Any]], retry_after_s: float = 30.0) -> None:
         self.sources = {db: dict(params) for db, params in sources.items()}
+        self.retry_after_s = retry_after_s
         self._conns: dict[str | None, Any] = {}
+        self._generated: dict[TableId, frozenset[str]] = {}
+        self._failed_at: dict[TableId, float] = {}
 
     @classmethod
     def for_url(cls, url: str) -> SourceFetcher:
@@ -113,7 +131,7 @@ class SourceFetcher:
                 "or the connector file's database.* settings"
             )
         try:
-            conn = psycopg2.connect(**params, application_name="streamer-fetch")
+            conn = psycopg2.connect(**{"connect_timeout": 10, **params}, application_name="streamer-fetch")
         except psycopg2.Error as exc:
             raise SourceReadError(f"cannot connect to the source: {str(exc).strip()}") from exc
         conn.set_session(readonly=True, autocommit=True)
@@ -125,6 +143,45 @@ class SourceFetcher:
             if not conn.closed:
                 conn.close()
         self._conns.clear()
+
+    def _root(self, conn: Any, table: TableId) -> tuple[str, str]:
+        with conn.cursor() as cur:
+            ident = f"{_quote(table.schema or 'public')}.{_quote(table.table)}"
+            # the partition root: a row that moved between partitions is found wherever it is
+            cur.execute(
+                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.oid = coalesce(pg_partition_root(%s::regclass), %s::regclass)",
+                (ident, ident),
+            )
+            schema, name = cur.fetchone()
+        return str(schema), str(name)
+
+    def generated(self, table: TableId) -> frozenset[str] | None:
+        """The source table's stored generated columns (which pgoutput does not send); None when the
+        source cannot be read now (asked again ``retry_after_s`` later). Cached per table."""
+        known = self._generated.get(table)
+        if known is not None:
+            return known
+        failed = self._failed_at.get(table)
+        if failed is not None and time.monotonic() - failed < self.retry_after_s:
+            return None
+        try:
+            conn = self._conn(table.database)
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT a.attname FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
+                    "AND NOT a.attisdropped AND a.attgenerated = 's'",
+                    (f"{_quote(table.schema or 'public')}.{_quote(table.table)}",),
+                )
+                found = frozenset(str(r[0]) for r in cur.fetchall())
+        except (SourceReadError, psycopg2.Error) as exc:
+            self._failed_at[table] = time.monotonic()
+            logs.get("fetch").warning(
+                "source catalog not read", table=table.qualified, error=str(exc).strip()
+            )
+            return None
+        self._generated[table] = found
+        return found
 
     def fetch(
         self, table: TableId, columns: Sequence[str], keys: Sequence[Mapping[str, Any]]
@@ -138,15 +195,7 @@ class SourceFetcher:
 
         conn = self._conn(table.database)
         try:
-            with conn.cursor() as cur:
-                ident = f"{_quote(table.schema or 'public')}.{_quote(table.table)}"
-                # the partition root: a row that moved between partitions is found wherever it is
-                cur.execute(
-                    "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE c.oid = coalesce(pg_partition_root(%s::regclass), %s::regclass)",
-                    (ident, ident),
-                )
-                schema, name = cur.fetchone()
+            schema, name = self._root(conn, table)
             src = describe_source(conn, schema, name)
             by_name = {c.name: c for c in src.columns}
             key_cols = list(keys[0]) if keys else list(src.key)
@@ -285,12 +334,37 @@ class RowCompleter:
             if table is not None and table.key:
                 self._complete_table(conn, table, plan, recorded.get(table.route.qualified, {}))
 
+    def _generated(self, table: TargetTable, plan: TablePlan) -> list[str]:
+        """Target columns (plain there) holding a source column the source generates: their values
+        are read from the source for every upsert (pgoutput, and so Debezium, do not send them)."""
+        if self.fetcher is None or not plan.upserts:
+            return []
+        carried = set(plan.sample.columns)
+        writable = set(table.columns) - table.generated
+        if writable <= {table.route.target_column(n) for n in carried} | {table.version_column}:
+            return []  # the events carry every column the target takes
+        generated = self.fetcher.generated(plan.sample.table)
+        if generated is None:  # the source catalog cannot be read now (logged; asked again later)
+            return []
+        out = []
+        for name in sorted(generated - carried):
+            target = table.route.target_column(name)
+            if target is not None and target in writable:
+                out.append(target)
+        return out
+
     def _complete_table(
         self, conn: Connection, table: TargetTable, plan: TablePlan, recorded: Mapping[str, str]
     ) -> None:
+        generated = self._generated(table, plan)
+        if generated:
+            for k, (row, version) in list(plan.upserts.items()):
+                plan.upserts[k] = ({**row, **dict.fromkeys(generated, UNAVAILABLE)}, version)
         partial = {k: rv for k, rv in plan.upserts.items() if any(v is UNAVAILABLE for v in rv[0].values())}
         missing: dict[KeyTuple, tuple[dict[str, Any], str]] = {}
-        if partial:
+        if generated:
+            missing = dict(partial)  # every row: the generated values change with the row
+        elif partial:
             present = self._present(conn, table, [rv[0] for rv in partial.values()])
             deleted = {_norm(table_key(table, kr)) for kr, _v in plan.deletes.values()}
             for k, (row, version) in partial.items():
@@ -300,6 +374,8 @@ class RowCompleter:
         incomplete: dict[KeyTuple, str] = {}
         if missing:
             incomplete = self._fill(table, plan, missing)
+        if incomplete and generated:
+            raise GeneratedColumnError(table.route.qualified, generated, next(iter(incomplete.values())))
         if incomplete:
             self._record(conn, table, plan, incomplete)
         if recorded:

@@ -244,6 +244,7 @@ class TargetTable:
     columns: list[str]
     key: tuple[str, ...]
     version_column: str
+    generated: frozenset[str] = frozenset()  # computed by the target (generated columns): never written
 
     def has(self, column: str) -> bool:
         return column in self.columns
@@ -361,7 +362,7 @@ class SchemaManager:
             # information_schema, not SHOW CREATE TABLE parsing (which breaks on backticks in names)
             rows = conn.execute(
                 sa.text(
-                    "SELECT column_name, column_key FROM information_schema.columns "
+                    "SELECT column_name, column_key, extra FROM information_schema.columns "
                     "WHERE table_schema = COALESCE(:schema, DATABASE()) AND table_name = :table "
                     "ORDER BY ordinal_position"
                 ),
@@ -370,6 +371,7 @@ class SchemaManager:
             if not rows:
                 return None
             cols = [r[0] for r in rows]
+            generated = frozenset(r[0] for r in rows if "GENERATED" in str(r[2] or "").upper())
             pk_rows = conn.execute(
                 sa.text(
                     "SELECT column_name FROM information_schema.key_column_usage "
@@ -383,9 +385,11 @@ class SchemaManager:
             insp = sa.inspect(conn)
             if not insp.has_table(route.target_table, schema=route.target_schema):
                 return None
-            cols = [c["name"] for c in insp.get_columns(route.target_table, schema=route.target_schema)]
+            described = insp.get_columns(route.target_table, schema=route.target_schema)
+            cols = [c["name"] for c in described]
+            generated = frozenset(c["name"] for c in described if c.get("computed"))
             pk = insp.get_pk_constraint(route.target_table, schema=route.target_schema)
             key = tuple(pk.get("constrained_columns") or ())
         if not key and not allow_no_key:
             raise SchemaMismatchError(f"target table {route.qualified} has no primary key")
-        return TargetTable(route, cols, key, self.version_column)
+        return TargetTable(route, cols, key, self.version_column, generated)

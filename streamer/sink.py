@@ -528,7 +528,7 @@ class Sink:
         groups: dict[tuple[str, ...], list[list[Any]]] = {}
         pg = self.dialect == "postgresql"
         adapt = None if pg else self.adapt  # COPY formats Python values itself
-        known = set(table.columns)
+        known = set(table.columns) - table.generated  # the target computes generated columns
         carried: set[str] = set()  # columns the rows carry, unavailable ones included
         for row, version in plan.upserts.values():
             if truncated is not None and version < truncated:
