@@ -55,7 +55,7 @@ from streamer.events import UNAVAILABLE, TableId
 from streamer.schema import SchemaMismatchError
 
 if TYPE_CHECKING:
-    from streamer.schema import TargetTable
+    from streamer.schema import Router, TargetTable
     from streamer.settings import Settings
     from streamer.sink import TablePlan
 
@@ -155,6 +155,27 @@ class SourceFetcher:
             )
             schema, name = cur.fetchone()
         return str(schema), str(name)
+
+    def partition_root(self, table: TableId) -> TableId | None:
+        """The partitioned root of a source table (the table itself when it is not a partition);
+        None when the source cannot be read now (asked again ``retry_after_s`` later)."""
+        failed = self._failed_at.get(table)
+        if failed is not None and time.monotonic() - failed < self.retry_after_s:
+            return None
+        if table.database not in self.sources:
+            return table  # no PostgreSQL source of that database (a MySQL source): no partitions to know
+        try:
+            schema, name = self._root(self._conn(table.database), table)
+        except (SourceReadError, psycopg2.Error) as exc:
+            self._failed_at[table] = time.monotonic()
+            conn = self._conns.get(table.database)
+            if conn is not None:
+                conn.close()
+            logs.get("fetch").warning(
+                "source catalog not read", table=table.qualified, error=str(exc).strip()
+            )
+            return None
+        return TableId(table.database, schema, name)
 
     def generated(self, table: TableId) -> frozenset[str] | None:
         """The source table's stored generated columns (which pgoutput does not send); None when the
@@ -312,6 +333,27 @@ class RowCompleter:
     def __init__(self, fetcher: SourceFetcher | None) -> None:
         self.fetcher = fetcher
         self.log = logs.get("fetch")
+        self._rooted: set[TableId] = set()  # source tables whose partition root is known
+
+    def route_partitions(self, events: Iterable[Any], router: Router) -> None:
+        """Route leaf partitions as their root (``pg_partition_root`` at the source), so a partitioned
+        table lands in one target table whatever the publication publishes: changes of a publication
+        without ``publish_via_partition_root`` arrive per leaf partition, a row moving between
+        partitions as a delete in one and an insert in another (the version guard orders the two).
+        Asked once per table and process; while the source cannot be read, by name (logged)."""
+        if self.fetcher is None:
+            return
+        for table in {ev.table for ev in events} - self._rooted:
+            if table.schema is None:  # MySQL/MariaDB sources: no partitions to resolve
+                self._rooted.add(table)
+                continue
+            root = self.fetcher.partition_root(table)
+            if root is None:
+                continue
+            self._rooted.add(table)
+            if root != table:
+                router.set_partition_root(table, root)
+                self.log.info("partition routed as its root", table=table.qualified, root=root.qualified)
 
     def complete(
         self,

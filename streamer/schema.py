@@ -80,12 +80,18 @@ class Router:
         self.dialect = dialect
         self.routes = dict(routes or {})
         self._cache: dict[TableId, Route] = {}
+        self._roots: dict[TableId, TableId] = {}  # leaf partition -> its partitioned root
+
+    def set_partition_root(self, leaf: TableId, root: TableId) -> None:
+        """Route ``leaf`` (a partition at the source) as its root table from now on."""
+        self._roots[leaf] = root
+        self._cache.pop(leaf, None)
 
     def route(self, table: TableId) -> Route:
-        """The route of a source table (computed once per table)."""
+        """The route of a source table (computed once per table); a leaf partition routes as its root."""
         found = self._cache.get(table)
         if found is None:
-            found = self._cache[table] = self._route(table)
+            found = self._cache[table] = self._route(self._roots.get(table, table))
         return found
 
     def _route(self, table: TableId) -> Route:

@@ -434,6 +434,7 @@ class Sink:
         (see :func:`streamer.state.save_offsets`; a stored offset never moves backwards).
         """
         result = ApplyResult()
+        self.completer.route_partitions(events, self.router)  # leaf partitions -> root (streamer.fetch)
         # DDL first, outside the data transaction (SQLite allows one writer at a time)
         tables: dict[tuple[str | None, str], TargetTable] = {}
         broken: dict[tuple[str | None, str], Exception] = {}
