@@ -574,6 +574,10 @@ def connectors_plan(
         plan = connectors.make_plan(files, client.configs(), connectors.scope_of(directory), prune)
     for line in plan.render():
         _say(line)
+    from streamer.publications import plan_publications  # issue 13: partitioned tables
+
+    for step in plan_publications(files, settings_of(ctx).source_url):
+        _say(step if isinstance(step, str) else step.line())
 
 
 @connectors_app.command("apply")
@@ -608,6 +612,9 @@ def connectors_apply(
         changed = {a.name for a in plan.actions if a.writes}
         try:
             before = connectors.failed_traces(client, [a.name for a in plan.of("update")])
+            from streamer.publications import apply_publications  # issue 13: before the connectors start
+
+            apply_publications(files, settings_of(ctx).source_url, _say)
             if plan.changes_anything:
                 connectors.execute(client, plan, _say)
             else:

@@ -5,6 +5,7 @@ several partitions, updates moving rows between partitions, deletes; whole-table
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from confluent_kafka.admin import AdminClient
 from streamer.db import create_target_engine
 from streamer.stack import Stack
 from streamer.validate import compare_tables
+from tests.conftest import debezium_config, drop_connector
 from tests.integration.test_consume import consume_cmd, consumer_env
 from tests.integration.test_replicate import Replication, run
 
@@ -139,3 +141,71 @@ def test_replicate_lands_leaf_partitions_in_the_root_table(stack: Stack, unique:
         _assert_same(stack, url, schema)
     finally:
         repl.cleanup()
+
+
+def test_connectors_apply_creates_the_publication_via_partition_root(
+    stack: Stack, partitioned: str, tmp_path: Path
+) -> None:
+    """A connector file listing the partitioned root: `connectors plan` says what it will do, `apply`
+    creates the publication WITH (publish_via_partition_root = true) before pushing the connector, and
+    the changes arrive on the root's one topic."""
+    schema = partitioned
+    url = stack.settings.target_url
+    workdir = tmp_path / schema
+    workdir.mkdir()
+    config = debezium_config(stack, schema, f"{schema}.p", **{"column.propagate.source.type": ".*"})
+    (workdir / f"{schema}.json").write_text(json.dumps({"name": schema, "config": config}))
+
+    def connectors(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [*consume_cmd("x", "x")[:3], "connectors", *args, "--dir", str(workdir)]
+        return subprocess.run(cmd, env=consumer_env(url), capture_output=True, text=True, timeout=180)
+
+    try:
+        plan = connectors("plan")
+        assert plan.returncode == 0, plan.stderr
+        assert (
+            f"+ publication {schema}_pub ({schema}): create WITH (publish_via_partition_root = true): "
+            f"{schema}.p partitioned"
+        ) in plan.stdout.splitlines(), plan.stdout
+        applied = connectors("apply", "--wait", "90")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        conn = psycopg2.connect(stack.settings.source_url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT p.pubviaroot, t.schemaname, t.tablename FROM pg_publication p "
+                    "JOIN pg_publication_tables t ON t.pubname = p.pubname WHERE p.pubname = %s",
+                    (f"{schema}_pub",),
+                )
+                assert cur.fetchall() == [(True, schema, "p")]
+        finally:
+            conn.close()
+        again = connectors("plan")
+        assert f"= publication {schema}_pub ({schema}): publish_via_partition_root already on" in again.stdout
+
+        def drain() -> None:
+            done = subprocess.run(
+                consume_cmd(f"{schema}-root", rf"^{schema}\.{schema}\.p$", "--until-idle", "6"),
+                env=consumer_env(url, STREAMER_CONNECTORS_DIR=str(tmp_path / "none")),
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
+            assert done.returncode == 0, done.stderr[-3000:]
+
+        admin = AdminClient({"bootstrap.servers": stack.settings.bootstrap_servers})
+        deadline = time.monotonic() + 90
+        while f"{schema}.{schema}.p" not in admin.list_topics(timeout=10).topics:
+            assert time.monotonic() < deadline, "no topic for the root table"
+            time.sleep(1)
+        drain()
+        _assert_same(stack, url, schema)
+        _changes(stack, schema)
+        drain()
+        _assert_same(stack, url, schema)
+        leaf_topics = [
+            t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{schema}.{schema}.p_")
+        ]
+        assert leaf_topics == []
+    finally:
+        drop_connector(stack, schema, schema)
