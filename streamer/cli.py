@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -554,7 +555,16 @@ def connectors_validate(
         connectors.validate(client, files)
     for f in files:
         _say(f"= valid {f.name}  ({f.path})")
+    _say_dropped_columns(files, settings_of(ctx).source_url)
     _say(f"{len(files)} connector file(s) valid on {client.url}")
+
+
+def _say_dropped_columns(files: Sequence[connectors.ConnectorFile], source_url: str) -> None:
+    """Issue 13: captured columns whose type the connector drops (streamer.publications)."""
+    from streamer.publications import dropped_columns
+
+    for item in dropped_columns(files, source_url):
+        _say(item if isinstance(item, str) else item.line())
 
 
 @connectors_app.command("plan")
@@ -578,6 +588,7 @@ def connectors_plan(
 
     for step in plan_publications(files, settings_of(ctx).source_url):
         _say(step if isinstance(step, str) else step.line())
+    _say_dropped_columns(files, settings_of(ctx).source_url)
 
 
 @connectors_app.command("apply")

@@ -1,4 +1,12 @@
-"""Publications for connectors that capture partitioned tables (``connectors plan`` / ``apply``).
+"""What ``connectors validate/plan/apply`` read from the source catalog of PostgreSQL connector files.
+
+Columns the capture drops: :func:`dropped_columns` names every captured column whose type
+Debezium 3.1 sends no field for (measured on the stack's Debezium 3.1.1: ``tsvector``,
+``tsquery``, ``pg_lsn``, ``txid_snapshot``, the ``reg*`` OID aliases, composite types, and arrays
+of these), so that the stream would leave the column stale in the target while the loader
+copied it.
+
+Publications for connectors that capture partitioned tables (``connectors plan`` / ``apply``).
 
 Debezium 3.1 creates its publication without ``publish_via_partition_root``, so a partitioned
 table's changes arrive per leaf partition. When a PostgreSQL connector file lists a partitioned
@@ -70,6 +78,87 @@ def _params(f: ConnectorFile, source_url: str, env: Mapping[str, str]) -> dict[s
     if fallback and resolved.get("dbname") in (None, fallback.get("dbname")):
         return fallback
     return None
+
+
+DROPPED_TYPES = frozenset({"tsvector", "tsquery", "pg_lsn", "txid_snapshot", "pg_snapshot"})
+
+
+@dataclasses.dataclass(frozen=True)
+class DroppedColumn:
+    connector: str
+    table: str
+    column: str
+    type_name: str
+
+    def line(self) -> str:
+        return (
+            f"! {self.connector}: column {self.table}.{self.column} ({self.type_name}) is not captured: Debezium "
+            "sends no field for this type, so the stream would leave it stale. Either exclude it "
+            f"(column.exclude.list: {self.table}.{self.column}) or let the target compute it (a managed table "
+            "with your own trigger or generated column)"
+        )
+
+
+def _excluded(config: Mapping[str, str], qualified: str) -> bool:
+    """Whether Debezium's column.exclude.list / column.include.list leave ``schema.table.column`` out."""
+    import re
+
+    def matches(key: str) -> bool | None:
+        listed = [p.strip() for p in str(config.get(key, "")).split(",") if p.strip()]
+        if not listed:
+            return None
+        return any(re.fullmatch(p, qualified) for p in listed)
+
+    include = matches("column.include.list")
+    return bool(matches("column.exclude.list")) or include is False
+
+
+def dropped_columns(
+    files: Sequence[ConnectorFile], source_url: str, env: Mapping[str, str] | None = None
+) -> list[DroppedColumn | str]:
+    """Captured columns of listed tables whose type the connector drops; a string per file whose
+    source could not be read."""
+    env = os.environ if env is None else env
+    out: list[DroppedColumn | str] = []
+    for f in files:
+        if "postgres" not in f.config.get("connector.class", "").lower():
+            continue
+        listed = _listed(f.config)
+        if not listed:
+            continue
+        params = _params(f, source_url, env)
+        if params is None:
+            out.append(f"! {f.name}: column types not checked: its database.* settings do not resolve here")
+            continue
+        try:
+            conn = psycopg2.connect(
+                **{"connect_timeout": 10, **params}, application_name="streamer-connectors"
+            )
+        except psycopg2.Error as exc:
+            out.append(
+                f"! {f.name}: column types not checked: cannot connect to the source: {str(exc).strip()}"
+            )
+            continue
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod), t.typname, "
+                    "coalesce(e.typname, t.typname), coalesce(e.typtype, t.typtype) "
+                    "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid "
+                    "LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A' "
+                    "WHERE a.attnum > 0 AND NOT a.attisdropped AND (n.nspname, c.relname) IN %s "
+                    "ORDER BY n.nspname, c.relname, a.attnum",
+                    (tuple(listed),),
+                )
+                rows = cur.fetchall()
+        finally:
+            conn.close()
+        for schema, table, column, shown, _typname, base, kind in rows:
+            dropped = base in DROPPED_TYPES or base.startswith("reg") or kind == "c"
+            if dropped and not _excluded(f.config, f"{schema}.{table}.{column}"):
+                out.append(DroppedColumn(f.name, f"{schema}.{table}", column, shown))
+    return out
 
 
 def plan_publications(
