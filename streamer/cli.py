@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -394,6 +395,7 @@ def validate(
 
     from streamer.db import create_target_engine
     from streamer.events import TableId
+    from streamer.fetch import incomplete_rows, incomplete_text
     from streamer.load import tables_from_connectors
     from streamer.sink import build_router
     from streamer.validate import repair as repairing
@@ -447,17 +449,25 @@ def validate(
                         settings, result.repaired, source, (schema, tbl), route, settle, workers
                     )
             results.append(result)
+        with target.connect() as tconn:  # rows the stream left incomplete (streamer.fetch)
+            names = {r.target for r in results}
+            incomplete = [row.to_json() for row in incomplete_rows(tconn) if row.table in names]
     finally:
         source.dispose()
         target.dispose()
-    ok = all(r.equal for r in results)
+    ok = all(r.equal for r in results) and not incomplete
     if as_json:
-        print(_json.dumps(report_json(results, limit=limit, show_values=show_values)))
+        doc = report_json(results, limit=limit, show_values=show_values)
+        doc["incomplete"] = incomplete
+        doc["ok"] = ok
+        print(_json.dumps(doc))
     elif sys.stdout.isatty():
         title = "streamer validate" + (f" (sample of {sample} rows per table)" if sample else "")
         print_terminal(results, limit=limit, show_values=show_values, title=title, console=Console())
     else:
         print_plain(results, limit=limit, show_values=show_values)
+    for line in incomplete_text(incomplete):
+        print(line)
     if not ok:
         raise typer.Exit(1)
 
@@ -627,7 +637,16 @@ def connectors_validate(
         connectors.validate(client, files)
     for f in files:
         _say(f"= valid {f.name}  ({f.path})")
+    _say_dropped_columns(files, settings_of(ctx).source_url)
     _say(f"{len(files)} connector file(s) valid on {client.url}")
+
+
+def _say_dropped_columns(files: Sequence[connectors.ConnectorFile], source_url: str) -> None:
+    """Issue 13: captured columns whose type the connector drops (streamer.publications)."""
+    from streamer.publications import dropped_columns
+
+    for item in dropped_columns(files, source_url):
+        _say(item if isinstance(item, str) else item.line())
 
 
 @connectors_app.command("plan")
@@ -647,6 +666,11 @@ def connectors_plan(
         plan = connectors.make_plan(files, client.configs(), connectors.scope_of(directory), prune)
     for line in plan.render():
         _say(line)
+    from streamer.publications import plan_publications  # issue 13: partitioned tables
+
+    for step in plan_publications(files, settings_of(ctx).source_url):
+        _say(step if isinstance(step, str) else step.line())
+    _say_dropped_columns(files, settings_of(ctx).source_url)
 
 
 @connectors_app.command("apply")
@@ -681,6 +705,9 @@ def connectors_apply(
         changed = {a.name for a in plan.actions if a.writes}
         try:
             before = connectors.failed_traces(client, [a.name for a in plan.of("update")])
+            from streamer.publications import apply_publications  # issue 13: before the connectors start
+
+            apply_publications(files, settings_of(ctx).source_url, _say)
             if plan.changes_anything:
                 connectors.execute(client, plan, _say)
             else:
@@ -951,7 +978,7 @@ def replicate(
             overrides={"consumer": {"error_policy": error_policy}}, path=_config_path(ctx)
         )
     logs.configure(settings.log_format, settings.log_level)
-    sink = build_sink(settings)
+    sink = build_sink(settings, source_url=source or settings.source_url)
     try:
         _upgrade_target(sink.engine)
         proc = ReplicationProcess(

@@ -119,6 +119,7 @@ class SourceColumn:
     name: str
     plan: ColumnPlan
     type_name: str
+    generated: bool = False  # a stored generated column (pgoutput does not send it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +178,8 @@ def describe_source(conn: Any, schema: str, table: str) -> SourceTable:
             raise LoadError(f"source table {schema}.{table} does not exist")
         relid = row[0]
         cur.execute(
-            "SELECT a.attname, a.atttypid, a.atttypmod, a.attnotnull, t.typname, pg_get_expr(d.adbin, d.adrelid) "
+            "SELECT a.attname, a.atttypid, a.atttypmod, a.attnotnull, t.typname, pg_get_expr(d.adbin, d.adrelid), "
+            "a.attgenerated = 's' "
             "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
             "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
             "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
@@ -194,10 +196,10 @@ def describe_source(conn: Any, schema: str, table: str) -> SourceTable:
         key = tuple(r[0] for r in cur.fetchall())
     lookup = _Types(conn)
     columns = []
-    for name, oid, typmod, notnull, typname, default in cols:
-        source_type = reported_type_name(typname, default)
+    for name, oid, typmod, notnull, typname, default, generated in cols:
+        source_type = reported_type_name(typname, None if generated else default)
         plan = column_plan(name, int(oid), int(typmod), lookup, optional=not notnull, source_type=source_type)
-        columns.append(SourceColumn(name, plan, typname))
+        columns.append(SourceColumn(name, plan, typname, bool(generated)))
     return SourceTable(schema, table, tuple(columns), key)
 
 
@@ -721,6 +723,11 @@ class Loader:
                         older, sa.or_(*(_in_range([t.c[k] for k in target.key], r) for r in ranges))
                     )
                 swept = conn.execute(sa.delete(t).where(older)).rowcount
+            if ranges is None:
+                # keys left incomplete by changes older than the snapshot are complete now (streamer.fetch);
+                # a repair of some ranges leaves the records of keys it did not copy
+                inc = state.incomplete_table
+                conn.execute(sa.delete(inc).where(inc.c.table_name == route.qualified, inc.c.version < floor))
             conn.execute(
                 sa.update(loads)
                 .where(loads.c.table_name == route.qualified)
@@ -730,15 +737,14 @@ class Loader:
 
     # -------------------------------------------------------- one chunk
     def _select(
-        self, cur: Any, src: SourceTable, route: Route, chunk: Chunk, version: str
+        self, cur: Any, src: SourceTable, route: Route, target_table: TargetTable, chunk: Chunk, version: str
     ) -> tuple[str, list[str]]:
         """The chunk's COPY source query and the target column names it yields, in order."""
         exprs: list[str] = []
         names: list[str] = []
-        for c in src.columns:
+        for c in loaded_columns(src, route, target_table):
             target = route.target_column(c.name)
-            if target is None:
-                continue
+            assert target is not None
             expr = _quote(c.name)
             if c.type_name == "money":
                 expr += "::numeric"
@@ -768,7 +774,7 @@ class Loader:
         fresh: bool,
     ) -> int:
         with conn.cursor() as cur:
-            query, names = self._select(cur, src, route, chunk, version)
+            query, names = self._select(cur, src, route, target, chunk, version)
             buf = io.BytesIO()
             cur.copy_expert(f"COPY ({query}) TO STDOUT", buf)
             rows = int(cur.rowcount)
@@ -776,7 +782,7 @@ class Loader:
         if self.dialect == "postgresql":
             self._write_pg(route, target, names, buf, chunk, rows, fresh, version)
         else:
-            self._write_other(src, route, buf.getvalue().decode(), chunk, rows, version)
+            self._write_other(src, route, target, buf.getvalue().decode(), chunk, rows, version)
         return rows
 
     def _checkpoint(self, conn: Connection, route: Route, chunk: Chunk, rows: int) -> None:
@@ -850,12 +856,13 @@ class Loader:
         self,
         src: SourceTable,
         route: Route,
+        target: TargetTable,
         text: str,
         chunk: Chunk,
         rows: int,
         version: str,
     ) -> None:
-        kept = [c for c in src.columns if route.target_column(c.name) is not None]
+        kept = loaded_columns(src, route, target)
         converters = [c.plan.convert for c in kept] + [None]
         table = TableId(self.database, src.schema, src.table)
         columns = src.column_types
@@ -887,6 +894,17 @@ class Loader:
             record_state=False,
             in_transaction=lambda conn: self._checkpoint(conn, route, chunk, rows),
         )
+
+
+def loaded_columns(src: SourceTable, route: Route, target: TargetTable) -> list[SourceColumn]:
+    """The source columns a load copies: routed, and not computed by the target itself (a generated
+    column there: PostgreSQL refuses it in COPY, every target in INSERT)."""
+    out = []
+    for c in src.columns:
+        name = route.target_column(c.name)
+        if name is not None and name not in target.generated:
+            out.append(c)
+    return out
 
 
 def _no_key(src: SourceTable) -> NoPrimaryKeyError:

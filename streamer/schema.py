@@ -82,12 +82,18 @@ class Router:
         self.target = dialect_for(dialect)
         self.routes = dict(routes or {})
         self._cache: dict[TableId, Route] = {}
+        self._roots: dict[TableId, TableId] = {}  # leaf partition -> its partitioned root
+
+    def set_partition_root(self, leaf: TableId, root: TableId) -> None:
+        """Route ``leaf`` (a partition at the source) as its root table from now on."""
+        self._roots[leaf] = root
+        self._cache.pop(leaf, None)
 
     def route(self, table: TableId) -> Route:
-        """The route of a source table (computed once per table)."""
+        """The route of a source table (computed once per table); a leaf partition routes as its root."""
         found = self._cache.get(table)
         if found is None:
-            found = self._cache[table] = self._route(table)
+            found = self._cache[table] = self._route(self._roots.get(table, table))
         return found
 
     def _route(self, table: TableId) -> Route:
@@ -246,6 +252,7 @@ class TargetTable:
     columns: list[str]
     key: tuple[str, ...]
     version_column: str
+    generated: frozenset[str] = frozenset()  # computed by the target (generated columns): never written
 
     def has(self, column: str) -> bool:
         return column in self.columns
@@ -364,7 +371,7 @@ class SchemaManager:
             # information_schema, not SHOW CREATE TABLE parsing (which breaks on backticks in names)
             rows = conn.execute(
                 sa.text(
-                    "SELECT column_name, column_key FROM information_schema.columns "
+                    "SELECT column_name, column_key, extra FROM information_schema.columns "
                     "WHERE table_schema = COALESCE(:schema, DATABASE()) AND table_name = :table "
                     "ORDER BY ordinal_position"
                 ),
@@ -373,6 +380,7 @@ class SchemaManager:
             if not rows:
                 return None
             cols = [r[0] for r in rows]
+            generated = frozenset(r[0] for r in rows if "GENERATED" in str(r[2] or "").upper())
             pk_rows = conn.execute(
                 sa.text(
                     "SELECT column_name FROM information_schema.key_column_usage "
@@ -386,9 +394,11 @@ class SchemaManager:
             insp = sa.inspect(conn)
             if not insp.has_table(route.target_table, schema=route.target_schema):
                 return None
-            cols = [c["name"] for c in insp.get_columns(route.target_table, schema=route.target_schema)]
+            described = insp.get_columns(route.target_table, schema=route.target_schema)
+            cols = [c["name"] for c in described]
+            generated = frozenset(c["name"] for c in described if c.get("computed"))
             pk = insp.get_pk_constraint(route.target_table, schema=route.target_schema)
             key = tuple(pk.get("constrained_columns") or ())
         if not key and not allow_no_key:
             raise SchemaMismatchError(f"target table {route.qualified} has no primary key")
-        return TargetTable(route, cols, key, self.version_column)
+        return TargetTable(route, cols, key, self.version_column, generated)

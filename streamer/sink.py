@@ -26,9 +26,10 @@ zombie consumer can therefore never move a row back in time. A key deleted in th
 replayed from before its delete is inserted again by the replay and deleted again when the replay
 reaches the delete: replays converge once they have drained, as the README states.
 
-Unavailable (unchanged TOAST) values are never written: such a column is left out of the update;
-if the row does not exist in the target at all, it is inserted with NULL there (the target never
-had the value to keep; a NOT NULL column rejects it, and the error policy names the event).
+Unavailable (unchanged TOAST) values are never written: such a column is left out of the update.
+A row the target lacks (never loaded, or the create half of a primary-key update) is completed
+from the source by key before it is written, or left out and recorded incomplete when the source
+cannot be read: :mod:`streamer.fetch` (the hook is :meth:`Sink._apply_plans`' first line).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from streamer.core.checkpoint import OffsetIdentity
 from streamer.core.errors import StreamerError
 from streamer.core.events import UNAVAILABLE, ChangeEvent, EndOfDay, InfiniteDate, InfiniteDatetime, Op
 from streamer.db import is_transient
+from streamer.fetch import RowCompleter, SourceFetcher, build_fetcher
 from streamer.pgcopy import copy_rows
 from streamer.schema import Route, Router, SchemaManager, TargetTable
 from streamer.settings import Settings
@@ -372,8 +374,10 @@ class Sink:
         schema: SchemaManager,
         *,
         truncate: bool = True,
+        fetcher: SourceFetcher | None = None,
     ) -> None:
         self.engine = engine
+        self.completer = RowCompleter(fetcher)  # values events do not carry (streamer.fetch)
         self.dialect = engine.dialect.name
         self.target = dialect_for(self.dialect)
         self.router = router
@@ -412,6 +416,7 @@ class Sink:
         (see :func:`streamer.state.save_offsets`; a stored offset never moves backwards).
         """
         result = ApplyResult()
+        self.completer.route_partitions(events, self.router)  # leaf partitions -> root (streamer.fetch)
         # DDL first, outside the data transaction (SQLite allows one writer at a time)
         tables: dict[tuple[str | None, str], TargetTable] = {}
         broken: dict[tuple[str | None, str], Exception] = {}
@@ -485,6 +490,7 @@ class Sink:
         truncated: Mapping[str, str],
         result: ApplyResult,
     ) -> None:
+        self.completer.complete(conn, plans, tables)  # unchanged TOAST of rows the target lacks
         for tkey, plan in plans.items():
             table = tables.get(tkey)
             if table is None:
@@ -505,7 +511,7 @@ class Sink:
         groups: dict[tuple[str, ...], list[list[Any]]] = {}
         pg = self.target.merges_by_copy
         adapt = None if pg else self.adapt  # COPY formats Python values itself
-        known = set(table.columns)
+        known = set(table.columns) - table.generated  # the target computes generated columns
         carried: set[str] = set()  # columns the rows carry, unavailable ones included
         for row, version in plan.upserts.values():
             if truncated is not None and version < truncated:
@@ -672,11 +678,22 @@ def build_router(settings: Settings, dialect: str) -> Router:
     return Router(dialect, routes)
 
 
-def build_sink(settings: Settings, engine: Engine | None = None) -> Sink:
-    """The sink the settings describe: target URL, routes, version column, schema mode, truncate policy."""
+def build_sink(settings: Settings, engine: Engine | None = None, source_url: str | None = None) -> Sink:
+    """The sink the settings describe: target URL, routes, version column, schema mode, truncate policy.
+
+    Values events do not carry are read from ``source_url`` when given (``streamer replicate
+    --source``), else from the settings' ``source_url`` and the connector files' sources.
+    """
     from streamer.db import create_target_engine
 
     engine = engine or create_target_engine(settings.target_url)
     c = settings.consumer
     router = build_router(settings, engine.dialect.name)
-    return Sink(engine, router, SchemaManager(engine, c.version_column, c.schema_mode), truncate=c.truncate)
+    fetcher = SourceFetcher.for_url(source_url) if source_url else build_fetcher(settings)
+    return Sink(
+        engine,
+        router,
+        SchemaManager(engine, c.version_column, c.schema_mode),
+        truncate=c.truncate,
+        fetcher=fetcher,
+    )

@@ -13,6 +13,9 @@
 * ``_streamer_hold_generation`` and ``_streamer_members``: the load hold barrier (see
   :mod:`streamer.holds`): a counter the loader raises when it marks tables ``loading``, and per
   live consumer process the generation it has acknowledged and its last heartbeat.
+* ``_streamer_incomplete``: per target table and key, a row the target lacks because its change
+  event left values out (unchanged TOAST) and the source could not be read for them (see
+  :mod:`streamer.fetch`); removed when a later change writes the key whole.
 
 The tables are created and upgraded by the Alembic migrations in ``streamer/migrations``
 (``streamer db upgrade``; every command that writes to a target runs it first). Alembic's own
@@ -99,6 +102,20 @@ members_table = sa.Table(
     sa.Column("process", sa.String(255), nullable=False),
     sa.Column("acked_generation", sa.BigInteger, nullable=False),
     sa.Column("heartbeat_at", sa.DateTime, nullable=False),
+)
+
+
+incomplete_table = sa.Table(
+    "_streamer_incomplete",
+    _meta,
+    sa.Column("table_name", sa.String(512), primary_key=True),
+    sa.Column("key_hash", sa.String(40), primary_key=True),  # sha1 of key_json
+    sa.Column("key_json", sa.Text, nullable=False),
+    sa.Column("source_table", sa.String(512), nullable=False),
+    sa.Column("version", sa.String(40), nullable=False),
+    sa.Column("columns", sa.Text, nullable=False),  # the values the event did not carry
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("recorded_at", sa.DateTime, nullable=False),
 )
 
 
@@ -338,3 +355,13 @@ def table_positions(conn: Connection) -> dict[str, str | None]:
         r.table_name: r.last_version
         for r in conn.execute(sa.select(tables_table.c.table_name, tables_table.c.last_version))
     }
+
+
+def record_incomplete(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Record keys left incomplete (``_streamer_incomplete`` rows); a key recorded again is replaced."""
+    _upsert(
+        conn,
+        incomplete_table,
+        rows,
+        ["key_json", "source_table", "version", "columns", "reason", "recorded_at"],
+    )
