@@ -466,8 +466,9 @@ def validate(
         print_terminal(results, limit=limit, show_values=show_values, title=title, console=Console())
     else:
         print_plain(results, limit=limit, show_values=show_values)
-    for line in incomplete_text(incomplete):
-        print(line)
+    if not as_json:
+        for line in incomplete_text(incomplete):
+            print(line)
     if not ok:
         raise typer.Exit(1)
 
