@@ -59,7 +59,9 @@ class Split:
     def __init__(self) -> None:
         self.capture: list[float] = []
         self.deliver: list[float] = []
+        self.worst: list[tuple[float, float, int, int]] = []  # (delay, source commit, batch records, batch)
         self.lock = threading.Lock()
+        self.workload_started = 0.0
 
     def on_batch_report(self, report: BatchReport) -> None:
         with self.lock:
@@ -67,6 +69,9 @@ class Split:
                 if ev.source_ts is not None and ev.event_ts is not None:
                     self.capture.append((ev.event_ts - ev.source_ts).total_seconds())
                     self.deliver.append(report.committed_at - ev.event_ts.timestamp())
+                    delay = report.committed_at - ev.source_ts.timestamp()
+                    self.worst.append((delay, ev.source_ts.timestamp(), report.records, report.number))
+            self.worst = sorted(self.worst, reverse=True)[:10]
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -155,6 +160,7 @@ def measure(settings: Settings, seconds: float, consumers: int) -> tuple[Delays,
             f"group stable with {consumers} members after {joined:.1f} s; workload for {seconds:.0f} s",
             flush=True,
         )
+        split.workload_started = time.time()
         stats = run_workload(settings.source_url, schema, seconds=seconds, rate=100, seed=7)
         last, idle_since = -1, time.monotonic()
         deadline = time.monotonic() + 120
@@ -214,6 +220,12 @@ def figures(argv: Sequence[str] | None = None) -> list[Figure]:
         f"{len(delays.values):,} events; capture (source commit -> Debezium) p50 {_pct(split.capture, 0.5) * ms:.0f} "
         f"ms p99 {_pct(split.capture, 0.99) * ms:.0f} ms; delivery+apply (Debezium -> target commit) p50 "
         f"{_pct(split.deliver, 0.5) * ms:.0f} ms p99 {_pct(split.deliver, 0.99) * ms:.0f} ms"
+    )
+    print(
+        "slowest events (delay ms @ seconds into the workload / records in their batch / batch number): "
+        + ", ".join(
+            f"{d * ms:.0f}@{t - split.workload_started:.1f}s/{n}/#{b}" for d, t, n, b in split.worst[:5]
+        )
     )
     return [
         Figure(
