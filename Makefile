@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEB_PACKAGES := openjdk-17-jre-headless libjetty9-java postgresql
+DEB_PACKAGES := openjdk-17-jre-headless libjetty9-java postgresql mariadb-server
 DOCKER_OK = $(shell docker info >/dev/null 2>&1 && echo yes)
 
 .PHONY: install system-packages up down status test lint unit integration faults faults-open chaos demo connectors bench clean
@@ -17,6 +17,7 @@ system-packages:
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	[ -f /usr/share/java/jetty9-server.jar ] || missing="$$missing libjetty9-java"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	{ [ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null; } || missing="$$missing mariadb-server"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
@@ -40,7 +41,7 @@ up: install
 ifeq ($(DOCKER_OK),yes)
 	@echo "Docker engine found: starting docker-compose.yml"
 	docker compose up -d --wait
-	@echo "broker 127.0.0.1:9092  connect http://127.0.0.1:8083  source postgresql://postgres:postgres@127.0.0.1:15432/inventory  schema registry http://127.0.0.1:8081"
+	@echo "broker 127.0.0.1:9092  connect http://127.0.0.1:8083  source postgresql://postgres:postgres@127.0.0.1:15432/inventory  mariadb mysql://root:root@127.0.0.1:13306/inventory  schema registry http://127.0.0.1:8081"
 else
 	@echo "No Docker engine: starting the native stack (streamer stack up)"
 	$(BIN)/streamer stack up

@@ -6,8 +6,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,6 +23,7 @@ from streamer.errors import (
     ConnectorFailedError,
     ConnectorFileError,
     SettingsError,
+    StackError,
     StreamerError,
 )
 from streamer.settings import Settings, load_settings
@@ -35,7 +37,7 @@ app = typer.Typer(
     add_completion=False,
 )
 stack_app = typer.Typer(
-    help="The native development stack (PostgreSQL, broker, Kafka Connect).", no_args_is_help=True
+    help="The native development stack (PostgreSQL, MariaDB, broker, Kafka Connect).", no_args_is_help=True
 )
 app.add_typer(stack_app, name="stack")
 
@@ -77,12 +79,18 @@ def stack_fetch(ctx: typer.Context) -> None:
     Stack(settings_of(ctx)).fetch()
 
 
+_ONLY_HELP = "Just this part (source, mariadb, broker, connect); repeat for several."
+
+
 @stack_app.command("up")
-def stack_up(ctx: typer.Context) -> None:
+def stack_up(
+    ctx: typer.Context,
+    only: Annotated[list[str] | None, typer.Option("--only", help=_ONLY_HELP)] = None,
+) -> None:
     """Start the native stack (what is not running yet) and wait until every part is healthy."""
     stack = Stack(settings_of(ctx))
     stack.fetch()
-    stack.up()
+    stack.up(only)
     _print_status(stack)
 
 
@@ -90,10 +98,13 @@ def stack_up(ctx: typer.Context) -> None:
 def stack_down(
     ctx: typer.Context,
     purge: Annotated[bool, typer.Option(help="Also delete the source database's data and logs.")] = False,
+    only: Annotated[list[str] | None, typer.Option("--only", help=_ONLY_HELP)] = None,
 ) -> None:
     """Stop what `stack up` started."""
     stack = Stack(settings_of(ctx))
-    stopped = stack.down()
+    if only and purge:
+        raise StackError("--purge deletes the whole stack's data: use it without --only")
+    stopped = stack.down(only)
     print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
     if purge:
         stack.purge()
@@ -341,7 +352,7 @@ def validate(
     sample: Annotated[
         int | None, typer.Option(help="Compare only N random rows per table (counts stay exact).")
     ] = None,
-    chunk_rows: Annotated[int, typer.Option(help="Rows per checksummed key range.")] = 20_000,
+    chunk_rows: Annotated[int, typer.Option(help="Keys per compared range (where tables differ).")] = 20_000,
     settle: Annotated[
         float,
         typer.Option(
@@ -349,18 +360,58 @@ def validate(
         ),
     ] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
+    show_values: Annotated[
+        bool,
+        typer.Option(
+            "--show-values",
+            help="Also print the differing values (source and target); rows may hold personal data.",
+        ),
+    ] = False,
+    limit: Annotated[
+        int, typer.Option(help="Differences listed per table (the counts are always complete).")
+    ] = 1000,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Re-copy the differing key ranges from the source (version-guarded, safe while consumers run), "
+            "then compare them again.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="With --repair: print what would be re-copied.")
+    ] = False,
+    workers: Annotated[int, typer.Option(help="With --repair: parallel copy workers.")] = 2,
 ) -> None:
-    """Prove source == target: counts, range checksums, differing keys and columns. Exit 1 on any difference."""
+    """Prove source == target: range hashes, then the differing keys and columns.
+
+    Exit 0 all equal, 1 a table differs, 2 a table cannot be compared.
+
+    On a terminal: a summary table and the differences under it; otherwise plain lines
+    (DIFF table=... key=... ...) that are never cut.
+    """
     import json as _json
     import time as _time
 
     from streamer.db import create_target_engine
     from streamer.events import TableId
+    from streamer.fetch import incomplete_rows, incomplete_text
     from streamer.load import tables_from_connectors
     from streamer.sink import build_router
+    from streamer.validate import repair as repairing
     from streamer.validate import validate_table
+    from streamer.validate.report import TableResult, print_plain, print_terminal
+    from streamer.validate.report import as_json as report_json
 
     settings = settings_of(ctx)
+    if dry_run and not repair:
+        raise typer.BadParameter(
+            "goes with --repair: streamer validate --repair --dry-run", param_hint="--dry-run"
+        )
+    if repair and sample is not None:
+        raise typer.BadParameter(
+            "--repair needs the whole comparison, not a sample: drop --sample", param_hint="--sample"
+        )
     tables = list(table or tables_from_connectors(settings.connectors_dir))
     if not tables:
         raise StreamerError(
@@ -369,7 +420,7 @@ def validate(
     source = create_target_engine(settings.source_url)
     target = create_target_engine(settings.target_url)
     router = build_router(settings, target.dialect.name)
-    results = []
+    results: list[TableResult] = []
     try:
         database = source.url.database
         for name in tables:
@@ -390,54 +441,86 @@ def validate(
                 if diff.equal or attempt == 2 or settle <= 0:
                     break
                 _time.sleep(settle)
-            results.append((f"{schema}.{tbl}", route.qualified, diff))
+            result = TableResult(f"{schema}.{tbl}", route.qualified, diff)
+            if repair and not diff.equal:
+                result.repaired = repairing.plan(result.table, diff)
+                if not dry_run:
+                    result.repaired = _repair(
+                        settings, result.repaired, source, (schema, tbl), route, settle, workers
+                    )
+            results.append(result)
+        with target.connect() as tconn:  # rows the stream left incomplete (streamer.fetch)
+            names = {r.target for r in results}
+            incomplete = [row.to_json() for row in incomplete_rows(tconn) if row.table in names]
     finally:
         source.dispose()
         target.dispose()
-    ok = all(d.equal for _, _, d in results)
+    ok = all(r.equal for r in results) and not incomplete
     if as_json:
-        print(
-            _json.dumps(
-                {
-                    "ok": ok,
-                    "tables": [
-                        {
-                            "table": src,
-                            "target": tgt,
-                            "equal": d.equal,
-                            "source_rows": d.source_rows,
-                            "target_rows": d.target_rows,
-                            "ranges": d.ranges,
-                            "ranges_differing": d.ranges_differing,
-                            "missing": [list(k) for k in d.missing[:100]],
-                            "extra": [list(k) for k in d.extra[:100]],
-                            "changed": [{"key": list(k), "columns": cols} for k, cols in d.changed[:100]],
-                        }
-                        for src, tgt, d in results
-                    ],
-                },
-                default=str,
-            )
-        )
+        doc = report_json(results, limit=limit, show_values=show_values)
+        doc["incomplete"] = incomplete
+        doc["ok"] = ok
+        print(_json.dumps(doc))
+    elif sys.stdout.isatty():
+        title = "streamer validate" + (f" (sample of {sample} rows per table)" if sample else "")
+        print_terminal(results, limit=limit, show_values=show_values, title=title, console=Console())
     else:
-        out = Table(title="streamer validate" + (f" (sample of {sample} rows per table)" if sample else ""))
-        for col in ("table", "target", "source rows", "target rows", "ranges", "result", "first differences"):
-            out.add_column(col)
-        for src, tgt, d in results:
-            notes = [f"missing {k}" for k in d.missing[:3]] + [f"extra {k}" for k in d.extra[:3]]
-            notes += [f"changed {k}: {', '.join(cols)}" for k, cols in d.changed[:3]]
-            out.add_row(
-                src,
-                tgt,
-                str(d.source_rows),
-                str(d.target_rows),
-                f"{d.ranges_differing}/{d.ranges} differ" if d.ranges else "-",
-                "[green]equal[/]" if d.equal else "[red]DIFFERENT[/]",
-                "\n".join(notes) or ("row counts differ" if not d.equal else ""),
-            )
-        Console().print(out)
+        print_plain(results, limit=limit, show_values=show_values)
+    for line in incomplete_text(incomplete):
+        print(line)
     if not ok:
         raise typer.Exit(1)
+
+
+def _repair(
+    settings: Settings,
+    report: Any,
+    source: Any,
+    source_table: tuple[str, str],
+    route: Any,
+    settle: float,
+    workers: int,
+) -> Any:
+    """``validate --repair`` of one table: re-copy its differing ranges, compare them again (with --settle)."""
+    import time as _time
+
+    from streamer import logs
+    from streamer.sink import build_sink
+    from streamer.validate import repair as repairing
+    from streamer.validate import validate_table
+
+    logs.configure(settings.log_format, "warning" if sys.stderr.isatty() else settings.log_level)
+    sink = build_sink(settings)
+    try:
+        report = repairing.repair(
+            report,
+            settings.source_url,
+            sink,
+            source,
+            source_table,
+            (route.target_schema, route.target_table),
+            rename=route.rename,
+            drop=route.drop,
+            hold_timeout_s=settings.load.hold_timeout_s,
+            member_expiry_s=settings.load.member_expiry_s,
+            workers=workers,
+        )
+        for _ in range(2 if settle > 0 else 0):
+            if report.equal_after:
+                break
+            _time.sleep(settle)
+            report.after = validate_table(
+                source,
+                source_table,
+                sink.engine,
+                (route.target_schema, route.target_table),
+                rename=route.rename,
+                drop=route.drop,
+                ranges=report.ranges,
+            )
+    finally:
+        sink.engine.dispose()
+    return report
 
 
 # ---------------------------------------------------------------- demo
@@ -554,7 +637,16 @@ def connectors_validate(
         connectors.validate(client, files)
     for f in files:
         _say(f"= valid {f.name}  ({f.path})")
+    _say_dropped_columns(files, settings_of(ctx).source_url)
     _say(f"{len(files)} connector file(s) valid on {client.url}")
+
+
+def _say_dropped_columns(files: Sequence[connectors.ConnectorFile], source_url: str) -> None:
+    """Issue 13: captured columns whose type the connector drops (streamer.publications)."""
+    from streamer.publications import dropped_columns
+
+    for item in dropped_columns(files, source_url):
+        _say(item if isinstance(item, str) else item.line())
 
 
 @connectors_app.command("plan")
@@ -574,6 +666,11 @@ def connectors_plan(
         plan = connectors.make_plan(files, client.configs(), connectors.scope_of(directory), prune)
     for line in plan.render():
         _say(line)
+    from streamer.publications import plan_publications  # issue 13: partitioned tables
+
+    for step in plan_publications(files, settings_of(ctx).source_url):
+        _say(step if isinstance(step, str) else step.line())
+    _say_dropped_columns(files, settings_of(ctx).source_url)
 
 
 @connectors_app.command("apply")
@@ -608,6 +705,9 @@ def connectors_apply(
         changed = {a.name for a in plan.actions if a.writes}
         try:
             before = connectors.failed_traces(client, [a.name for a in plan.of("update")])
+            from streamer.publications import apply_publications  # issue 13: before the connectors start
+
+            apply_publications(files, settings_of(ctx).source_url, _say)
             if plan.changes_anything:
                 connectors.execute(client, plan, _say)
             else:
@@ -878,7 +978,7 @@ def replicate(
             overrides={"consumer": {"error_policy": error_policy}}, path=_config_path(ctx)
         )
     logs.configure(settings.log_format, settings.log_level)
-    sink = build_sink(settings)
+    sink = build_sink(settings, source_url=source or settings.source_url)
     try:
         _upgrade_target(sink.engine)
         proc = ReplicationProcess(

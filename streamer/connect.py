@@ -22,7 +22,7 @@ from urllib.parse import quote
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from streamer.errors import ConnectError, ConnectorNotFoundError
+from streamer.core.errors import ConnectError, ConnectorNotFoundError
 
 DEFAULT_TIMEOUT = 30.0
 RETRY_STATUSES = frozenset({409, 503})

@@ -46,7 +46,7 @@ Errors
   paths abandon the pending records and settle the batch in flight (its offsets go to Kafka only
   if the target committed it); then the rebalance callbacks apply nothing more, the member leaves
   the group and the dead-letter producer is flushed. The exit code and the one stderr line come
-  from the error's class (:mod:`streamer.errors`: 1 stopped on a record, 2 bad settings, 3 broker
+  from the error's class (:mod:`streamer.core.errors`: 1 stopped on a record, 2 bad settings, 3 broker
   or target unavailable), see the README's "Exit codes".
 """
 
@@ -81,9 +81,8 @@ from confluent_kafka.admin import AdminClient
 from sqlalchemy.engine import Connection
 
 from streamer import logs
-from streamer.db import is_transient
-from streamer.decode import Decoder
-from streamer.errors import (
+from streamer.core.checkpoint import OffsetIdentity, Origin
+from streamer.core.errors import (
     BrokerUnavailableError,
     DecodeError,
     NoAssignmentError,
@@ -92,9 +91,12 @@ from streamer.errors import (
     TargetUnavailableError,
     one_line,
 )
-from streamer.events import ChangeEvent
+from streamer.core.events import ChangeEvent
+from streamer.db import is_transient
+from streamer.decode import Decoder
 from streamer.holds import HoldChangedError, HoldView, check_batch
 from streamer.offsetcheck import check_starts, fingerprint
+from streamer.pipeline.policy import RetryPolicy, apply_with_policy, sink_apply
 from streamer.settings import Settings
 from streamer.sink import (
     ApplyResult,
@@ -102,9 +104,8 @@ from streamer.sink import (
     FencedBatchError,
     Sink,
     is_permanent,
-    refuse_failures,
 )
-from streamer.state import OffsetIdentity, StoredOffset, forget_offset, load_offset_rows
+from streamer.state import StoredOffset, forget_offset, load_offset_rows
 
 
 class PoisonRecordError(RecordStoppedError):
@@ -312,7 +313,12 @@ class ConsumerProcess:
     ) -> None:
         """Verify each start offset belongs to this topic (see :mod:`streamer.offsetcheck`); a
         partition whose offset fails is re-read from its start, and a stale stored row is dropped."""
-        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
+        # librdkafka's own lines (a purge of unserved events when the client goes) into the structured log
+        admin_conf: dict[str, Any] = {
+            "bootstrap.servers": self.settings.bootstrap_servers,
+            "logger": kafka_logger(),
+        }
+        admin = AdminClient(admin_conf)
         ids, failed = check_starts(
             self.settings.bootstrap_servers, admin, {tp.topic for tp in partitions}, starts
         )
@@ -627,7 +633,7 @@ class ConsumerProcess:
                         self._hold(topic, partition, offset, table)
                         continue
                     prepared.events.append(decoded)
-                    prepared.origins[(topic, partition, offset)] = msg
+                    prepared.origins[decoded.origin] = msg
             prepared.positions[(topic, partition)] = offset + 1
             prepared.first.setdefault((topic, partition), offset)
             prepared.counts[(topic, partition)] = prepared.counts.get((topic, partition), 0) + 1
@@ -786,62 +792,35 @@ class ConsumerProcess:
         def before_commit(result: ApplyResult) -> None:
             letters = list(dead)
             for ev, exc in result.failed:
-                o = ev.origin
-                letters.append((origins[(o.topic, o.partition, o.offset)], exc))
+                letters.append((origins[ev.origin], exc))
             if letters:
                 self._dead_letter(letters)
 
-        def attempt() -> ApplyResult:
-            try:
-                return self.sink.apply(
-                    events,
-                    positions,
-                    self.group,
-                    before_commit=before_commit,
-                    first=prepared.first,
-                    identities=prepared.identities,
-                    in_transaction=check_hold,
-                )
-            except (DeadLetterError, FencedBatchError, HoldChangedError):
-                raise
-            except Exception as exc:
-                if is_transient(exc) or not is_permanent(exc):
-                    raise
-            # a permanent error in the batch: apply event by event to find the culprit(s)
-            result = self.sink.apply(
-                events,
-                positions,
-                self.group,
-                isolate=True,
-                before_commit=before_commit if self.cfg.error_policy == "dlq" else refuse_failures,
-                first=prepared.first,
-                identities=prepared.identities,
-                in_transaction=check_hold,
-            )
-            return result
-
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(is_transient),
-            stop=tenacity.stop_after_attempt(self.cfg.retry_attempts),
-            wait=tenacity.wait_exponential(multiplier=0.2, max=self.cfg.retry_max_wait_s),
-            before_sleep=self._before_retry,
-            reraise=True,
+        apply = sink_apply(
+            self.sink,
+            events,
+            positions,
+            self.group,
+            dead_letter=self.cfg.error_policy == "dlq",
+            before_commit=before_commit,
+            first=prepared.first,
+            identities=prepared.identities,
+            in_transaction=check_hold,
         )
         try:
-            return retrying(attempt)
+            return apply_with_policy(
+                apply,
+                retry=RetryPolicy(self.cfg.retry_attempts, self.cfg.retry_max_wait_s),
+                transient=is_transient,
+                permanent=is_permanent,
+                passthrough=(DeadLetterError, FencedBatchError, HoldChangedError),
+                isolate_passthrough=(Exception,),  # every error of the event-by-event pass as it is
+                before_sleep=self._before_retry,
+            )
         except EventRejectedError as failed:
-            o = failed.event.origin
             raise PoisonRecordError(
-                o.topic, o.partition, o.offset, f"{type(failed.error).__name__}: {failed.error}"
+                *_coords(origins[failed.event.origin]), f"{type(failed.error).__name__}: {failed.error}"
             ) from None
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            raise TargetUnavailableError(
-                f"the target kept failing through {self.cfg.retry_attempts} attempts: {type(exc).__name__}: "
-                f"{one_line(str(exc))[:500]} (nothing of this batch was applied nor committed; run again "
-                "once the target is back)"
-            ) from exc
 
     def _before_retry(self, state: tenacity.RetryCallState) -> None:
         self.stats.retries += 1
@@ -944,7 +923,7 @@ class _Prepared:
     started: float
     records: int = 0
     events: list[ChangeEvent] = dataclasses.field(default_factory=list)
-    origins: dict[tuple[str, int, int], Message] = dataclasses.field(default_factory=dict)
+    origins: dict[Origin, Message] = dataclasses.field(default_factory=dict)  # the record of each event
     positions: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
     dead: list[tuple[Message, Exception]] = dataclasses.field(default_factory=list)
     poison: tuple[Message, Exception] | None = None
@@ -965,8 +944,8 @@ class _Prepared:
         return _Prepared(
             started=self.started,
             records=self.records - sum(n for tp, n in self.counts.items() if tp in partitions),
-            events=[e for e in self.events if (e.origin.topic, e.origin.partition) not in partitions],
-            origins={k: m for k, m in self.origins.items() if k[:2] not in partitions},
+            events=[e for e in self.events if e.origin.stream not in partitions],
+            origins={k: m for k, m in self.origins.items() if k.stream not in partitions},
             positions={tp: o for tp, o in self.positions.items() if tp not in partitions},
             dead=[(m, e) for m, e in self.dead if keep(m)],
             poison=poison,

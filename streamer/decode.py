@@ -1,10 +1,10 @@
-"""Decoding Debezium records (JSON or Confluent Avro) into :class:`~streamer.events.ChangeEvent`.
+"""Decoding Debezium records (JSON or Confluent Avro) into :class:`~streamer.core.events.ChangeEvent`.
 
 One :class:`Decoder` turns any record Debezium puts on Kafka into a
-:class:`~streamer.events.ChangeEvent` (a row change) or an
-:class:`~streamer.events.OtherRecord` (tombstone, heartbeat, schema change, transaction
+:class:`~streamer.core.events.ChangeEvent` (a row change) or an
+:class:`~streamer.core.events.OtherRecord` (tombstone, heartbeat, schema change, transaction
 metadata, logical decoding message). Anything it cannot decode raises
-:class:`~streamer.errors.DecodeError` carrying topic, partition, offset and the reason; nothing
+:class:`~streamer.core.errors.DecodeError` carrying topic, partition, offset and the reason; nothing
 is dropped or guessed silently.
 
 Input formats (detected per record, key and value independently)
@@ -57,7 +57,7 @@ Events
 * ``key``/``key_columns``: from the record key, in the key's field order. A change without a
   key (table without primary key, truncate) has ``key == {}`` and ``key_columns == ()``.
 * ``columns``: from the value schema's row struct (``after``, else ``before``), as
-  :class:`~streamer.events.ColumnType` (``base`` is the Connect type, for Avro the Connect type
+  :class:`~streamer.core.events.ColumnType` (``base`` is the Connect type, for Avro the Connect type
   the AvroConverter recorded: ``connect.type``/``connect.name``/``connect.parameters``).
 * ``position``: PostgreSQL ``version=pg_version(lsn)``, ``commit_lsn`` from the first element of
   ``sequence`` (Debezium's "last committed LSN"); MySQL/MariaDB
@@ -88,7 +88,7 @@ float32                                          float, the shortest decimal tha
 bytes                                            bytes (base64 in JSON)
 ``io.debezium.time.Date``, Connect ``Date``      ``date``
 ``Time`` (ms), ``MicroTime``, ``NanoTime``,      ``time`` (naive); exactly 24:00:00 gives
-Connect ``Time``                                 :data:`~streamer.events.TIME_24_00`; values
+Connect ``Time``                                 :data:`~streamer.core.events.TIME_24_00`; values
                                                  outside 00:00-24:00 (MySQL ``TIME`` is a
                                                  duration) give ``timedelta``
 ``Timestamp`` (ms), ``MicroTimestamp``,          naive ``datetime``: the column has no zone
@@ -150,7 +150,7 @@ with the real connector: ``-2147472692``/``-2147472691`` when streamed (pgoutput
 ``-622191234``/``-625821272`` when read by the snapshot (JDBC; derived from the JVM's calendar,
 seen with a UTC JVM). ``Long.MAX_VALUE``/``MIN_VALUE`` (and ``Integer`` for dates) are accepted
 too. They become
-:data:`~streamer.events.TIMESTAMP_INFINITY`, :data:`~streamer.events.DATE_NEG_INFINITY` etc.:
+:data:`~streamer.core.events.TIMESTAMP_INFINITY`, :data:`~streamer.core.events.DATE_NEG_INFINITY` etc.:
 ``datetime.max``/``min`` of a marker subclass, so a PostgreSQL writer can write ``'infinity'``
 back. ``ZonedTimestamp`` ``"infinity"``/``"-infinity"`` give ``TIMESTAMPTZ_[NEG_]INFINITY``.
 Any other value outside Python's range (before year 1, after 9999) is a :class:`DecodeError`.
@@ -161,7 +161,7 @@ Unchanged TOAST columns: the placeholder (``unavailable_placeholder``, default
 the string, its UTF-8 bytes (base64 ``X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ==`` in JSON), a
 one-element array of either, an int/bigint array of the placeholder's bytes, a one-element
 uuid array of ``UUID.nameUUIDFromBytes(placeholder)``, and the hstore map/JSON
-``{placeholder: placeholder}`` - decodes to :data:`~streamer.events.UNAVAILABLE`. A real value
+``{placeholder: placeholder}`` - decodes to :data:`~streamer.core.events.UNAVAILABLE`. A real value
 equal to one of these forms is indistinguishable from it (Debezium's convention).
 
 Logical types we do not know: a Connect name on a *string* is passed through (a string is
@@ -205,8 +205,9 @@ from typing import Any, Final, Literal, Protocol, TypeVar
 import orjson
 from fastavro import parse_schema, schemaless_reader
 
-from streamer.errors import DecodeError, StreamerError
-from streamer.events import (
+from streamer.core.checkpoint import KafkaOrigin
+from streamer.core.errors import DecodeError, StreamerError
+from streamer.core.events import (
     DATE_INFINITY,
     DATE_NEG_INFINITY,
     TIME_24_00,
@@ -219,7 +220,6 @@ from streamer.events import (
     ColumnType,
     Decoded,
     Op,
-    Origin,
     OtherRecord,
     RecordKind,
     SourcePosition,
@@ -600,7 +600,7 @@ def _fast_constructor(cls: type[_T]) -> Callable[..., _T]:
 
 _new_change_event: Final = _fast_constructor(ChangeEvent)
 _new_position: Final = _fast_constructor(SourcePosition)
-_new_origin: Final = _fast_constructor(Origin)
+_new_origin: Final = _fast_constructor(KafkaOrigin)
 
 
 # --- plans -----------------------------------------------------------------------------------
@@ -1268,7 +1268,7 @@ class Decoder:
 
     def _decode(
         self,
-        origin: Origin,
+        origin: KafkaOrigin,
         key: bytes | None,
         value: bytes | None,
         headers: Headers,
@@ -1478,7 +1478,7 @@ class Decoder:
 
     # -- records --
 
-    def _tombstone(self, origin: Origin, key: bytes | None) -> OtherRecord:
+    def _tombstone(self, origin: KafkaOrigin, key: bytes | None) -> OtherRecord:
         if key is None:
             return OtherRecord(RecordKind.TOMBSTONE, origin, None)
         key_values, _ = self._key(key)
@@ -1498,7 +1498,7 @@ class Decoder:
             raise DecodeError("record key schema cannot be decoded")
         return plan.fields.convert(payload), plan.key_columns
 
-    def _envelope(self, origin: Origin, key: bytes | None, plan: _SchemaPlan, payload: Any) -> Decoded:
+    def _envelope(self, origin: KafkaOrigin, key: bytes | None, plan: _SchemaPlan, payload: Any) -> Decoded:
         if not isinstance(payload, dict):
             raise DecodeError("envelope payload is not an object")
         op_code = payload.get("op")
@@ -1549,7 +1549,7 @@ class Decoder:
 
     def _flattened(
         self,
-        origin: Origin,
+        origin: KafkaOrigin,
         key: bytes | None,
         plan: _SchemaPlan,
         payload: Any,
@@ -1567,7 +1567,7 @@ class Decoder:
 
     def _flattened_event(
         self,
-        origin: Origin,
+        origin: KafkaOrigin,
         key: bytes | None,
         row: dict[str, Any],
         columns: Mapping[str, ColumnType],
@@ -1615,7 +1615,7 @@ class Decoder:
 
     def _schemaless(
         self,
-        origin: Origin,
+        origin: KafkaOrigin,
         key: bytes | None,
         payload: Any,
         headers: Headers,
@@ -1723,7 +1723,9 @@ class Decoder:
 
     # -- metadata --
 
-    def _table(self, db: Any, schema: Any, table: Any, source: Mapping[str, Any], origin: Origin) -> TableId:
+    def _table(
+        self, db: Any, schema: Any, table: Any, source: Mapping[str, Any], origin: KafkaOrigin
+    ) -> TableId:
         ident = (db, schema, table)
         found = self._tables.get(ident)
         if found is not None:

@@ -40,9 +40,9 @@ from rich.table import Table
 
 from streamer import logs, state
 from streamer.consume import BatchReport, ConsumerProcess, Hooks, build_decoder
+from streamer.core.errors import StreamerError
+from streamer.core.events import TableId
 from streamer.db import create_target_engine
-from streamer.errors import StreamerError
-from streamer.events import TableId
 from streamer.groups import BrokerError, describe_group
 from streamer.load import Loader
 from streamer.settings import Settings

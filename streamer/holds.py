@@ -51,8 +51,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from streamer import state
+from streamer.core.errors import StreamerError
 from streamer.db import is_transient
-from streamer.errors import StreamerError
 
 
 class HoldTimeoutError(StreamerError):

@@ -119,6 +119,7 @@ class SourceColumn:
     name: str
     plan: ColumnPlan
     type_name: str
+    generated: bool = False  # a stored generated column (pgoutput does not send it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +178,8 @@ def describe_source(conn: Any, schema: str, table: str) -> SourceTable:
             raise LoadError(f"source table {schema}.{table} does not exist")
         relid = row[0]
         cur.execute(
-            "SELECT a.attname, a.atttypid, a.atttypmod, a.attnotnull, t.typname, pg_get_expr(d.adbin, d.adrelid) "
+            "SELECT a.attname, a.atttypid, a.atttypmod, a.attnotnull, t.typname, pg_get_expr(d.adbin, d.adrelid), "
+            "a.attgenerated = 's' "
             "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
             "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
             "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
@@ -194,10 +196,10 @@ def describe_source(conn: Any, schema: str, table: str) -> SourceTable:
         key = tuple(r[0] for r in cur.fetchall())
     lookup = _Types(conn)
     columns = []
-    for name, oid, typmod, notnull, typname, default in cols:
-        source_type = reported_type_name(typname, default)
+    for name, oid, typmod, notnull, typname, default, generated in cols:
+        source_type = reported_type_name(typname, None if generated else default)
         plan = column_plan(name, int(oid), int(typmod), lookup, optional=not notnull, source_type=source_type)
-        columns.append(SourceColumn(name, plan, typname))
+        columns.append(SourceColumn(name, plan, typname, bool(generated)))
     return SourceTable(schema, table, tuple(columns), key)
 
 
@@ -361,8 +363,12 @@ class Loader:
         on_table_start: Callable[[str], None] | None = None,
         hold_timeout_s: float = 60.0,
         member_expiry_s: float = 30.0,
+        ranges: Mapping[str, Sequence[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]]] | None = None,
     ) -> None:
         self.params = _dsn_params(source_url)
+        # a repair (``streamer validate --repair``): per source ``schema.table``, only these key
+        # ranges ``(lo, hi]`` are copied, and only rows inside them are swept
+        self.ranges = {k: list(v) for k, v in (ranges or {}).items()}
         self.sink = sink
         self.engine = sink.engine
         self.dialect = sink.dialect
@@ -571,7 +577,7 @@ class Loader:
             t.join()
         if errors:
             raise errors[0]
-        report.swept = self._finish(route, target, floor, report.rows)
+        report.swept = self._finish(route, target, floor, report.rows, self.ranges.get(src.qualified))
         report.seconds = time.monotonic() - started
         self.log.info(
             "table loaded",
@@ -637,7 +643,10 @@ class Loader:
         if self.resume and row is not None and row.status == "done":
             self.log.info("already loaded; loading again", table=route.qualified)
         with conn.cursor() as cur:
-            if src.key:
+            if src.key and src.qualified in self.ranges:
+                chunks = [Chunk(i, lo, hi) for i, (lo, hi) in enumerate(self.ranges[src.qualified])]
+                total = 0
+            elif src.key:
                 chunks, total = plan_chunks(cur, src, self.chunk_rows)
             else:
                 cur.execute(f"SELECT count(*) FROM {_quote(src.schema)}.{_quote(src.table)}")  # noqa: S608
@@ -688,17 +697,37 @@ class Loader:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.literal(1)).select_from(t).limit(1)).first() is None
 
-    def _finish(self, route: Route, target: TargetTable, floor: str, rows: int) -> int:
-        """Sweep rows the snapshot did not have, mark the load done (one transaction)."""
+    def _finish(
+        self,
+        route: Route,
+        target: TargetTable,
+        floor: str,
+        rows: int,
+        ranges: Sequence[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]] | None = None,
+    ) -> int:
+        """Sweep rows the snapshot did not have (only inside ``ranges`` when given), mark the load done."""
         ver = target.version_column
-        t = sa.table(route.target_table, sa.column(ver), schema=route.target_schema)
+        t = sa.table(
+            route.target_table,
+            sa.column(ver),
+            *(sa.column(k) for k in target.key),
+            schema=route.target_schema,
+        )
         loads = state.loads_table
         with self.engine.begin() as conn:
             swept = 0
             if target.key:
-                swept = conn.execute(
-                    sa.delete(t).where(sa.or_(t.c[ver].is_(None), t.c[ver] < floor))
-                ).rowcount
+                older = sa.or_(t.c[ver].is_(None), t.c[ver] < floor)
+                if ranges is not None:
+                    older = sa.and_(
+                        older, sa.or_(*(_in_range([t.c[k] for k in target.key], r) for r in ranges))
+                    )
+                swept = conn.execute(sa.delete(t).where(older)).rowcount
+            if ranges is None:
+                # keys left incomplete by changes older than the snapshot are complete now (streamer.fetch);
+                # a repair of some ranges leaves the records of keys it did not copy
+                inc = state.incomplete_table
+                conn.execute(sa.delete(inc).where(inc.c.table_name == route.qualified, inc.c.version < floor))
             conn.execute(
                 sa.update(loads)
                 .where(loads.c.table_name == route.qualified)
@@ -708,15 +737,14 @@ class Loader:
 
     # -------------------------------------------------------- one chunk
     def _select(
-        self, cur: Any, src: SourceTable, route: Route, chunk: Chunk, version: str
+        self, cur: Any, src: SourceTable, route: Route, target_table: TargetTable, chunk: Chunk, version: str
     ) -> tuple[str, list[str]]:
         """The chunk's COPY source query and the target column names it yields, in order."""
         exprs: list[str] = []
         names: list[str] = []
-        for c in src.columns:
+        for c in loaded_columns(src, route, target_table):
             target = route.target_column(c.name)
-            if target is None:
-                continue
+            assert target is not None
             expr = _quote(c.name)
             if c.type_name == "money":
                 expr += "::numeric"
@@ -746,7 +774,7 @@ class Loader:
         fresh: bool,
     ) -> int:
         with conn.cursor() as cur:
-            query, names = self._select(cur, src, route, chunk, version)
+            query, names = self._select(cur, src, route, target, chunk, version)
             buf = io.BytesIO()
             cur.copy_expert(f"COPY ({query}) TO STDOUT", buf)
             rows = int(cur.rowcount)
@@ -754,7 +782,7 @@ class Loader:
         if self.dialect == "postgresql":
             self._write_pg(route, target, names, buf, chunk, rows, fresh, version)
         else:
-            self._write_other(src, route, buf.getvalue().decode(), chunk, rows, version)
+            self._write_other(src, route, target, buf.getvalue().decode(), chunk, rows, version)
         return rows
 
     def _checkpoint(self, conn: Connection, route: Route, chunk: Chunk, rows: int) -> None:
@@ -828,12 +856,13 @@ class Loader:
         self,
         src: SourceTable,
         route: Route,
+        target: TargetTable,
         text: str,
         chunk: Chunk,
         rows: int,
         version: str,
     ) -> None:
-        kept = [c for c in src.columns if route.target_column(c.name) is not None]
+        kept = loaded_columns(src, route, target)
         converters = [c.plan.convert for c in kept] + [None]
         table = TableId(self.database, src.schema, src.table)
         columns = src.column_types
@@ -867,11 +896,33 @@ class Loader:
         )
 
 
+def loaded_columns(src: SourceTable, route: Route, target: TargetTable) -> list[SourceColumn]:
+    """The source columns a load copies: routed, and not computed by the target itself (a generated
+    column there: PostgreSQL refuses it in COPY, every target in INSERT)."""
+    out = []
+    for c in src.columns:
+        name = route.target_column(c.name)
+        if name is not None and name not in target.generated:
+            out.append(c)
+    return out
+
+
 def _no_key(src: SourceTable) -> NoPrimaryKeyError:
     return NoPrimaryKeyError(
         f"source table {src.qualified} has no primary key: changes to it cannot be applied by key; "
         "copy it whole with --no-key (no resume, no merge with the stream)"
     )
+
+
+def _in_range(cols: Sequence[Any], rng: tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]) -> Any:
+    """``lo < (cols) <= hi`` as an SQLAlchemy condition (``None``: unbounded)."""
+    lo, hi = rng
+    parts: list[Any] = [sa.true()]
+    if lo is not None:
+        parts.append(sa.tuple_(*cols) > sa.tuple_(*(sa.literal(v) for v in lo)))
+    if hi is not None:
+        parts.append(sa.tuple_(*cols) <= sa.tuple_(*(sa.literal(v) for v in hi)))
+    return sa.and_(*parts)
 
 
 def _range(key: Sequence[str], chunk: Chunk) -> tuple[str, list[Any]]:

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from streamer.events import EndOfDay, InfiniteDate, InfiniteDatetime
+from streamer.core.events import EndOfDay, InfiniteDate, InfiniteDatetime
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 NULL = "\\N"

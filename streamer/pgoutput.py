@@ -5,7 +5,7 @@ versions 1 and 2: Begin, Commit, Origin, Relation, Type, Insert, Update, Delete,
 Message, Stream Start/Stop/Commit/Abort), following
 https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html.
 :class:`TransactionAssembler` feeds on those messages and hands back whole committed
-transactions whose changes are :class:`~streamer.events.ChangeEvent`\\ s:
+transactions whose changes are :class:`~streamer.core.events.ChangeEvent`\\ s:
 
 * a plain transaction is Begin, its changes, Commit;
 * with protocol 2 and ``streaming 'on'`` a large in-progress transaction arrives in blocks
@@ -16,7 +16,7 @@ transactions whose changes are :class:`~streamer.events.ChangeEvent`\\ s:
 
 Changes are kept as received (text values) and converted into events when their transaction
 commits, when the commit LSN and time are known. Column values: ``'n'`` NULL -> ``None``,
-``'u'`` unchanged TOASTed value -> :data:`~streamer.events.UNAVAILABLE`, ``'t'`` text ->
+``'u'`` unchanged TOASTed value -> :data:`~streamer.core.events.UNAVAILABLE`, ``'t'`` text ->
 converted by :mod:`streamer.pgtypes`; ``'b'`` (binary, only with the ``binary`` option, which
 streamer does not request) is a :class:`ProtocolError`.
 
@@ -27,8 +27,8 @@ row for deletes (only the key columns under the default replica identity, the wh
 ``REPLICA IDENTITY FULL``) and for updates under ``FULL``; ``after`` the new row;
 ``position=SourcePosition(version=pg_version(lsn), lsn=lsn, commit_lsn=<commit LSN>)`` where
 ``lsn`` is the change's WAL position (what Debezium reports as ``source.lsn``); ``txid`` the
-transaction id; ``source_ts`` the commit time; ``origin=Origin(topic=<origin topic>, partition=0,
-offset=lsn)``. An update that changes the key gives a delete of the old key followed by the
+transaction id; ``source_ts`` the commit time; ``origin=WalOrigin(slot,
+lsn)``. An update that changes the key gives a delete of the old key followed by the
 update of the new one (both at the change's LSN), as Debezium does.
 """
 
@@ -41,13 +41,13 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final
 
-from streamer.errors import StreamerError, TableIdentityError
-from streamer.events import (
+from streamer.core.checkpoint import WalOrigin
+from streamer.core.errors import StreamerError, TableIdentityError
+from streamer.core.events import (
     UNAVAILABLE,
     ChangeEvent,
     ColumnType,
     Op,
-    Origin,
     SourcePosition,
     TableId,
     format_lsn,
@@ -573,14 +573,14 @@ class TransactionAssembler:
         self,
         *,
         database: str | None,
-        origin_topic: str,
+        slot: str,
         lookup: TypeLookup,
         relation_meta: RelationMetaLookup,
         keep_failed: bool = False,
         now: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self.database = database
-        self.origin_topic = origin_topic
+        self.slot = slot
         self.lookup = lookup
         self.relation_meta = relation_meta
         self.keep_failed = keep_failed
@@ -721,7 +721,7 @@ class TransactionAssembler:
         """The events of one change (two for an update of the key)."""
         lsn = change.lsn
         position = SourcePosition(version=pg_version(lsn), lsn=lsn, commit_lsn=commit_lsn)
-        origin = Origin(self.origin_topic, 0, lsn)
+        origin = WalOrigin(self.slot, lsn)
 
         def event(
             op: Op,

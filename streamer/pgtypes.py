@@ -3,7 +3,7 @@
 ``streamer replicate`` receives column values as PostgreSQL prints them (pgoutput's text
 format). This module turns each into the *identical* Python value that the Debezium path
 (Debezium's PostgreSQL connector with its defaults, then :mod:`streamer.decode`) produces for
-the same source value, and describes each column with the :class:`~streamer.events.ColumnType`
+the same source value, and describes each column with the :class:`~streamer.core.events.ColumnType`
 Debezium's schema would carry (with ``column.propagate.source.type``), so both paths create the
 same target tables and write the same rows.
 
@@ -100,8 +100,8 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Final, Protocol
 
-from streamer.errors import StreamerError
-from streamer.events import (
+from streamer.core.errors import StreamerError
+from streamer.core.events import (
     DATE_INFINITY,
     DATE_NEG_INFINITY,
     TIME_24_00,

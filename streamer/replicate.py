@@ -36,7 +36,7 @@ beyond it is skipped: the slot may lag the target by one confirmation (crash bet
 commit and the feedback), and what it sends again is not applied twice. A slot *ahead* of the
 target (its ``confirmed_flush_lsn`` beyond the target's LSN for it: advanced by hand, by another
 reader, or by an older version of streamer) may have passed changes the target never got: the
-start stops with :class:`~streamer.errors.SlotAheadError` naming both LSNs. Keep-alives are
+start stops with :class:`~streamer.core.errors.SlotAheadError` naming both LSNs. Keep-alives are
 answered when the server asks and feedback is sent at least every ``min(10 s,
 wal_sender_timeout / 2)``, also while a batch is being retried.
 
@@ -47,15 +47,15 @@ Errors
   the last applied LSN.
 * A value that cannot be converted or a change the target rejects follows
   ``consumer.error_policy``: ``stop`` exits non-zero naming the change's LSN
-  (:class:`~streamer.errors.ReplicationApplyError`), with the target and slot at the
+  (:class:`~streamer.core.errors.ReplicationApplyError`), with the target and slot at the
   transaction before it. There is no dead-letter *topic* without Kafka: ``dlq`` needs
   ``--dlq-file PATH`` and appends each such change there as one JSON line (error, LSN, commit
   LSN, xid, table, op, key, values), fsynced before the batch commits (so a crash can repeat a
   dead letter, never lose one), and goes on.
-* Setup problems are named: :class:`~streamer.errors.WalLevelError`,
-  :class:`~streamer.errors.ReplicationPrivilegeError`, :class:`~streamer.errors.SlotInUseError`,
-  :class:`~streamer.errors.SlotNotFoundError`, :class:`~streamer.errors.PublicationNotFoundError`,
-  :class:`~streamer.errors.TableIdentityError` (a published table without primary key or replica
+* Setup problems are named: :class:`~streamer.core.errors.WalLevelError`,
+  :class:`~streamer.core.errors.ReplicationPrivilegeError`, :class:`~streamer.core.errors.SlotInUseError`,
+  :class:`~streamer.core.errors.SlotNotFoundError`, :class:`~streamer.core.errors.PublicationNotFoundError`,
+  :class:`~streamer.core.errors.TableIdentityError` (a published table without primary key or replica
   identity index).
 
 SIGTERM/SIGINT: the complete transactions received are applied and confirmed, the partly
@@ -107,8 +107,8 @@ import tenacity
 from sqlalchemy.engine import Connection
 
 from streamer import logs
-from streamer.db import is_transient
-from streamer.errors import (
+from streamer.core.checkpoint import wal_stream
+from streamer.core.errors import (
     PublicationNotFoundError,
     ReplicationApplyError,
     ReplicationError,
@@ -119,11 +119,11 @@ from streamer.errors import (
     SlotInUseError,
     SlotNotFoundError,
     TableIdentityError,
-    TargetUnavailableError,
     WalLevelError,
     one_line,
 )
-from streamer.events import ChangeEvent, format_lsn, parse_lsn
+from streamer.core.events import ChangeEvent, format_lsn, parse_lsn
+from streamer.db import is_transient
 from streamer.holds import HoldChangedError, HoldView, check_batch
 from streamer.pgoutput import (
     ProtocolError,
@@ -142,8 +142,9 @@ from streamer.pgtypes import (
     reported_type_name,
     type_from_row,
 )
+from streamer.pipeline.policy import BatchNotIsolatedError, RetryPolicy, apply_with_policy, sink_apply
 from streamer.settings import Settings
-from streamer.sink import ApplyResult, EventRejectedError, Sink, is_permanent, refuse_failures
+from streamer.sink import ApplyResult, EventRejectedError, Sink, is_permanent
 from streamer.state import load_offsets, save_offsets
 from streamer.walstream import WalStream, WalStreamEnded, WalStreamLost
 
@@ -153,8 +154,8 @@ __all__ = ["ReplicateStats", "ReplicationProcess", "SourceCatalog", "origin_topi
 
 
 def origin_topic(slot: str) -> str:
-    """The ``topic`` of this path's positions in ``_streamer_offsets`` and of its events' origins."""
-    return f"pg:{slot}"
+    """The ``topic`` of this path's positions in ``_streamer_offsets`` (see :func:`streamer.core.checkpoint.wal_stream`)."""
+    return wal_stream(slot)
 
 
 def quote_ident(name: str) -> str:
@@ -433,14 +434,6 @@ class _StreamLost(Exception):
         self.error = error
 
 
-class _BatchFailed(Exception):
-    """A permanent error that applying event by event could not pin on one event."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
 def _as_dbapi_error(exc: BaseException) -> BaseException:
     """A raw psycopg2 error (the sink's COPY path uses the DBAPI cursor) as SQLAlchemy would wrap it,
     so that :func:`~streamer.db.is_transient` and :func:`~streamer.sink.is_permanent` can judge it."""
@@ -588,7 +581,7 @@ class ReplicationProcess:
         )
         self._assembler = TransactionAssembler(
             database=catalog.database,
-            origin_topic=self.topic,
+            slot=self.slot,
             lookup=catalog.type,
             relation_meta=catalog.relation_meta,
             keep_failed=self.cfg.error_policy == "dlq",
@@ -957,32 +950,15 @@ class ReplicationProcess:
         def check_hold(conn: Connection) -> None:
             check_batch(conn, member_id, generation, touched)  # see streamer.holds
 
-        def attempt() -> ApplyResult:
-            try:
-                return self.sink.apply(
-                    events, positions, self.group, before_commit=before_commit, in_transaction=check_hold
-                )
-            except HoldChangedError:
-                raise
-            except Exception as exc:
-                if _transient(exc) or not _permanent(exc):
-                    raise
-            # a permanent error in the batch: event by event, to find the culprit(s)
-            try:
-                return self.sink.apply(
-                    events,
-                    positions,
-                    self.group,
-                    isolate=True,
-                    before_commit=before_commit if self.cfg.error_policy == "dlq" else refuse_failures,
-                    in_transaction=check_hold,
-                )
-            except (EventRejectedError, HoldChangedError):
-                raise
-            except Exception as exc:
-                if _transient(exc) or not _permanent(exc):
-                    raise
-                raise _BatchFailed(exc) from exc
+        apply = sink_apply(
+            self.sink,
+            events,
+            positions,
+            self.group,
+            dead_letter=self.cfg.error_policy == "dlq",
+            before_commit=before_commit,
+            in_transaction=check_hold,
+        )
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             self.stats.retries += 1
@@ -992,17 +968,19 @@ class ReplicationProcess:
             )
             self._keepalive(cur)
 
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(_transient),
-            stop=tenacity.stop_after_attempt(self.cfg.retry_attempts),
-            wait=tenacity.wait_exponential(multiplier=0.2, max=self.cfg.retry_max_wait_s),
-            sleep=lambda seconds: self._sleep_with_keepalive(seconds, cur),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
         try:
-            return retrying(attempt)
-        except _BatchFailed as failed:
+            return apply_with_policy(
+                apply,
+                retry=RetryPolicy(self.cfg.retry_attempts, self.cfg.retry_max_wait_s),
+                transient=_transient,
+                permanent=_permanent,
+                passthrough=(HoldChangedError,),
+                isolate_passthrough=(EventRejectedError, HoldChangedError),
+                before_sleep=before_sleep,
+                sleep=lambda seconds: self._sleep_with_keepalive(seconds, cur),
+                unavailable_hint="nothing of this batch was applied nor confirmed; run again once the target is back",
+            )
+        except BatchNotIsolatedError as failed:
             first = min((ev.position.lsn or 0 for ev in events), default=0)
             raise ReplicationApplyError(
                 f"{format_lsn(first)}..{format_lsn(batch[-1].commit_lsn)}",
@@ -1016,14 +994,6 @@ class ReplicationProcess:
                 f"{failed.event.table.qualified} ({failed.event.op.value}): "
                 f"{type(failed.error).__name__}: {str(failed.error)[:1000]}",
             ) from None
-        except Exception as exc:
-            if not _transient(exc):
-                raise
-            raise TargetUnavailableError(
-                f"the target kept failing through {self.cfg.retry_attempts} attempts: "
-                f"{type(exc).__name__}: {one_line(str(exc))[:500]} (nothing of this batch was applied nor "
-                "confirmed; run again once the target is back)"
-            ) from exc
 
     def _confirm(self, cur: Any, lsn: int) -> None:
         """Tell the server everything up to ``lsn`` is in the target (only ever called with such an LSN)."""

@@ -31,8 +31,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Connection, Engine
 
-from streamer.errors import StreamerError
-from streamer.events import ChangeEvent, ColumnType, TableId
+from streamer.apply.dialects import dialect_for
+from streamer.core.errors import StreamerError
+from streamer.core.events import ChangeEvent, ColumnType, TableId
 
 VERSION_TYPE_LENGTH = 40
 SqlType = sa.types.TypeEngine[Any]
@@ -78,14 +79,21 @@ class Router:
 
     def __init__(self, dialect: str, routes: Mapping[str, RouteSpec] | None = None) -> None:
         self.dialect = dialect
+        self.target = dialect_for(dialect)
         self.routes = dict(routes or {})
         self._cache: dict[TableId, Route] = {}
+        self._roots: dict[TableId, TableId] = {}  # leaf partition -> its partitioned root
+
+    def set_partition_root(self, leaf: TableId, root: TableId) -> None:
+        """Route ``leaf`` (a partition at the source) as its root table from now on."""
+        self._roots[leaf] = root
+        self._cache.pop(leaf, None)
 
     def route(self, table: TableId) -> Route:
-        """The route of a source table (computed once per table)."""
+        """The route of a source table (computed once per table); a leaf partition routes as its root."""
         found = self._cache.get(table)
         if found is None:
-            found = self._cache[table] = self._route(table)
+            found = self._cache[table] = self._route(self._roots.get(table, table))
         return found
 
     def _route(self, table: TableId) -> Route:
@@ -95,11 +103,11 @@ class Router:
             schema, _, name = spec.target.rpartition(".")
             target_schema: str | None = schema or None
             target_table = name
-        elif self.dialect == "postgresql":
+        elif self.target.namespaces_as_schemas:
             target_schema, target_table = ns, table.table
         else:
             target_schema, target_table = None, f"{ns}_{table.table}" if ns else table.table
-        if self.dialect == "sqlite" and target_schema is not None:  # SQLite has no schemas
+        if not self.target.has_schemas and target_schema is not None:  # SQLite has no schemas
             target_table, target_schema = f"{target_schema}_{target_table}", None
         if spec is None:
             return Route(target_schema, target_table)
@@ -244,6 +252,7 @@ class TargetTable:
     columns: list[str]
     key: tuple[str, ...]
     version_column: str
+    generated: frozenset[str] = frozenset()  # computed by the target (generated columns): never written
 
     def has(self, column: str) -> bool:
         return column in self.columns
@@ -255,6 +264,7 @@ class SchemaManager:
     def __init__(self, engine: Engine, version_column: str, mode: str = "auto") -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self.target = dialect_for(self.dialect)
         self.version_column = version_column
         self.mode = mode
         self._known: dict[tuple[str | None, str], TargetTable] = {}
@@ -342,7 +352,7 @@ class SchemaManager:
         columns: Mapping[str, SqlType],
         key: tuple[str, ...],
     ) -> None:
-        if route.target_schema and self.dialect == "postgresql":
+        if route.target_schema and self.target.namespaces_as_schemas:
             conn.execute(sa.schema.CreateSchema(route.target_schema, if_not_exists=True))
         # key columns first, in key order, then the rest as the source orders them
         ordered = {k: columns[k] for k in key if k in columns}
@@ -361,7 +371,7 @@ class SchemaManager:
             # information_schema, not SHOW CREATE TABLE parsing (which breaks on backticks in names)
             rows = conn.execute(
                 sa.text(
-                    "SELECT column_name, column_key FROM information_schema.columns "
+                    "SELECT column_name, column_key, extra FROM information_schema.columns "
                     "WHERE table_schema = COALESCE(:schema, DATABASE()) AND table_name = :table "
                     "ORDER BY ordinal_position"
                 ),
@@ -370,6 +380,7 @@ class SchemaManager:
             if not rows:
                 return None
             cols = [r[0] for r in rows]
+            generated = frozenset(r[0] for r in rows if "GENERATED" in str(r[2] or "").upper())
             pk_rows = conn.execute(
                 sa.text(
                     "SELECT column_name FROM information_schema.key_column_usage "
@@ -383,9 +394,11 @@ class SchemaManager:
             insp = sa.inspect(conn)
             if not insp.has_table(route.target_table, schema=route.target_schema):
                 return None
-            cols = [c["name"] for c in insp.get_columns(route.target_table, schema=route.target_schema)]
+            described = insp.get_columns(route.target_table, schema=route.target_schema)
+            cols = [c["name"] for c in described]
+            generated = frozenset(c["name"] for c in described if c.get("computed"))
             pk = insp.get_pk_constraint(route.target_table, schema=route.target_schema)
             key = tuple(pk.get("constrained_columns") or ())
         if not key and not allow_no_key:
             raise SchemaMismatchError(f"target table {route.qualified} has no primary key")
-        return TargetTable(route, cols, key, self.version_column)
+        return TargetTable(route, cols, key, self.version_column, generated)

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from streamer.errors import SettingsError
+from streamer.core.errors import SettingsError
 
 ENV_PREFIX = "STREAMER_"
 DEFAULT_FILE = "streamer.toml"
@@ -55,6 +55,14 @@ class StackSettings(_Section):
     # default: <dir>/pg, or, as root when the postgres user cannot reach <dir>, a directory of its
     # own under that user's home (see streamer.stack.Stack.pg_dir)
     pg_dir: Path | None = None
+    # the MariaDB source (binlog_format=ROW), a part of the stack unless mariadb = false
+    mariadb: bool = True
+    mariadb_port: int = Field(13306, ge=1, le=65535)  # not 3306: the machine's own server is there
+    mariadb_user: str = "streamer"  # the replication user Debezium connects as
+    mariadb_password: str = "streamer"
+    mariadb_root_password: str = "root"
+    mariadb_database: str = "inventory"
+    mariadb_server_id: int = Field(1, ge=1, le=4294967295)
 
 
 class ConsumerSettings(_Section):

@@ -18,7 +18,7 @@ Per batch:
 
 Version guard
 -------------
-Every target row carries the source position (:class:`~streamer.events.SourcePosition.version`)
+Every target row carries the source position (:class:`~streamer.core.events.SourcePosition.version`)
 of the change that wrote it, in the column ``consumer.version_column``. An upsert only replaces a
 row whose version is lower (or NULL: written by someone else); a delete only removes such a row;
 a truncate removes only rows older than itself. A replay, an overlapping snapshot load or a
@@ -26,9 +26,10 @@ zombie consumer can therefore never move a row back in time. A key deleted in th
 replayed from before its delete is inserted again by the replay and deleted again when the replay
 reaches the delete: replays converge once they have drained, as the README states.
 
-Unavailable (unchanged TOAST) values are never written: such a column is left out of the update;
-if the row does not exist in the target at all, it is inserted with NULL there (the target never
-had the value to keep; a NOT NULL column rejects it, and the error policy names the event).
+Unavailable (unchanged TOAST) values are never written: such a column is left out of the update.
+A row the target lacks (never loaded, or the create half of a primary-key update) is completed
+from the source by key before it is written, or left out and recorded incomplete when the source
+cannot be read: :mod:`streamer.fetch` (the hook is :meth:`Sink._apply_plans`' first line).
 """
 
 from __future__ import annotations
@@ -44,13 +45,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from streamer import state
+from streamer.apply.dialects import Dialect, dialect_for
+from streamer.core.checkpoint import OffsetIdentity
+from streamer.core.errors import StreamerError
+from streamer.core.events import UNAVAILABLE, ChangeEvent, EndOfDay, InfiniteDate, InfiniteDatetime, Op
 from streamer.db import is_transient
-from streamer.errors import StreamerError
-from streamer.events import UNAVAILABLE, ChangeEvent, EndOfDay, InfiniteDate, InfiniteDatetime, Op
+from streamer.fetch import RowCompleter, SourceFetcher, build_fetcher
 from streamer.pgcopy import copy_rows
 from streamer.schema import Route, Router, SchemaManager, TargetTable
 from streamer.settings import Settings
@@ -172,9 +175,8 @@ class MissingVersionError(StreamerError):
 
     def __init__(self, event: ChangeEvent) -> None:
         self.event = event
-        o = event.origin
         super().__init__(
-            f"{o.topic}[{o.partition}]@{o.offset}: {event.op.value} on {event.table.qualified} has no source "
+            f"{event.origin.describe()}: {event.op.value} on {event.table.qualified} has no source "
             "position (empty version); the decoder refuses such records (MissingPositionError)"
         )
 
@@ -250,35 +252,17 @@ def _light_table(table: TargetTable, columns: Iterable[str]) -> sa.TableClause:
     )
 
 
-def _upsert_statement(dialect: str, table: TargetTable, columns: Sequence[str]) -> Any:
+def _upsert_statement(dialect: Dialect, table: TargetTable, columns: Sequence[str]) -> Any:
+    """The guarded upsert: a row is written where the target's is missing or has an older version."""
     ver = table.version_column
     t = _light_table(table, columns)
-    key = list(table.key)
-    update_cols = [c for c in columns if c not in key and c != ver]
-    if dialect in ("mysql", "mariadb"):
-        ins = mysql.insert(t)
-        newer = sa.or_(t.c[ver].is_(None), t.c[ver] < ins.inserted[ver])
-        sets: list[tuple[str, Any]] = [
-            (c, sa.case((newer, ins.inserted[c]), else_=t.c[c])) for c in update_cols
-        ]
-        # MySQL evaluates assignments left to right: the version column must change last
-        sets.append((ver, sa.case((newer, ins.inserted[ver]), else_=t.c[ver])))
-        return ins.on_duplicate_key_update(sets)
-    if dialect == "postgresql":
-        pg_ins = postgresql.insert(t)
-        return pg_ins.on_conflict_do_update(
-            index_elements=key,
-            set_={c: pg_ins.excluded[c] for c in [*update_cols, ver]},
-            where=sa.or_(t.c[ver].is_(None), t.c[ver] < pg_ins.excluded[ver]),
-        )
-    if dialect == "sqlite":
-        lite_ins = sqlite.insert(t)
-        return lite_ins.on_conflict_do_update(
-            index_elements=key,
-            set_={c: lite_ins.excluded[c] for c in [*update_cols, ver]},
-            where=sa.or_(t.c[ver].is_(None), t.c[ver] < lite_ins.excluded[ver]),
-        )
-    raise NotImplementedError(f"no upsert statement for dialect {dialect}")
+    update_cols = [c for c in columns if c not in table.key and c != ver]
+    return dialect.upsert(
+        t,
+        list(table.key),
+        [*update_cols, ver],  # the version last: MySQL assigns left to right
+        guard=lambda new: sa.or_(t.c[ver].is_(None), t.c[ver] < new[ver]),
+    )
 
 
 def _partial_statements(table: TargetTable, columns: Sequence[str]) -> tuple[Any, Any]:
@@ -343,8 +327,7 @@ class EventRejectedError(StreamerError):
 
     def __init__(self, event: ChangeEvent, error: Exception) -> None:
         self.event, self.error = event, error
-        o = event.origin
-        super().__init__(f"{o.topic}[{o.partition}]@{o.offset}: {type(error).__name__}: {error}")
+        super().__init__(f"{event.origin.describe()}: {type(error).__name__}: {error}")
 
 
 class FencedBatchError(StreamerError):
@@ -391,9 +374,12 @@ class Sink:
         schema: SchemaManager,
         *,
         truncate: bool = True,
+        fetcher: SourceFetcher | None = None,
     ) -> None:
         self.engine = engine
+        self.completer = RowCompleter(fetcher)  # values events do not carry (streamer.fetch)
         self.dialect = engine.dialect.name
+        self.target = dialect_for(self.dialect)
         self.router = router
         self.schema = schema
         self.truncate = truncate
@@ -411,7 +397,7 @@ class Sink:
         record_state: bool = True,
         in_transaction: Callable[[Connection], None] | None = None,
         first: Mapping[tuple[str, int], int] | None = None,
-        identities: Mapping[tuple[str, int], state.OffsetIdentity] | None = None,
+        identities: Mapping[tuple[str, int], OffsetIdentity] | None = None,
     ) -> ApplyResult:
         """Apply events and record ``positions`` ((topic, partition) -> next offset) in one transaction.
 
@@ -430,6 +416,7 @@ class Sink:
         (see :func:`streamer.state.save_offsets`; a stored offset never moves backwards).
         """
         result = ApplyResult()
+        self.completer.route_partitions(events, self.router)  # leaf partitions -> root (streamer.fetch)
         # DDL first, outside the data transaction (SQLite allows one writer at a time)
         tables: dict[tuple[str | None, str], TargetTable] = {}
         broken: dict[tuple[str | None, str], Exception] = {}
@@ -503,6 +490,7 @@ class Sink:
         truncated: Mapping[str, str],
         result: ApplyResult,
     ) -> None:
+        self.completer.complete(conn, plans, tables)  # unchanged TOAST of rows the target lacks
         for tkey, plan in plans.items():
             table = tables.get(tkey)
             if table is None:
@@ -521,9 +509,9 @@ class Sink:
                 truncated = plan.truncate_version
         # group rows by the set of columns they carry (unavailable TOAST values left out)
         groups: dict[tuple[str, ...], list[list[Any]]] = {}
-        pg = self.dialect == "postgresql"
+        pg = self.target.merges_by_copy
         adapt = None if pg else self.adapt  # COPY formats Python values itself
-        known = set(table.columns)
+        known = set(table.columns) - table.generated  # the target computes generated columns
         carried: set[str] = set()  # columns the rows carry, unavailable ones included
         for row, version in plan.upserts.values():
             if truncated is not None and version < truncated:
@@ -551,14 +539,14 @@ class Sink:
             names = [*cols, ver]
             if cols not in partial:
                 conn.execute(
-                    _upsert_statement(self.dialect, table, names),
+                    _upsert_statement(self.target, table, names),
                     [dict(zip(names, r, strict=True)) for r in rows],
                 )
                 continue
             # rows lacking columns: insert the missing keys, then a guarded update (see _partial_statements)
             insert, update = _partial_statements(table, names)
             bound = [{f"p_{i}": v for i, v in enumerate(r)} for r in rows]
-            if self.dialect not in ("mysql", "mariadb"):
+            if not self.target.partial_insert_may_refuse():
                 conn.execute(insert, bound)
             else:
                 try:
@@ -690,11 +678,22 @@ def build_router(settings: Settings, dialect: str) -> Router:
     return Router(dialect, routes)
 
 
-def build_sink(settings: Settings, engine: Engine | None = None) -> Sink:
-    """The sink the settings describe: target URL, routes, version column, schema mode, truncate policy."""
+def build_sink(settings: Settings, engine: Engine | None = None, source_url: str | None = None) -> Sink:
+    """The sink the settings describe: target URL, routes, version column, schema mode, truncate policy.
+
+    Values events do not carry are read from ``source_url`` when given (``streamer replicate
+    --source``), else from the settings' ``source_url`` and the connector files' sources.
+    """
     from streamer.db import create_target_engine
 
     engine = engine or create_target_engine(settings.target_url)
     c = settings.consumer
     router = build_router(settings, engine.dialect.name)
-    return Sink(engine, router, SchemaManager(engine, c.version_column, c.schema_mode), truncate=c.truncate)
+    fetcher = SourceFetcher.for_url(source_url) if source_url else build_fetcher(settings)
+    return Sink(
+        engine,
+        router,
+        SchemaManager(engine, c.version_column, c.schema_mode),
+        truncate=c.truncate,
+        fetcher=fetcher,
+    )

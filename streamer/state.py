@@ -13,6 +13,9 @@
 * ``_streamer_hold_generation`` and ``_streamer_members``: the load hold barrier (see
   :mod:`streamer.holds`): a counter the loader raises when it marks tables ``loading``, and per
   live consumer process the generation it has acknowledged and its last heartbeat.
+* ``_streamer_incomplete``: per target table and key, a row the target lacks because its change
+  event left values out (unchanged TOAST) and the source could not be read for them (see
+  :mod:`streamer.fetch`); removed when a later change writes the key whole.
 
 The tables are created and upgraded by the Alembic migrations in ``streamer/migrations``
 (``streamer db upgrade``; every command that writes to a target runs it first). Alembic's own
@@ -32,8 +35,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
+
+from streamer.apply.dialects import dialect_for
+from streamer.core.checkpoint import OffsetIdentity
 
 VERSION_TABLE = "_streamer_alembic_version"
 _meta = sa.MetaData()
@@ -100,6 +105,20 @@ members_table = sa.Table(
 )
 
 
+incomplete_table = sa.Table(
+    "_streamer_incomplete",
+    _meta,
+    sa.Column("table_name", sa.String(512), primary_key=True),
+    sa.Column("key_hash", sa.String(40), primary_key=True),  # sha1 of key_json
+    sa.Column("key_json", sa.Text, nullable=False),
+    sa.Column("source_table", sa.String(512), nullable=False),
+    sa.Column("version", sa.String(40), nullable=False),
+    sa.Column("columns", sa.Text, nullable=False),  # the values the event did not carry
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("recorded_at", sa.DateTime, nullable=False),
+)
+
+
 def _alembic_config() -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
@@ -122,16 +141,11 @@ def upgrade(engine: Engine) -> str:
     """Create or upgrade streamer's tables to the newest revision; safe to run from many processes."""
     cfg = _alembic_config()
     with engine.begin() as conn:
-        dialect = conn.dialect.name
-        # serialize concurrent upgrades (several consumers starting at once)
-        if dialect == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7301945)"))
-        elif dialect in ("mysql", "mariadb"):
-            conn.execute(sa.text("SELECT GET_LOCK('streamer_migrations', 60)"))
+        dialect = dialect_for(conn.dialect.name)
+        dialect.lock_migrations(conn)  # serialize concurrent upgrades (several consumers starting at once)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
-        if dialect in ("mysql", "mariadb"):
-            conn.execute(sa.text("SELECT RELEASE_LOCK('streamer_migrations')"))
+        dialect.unlock_migrations(conn)
     return head_revision()
 
 
@@ -140,35 +154,12 @@ def _upsert(
 ) -> None:
     if not rows:
         return
-    cols = list(update)
     key = [c.name for c in table.primary_key.columns]
-    dialect = conn.dialect.name
-    stmt: Any
-    if dialect == "postgresql":
-        pg = postgresql.insert(table)
-        stmt = pg.on_conflict_do_update(index_elements=key, set_={c: pg.excluded[c] for c in cols})
-    elif dialect == "sqlite":
-        lite = sqlite.insert(table)
-        stmt = lite.on_conflict_do_update(index_elements=key, set_={c: lite.excluded[c] for c in cols})
-    elif dialect in ("mysql", "mariadb"):
-        my = mysql.insert(table)
-        stmt = my.on_duplicate_key_update({c: my.inserted[c] for c in cols})
-    else:
-        raise NotImplementedError(dialect)
-    conn.execute(stmt, list(rows))
+    conn.execute(dialect_for(conn.dialect.name).upsert(table, key, list(update)), list(rows))
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
-@dataclasses.dataclass(frozen=True)
-class OffsetIdentity:
-    """What a stored offset belongs to: the topic's id (None when the broker has none) and a
-    fingerprint of the record at ``next_offset - 1`` (None when unknown)."""
-
-    topic_id: str | None = None
-    fingerprint: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,24 +207,9 @@ def save_offsets(
         return
     t = offsets_table
     key = [c.name for c in t.primary_key.columns]
-    dialect = conn.dialect.name
-    stmt: Any
-    if dialect in ("postgresql", "sqlite"):
-        ins = postgresql.insert(t) if dialect == "postgresql" else sqlite.insert(t)
-        stmt = ins.on_conflict_do_update(
-            index_elements=key,
-            set_={c: ins.excluded[c] for c in cols},
-            where=t.c.next_offset <= ins.excluded.next_offset,
-        )
-    elif dialect in ("mysql", "mariadb"):
-        my = mysql.insert(t)
-        forward = t.c.next_offset <= my.inserted.next_offset
-        # assignments run left to right: next_offset changes last, so `forward` sees the old value
-        stmt = my.on_duplicate_key_update(
-            [(c, sa.case((forward, my.inserted[c]), else_=t.c[c])) for c in cols]
-        )
-    else:
-        raise NotImplementedError(dialect)
+    stmt = dialect_for(conn.dialect.name).upsert(
+        t, key, cols, guard=lambda new: t.c.next_offset <= new.next_offset
+    )
     conn.execute(stmt, rows)
 
 
@@ -270,23 +246,14 @@ def lock_offsets(
         }
         for tp, p in wanted
     ]
-    dialect = conn.dialect.name
-    insert: Any
-    if dialect == "postgresql":
-        insert = postgresql.insert(t).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        insert = sqlite.insert(t).on_conflict_do_nothing()
-    elif dialect in ("mysql", "mariadb"):
-        insert = mysql.insert(t).prefix_with("IGNORE")
-    else:
-        raise NotImplementedError(dialect)
-    conn.execute(insert, placeholders)
+    dialect = dialect_for(conn.dialect.name)
+    conn.execute(dialect.insert_ignore(t), placeholders)
     q = (
         sa.select(t.c.topic, t.c.partition_id, t.c.next_offset)
         .where(t.c.consumer_group == group, t.c.topic.in_(sorted({tp for tp, _ in wanted})))
         .order_by(t.c.topic, t.c.partition_id)
     )
-    if dialect != "sqlite":
+    if dialect.locks_rows:
         q = q.with_for_update()
     found = {(r.topic, r.partition_id): int(r.next_offset) for r in conn.execute(q)}
     return {tp: found[tp] for tp in wanted if tp in found}
@@ -388,3 +355,13 @@ def table_positions(conn: Connection) -> dict[str, str | None]:
         r.table_name: r.last_version
         for r in conn.execute(sa.select(tables_table.c.table_name, tables_table.c.last_version))
     }
+
+
+def record_incomplete(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Record keys left incomplete (``_streamer_incomplete`` rows); a key recorded again is replaced."""
+    _upsert(
+        conn,
+        incomplete_table,
+        rows,
+        ["key_json", "source_table", "version", "columns", "reason", "recorded_at"],
+    )

@@ -85,6 +85,7 @@ from streamer import connectors, groups, slots, state
 from streamer.connect import ConnectClient
 from streamer.db import create_target_engine
 from streamer.errors import StreamerError
+from streamer.fetch import incomplete_rows, incomplete_text
 from streamer.groups import TP
 from streamer.settings import Settings
 
@@ -200,7 +201,12 @@ def slots_section(
 def _target_section(
     settings: Settings, group: str
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[TP, int]]:
-    info: dict[str, Any] = {"url": _masked(settings.target_url), "reachable": False, "error": None}
+    info: dict[str, Any] = {
+        "url": _masked(settings.target_url),
+        "reachable": False,
+        "error": None,
+        "incomplete": [],  # rows left incomplete (streamer.fetch)
+    }
     tables: list[dict[str, Any]] = []
     stored: dict[TP, int] = {}
     try:
@@ -212,6 +218,7 @@ def _target_section(
         with engine.connect() as conn:
             info["reachable"] = True
             insp = sa.inspect(conn)
+            info["incomplete"] = [r.to_json() for r in incomplete_rows(conn, 100)]  # issue 13
             if insp.has_table(state.offsets_table.name):
                 stored = state.load_offsets(conn, group)
             if insp.has_table(state.tables_table.name):
@@ -313,6 +320,7 @@ def collect(settings: Settings, group: str | None = None, topics: str | None = N
         and all(c["ok"] for c in doc["connect"]["connectors"])
         and target["reachable"]
         and target["error"] is None
+        and not target["incomplete"]
         and doc["consumer_group"]["error"] is None
         and doc["source"]["error"] is None
         and (doc["source"]["reachable"] or doc["source"]["kind"] != "postgresql")
@@ -406,6 +414,8 @@ def render(doc: dict[str, Any]) -> RenderableType:
     for t in doc["tables"]:
         tt.add_row(t["table"], t["last_position"] or "-", t["updated_at"] or "-")
     parts.append(tt)
+    for note in incomplete_text(doc["target"].get("incomplete", [])):  # issue 13: streamer.fetch
+        parts.append(Text(note, style="red"))
 
     dl = doc["dead_letters"]
     records = dl["records"]

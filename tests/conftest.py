@@ -78,6 +78,9 @@ def debezium_config(stack: Stack, prefix: str, tables: str, **extra: str) -> dic
         "snapshot.mode": "initial",
         "topic.creation.default.partitions": "3",
         "topic.creation.default.replication.factor": "1",
+        # another connector's heartbeat messages (connectors/inventory.json) reach every slot of the
+        # database: drop them as the sample connector does (README, "Idle databases and WAL")
+        "message.prefix.exclude.list": "streamer-heartbeat",
     }
     cfg.update(extra)
     return cfg

@@ -1,10 +1,11 @@
 """``make bench``: every benchmark in one run, one table of figures against their limits; exit 1 on a miss.
 
-decode (issue 3), consume (issue 4), load (issue 5), replicate (issue 7), capture and delay
-(issue 14). Each module's ``figures(argv)`` measures (printing its own details) and returns its
-rows; this runner prints them all in one table (:func:`streamer.bench.report.render`) with the
-machine's load average, since the machine may be shared. Numbers are measured on the machine at
-hand; a module that fails to run is a FAIL row.
+decode (issue 3), consume (issue 4), load (issue 5), replicate (issue 7), validate, capture and
+delay (issue 14). Each module's ``figures(argv)`` measures (printing its own details) and returns
+its rows; this runner prints them all in one table (:func:`streamer.bench.report.render`) with the
+machine's load average, since the machine may be shared. A module with only ``main(argv)`` (its own
+table) is one row: its exit status. Numbers are measured on the machine at hand; a module that
+fails to run is a FAIL row.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 
 from streamer.bench.report import Figure, render
 
-BENCHES = ("decode", "consume", "load", "replicate", "capture", "delay")
+BENCHES = ("decode", "consume", "load", "replicate", "validate", "capture", "delay")
 
 
 def main() -> int:
@@ -35,7 +36,13 @@ def main() -> int:
         print(f"\n===== bench: {name} =====", flush=True)
         started = time.monotonic()
         try:
-            figures.extend(module.figures([]))
+            if hasattr(module, "figures"):
+                figures.extend(module.figures([]))
+            else:
+                code = int(module.main([]) or 0)
+                figures.append(
+                    Figure(name, "exit status (its table above)", float(code == 0), "", "pass", 1, 1)
+                )
         except Exception as exc:  # one broken benchmark must not hide the others' figures
             print(f"bench {name} failed: {type(exc).__name__}: {exc}", flush=True)
             figures.append(

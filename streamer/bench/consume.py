@@ -30,8 +30,8 @@ from confluent_kafka import Consumer, TopicPartition
 from streamer import logs, state
 from streamer.bench.report import Figure, run_module
 from streamer.consume import ConsumerProcess, build_decoder, headers_of
+from streamer.core.events import ChangeEvent
 from streamer.db import create_target_engine
-from streamer.events import ChangeEvent
 from streamer.settings import Settings, load_settings
 from streamer.sink import build_sink
 from streamer.stack import Stack, running_stack

@@ -95,6 +95,7 @@ class Chaos:
             "STREAMER_STACK__CONNECT_PORT": str(free_port()),
             "STREAMER_STACK__SOURCE_PORT": str(free_port()),
             "STREAMER_STACK__CONNECT_HEAP": "512m",
+            "STREAMER_STACK__MARIADB": "false",  # no MariaDB source: not needed here
         }
         self.stack = Stack(load_settings(env=env), log=say)
         self.pg = PrivatePostgres(base / "target-pg")

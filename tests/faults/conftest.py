@@ -144,6 +144,7 @@ def private_stack(stack: Stack) -> Iterator[Stack]:
         "STREAMER_STACK__CONNECT_PORT": str(free_port()),
         "STREAMER_STACK__SOURCE_PORT": str(free_port()),
         "STREAMER_STACK__CONNECT_HEAP": "512m",
+        "STREAMER_STACK__MARIADB": "false",  # no MariaDB source: not needed here
     }
     other = Stack(load_settings(env=env), log=say)
     try:

@@ -128,10 +128,8 @@ def test_managed_tables_with_not_null_columns(make_pipeline, target: str) -> Non
     drain(p, target, group, STREAMER_CONSUMER__SCHEMA_MODE="managed")
 
 
-# open: the new key's event carries the unavailable placeholder for a value the target has only under
-# the old key; the sink refuses to insert it with NULL (named error) until missing values are read
-# from the source by key (issue 13, item 6). See issue 11.
-@pytest.mark.open_fault
+# the new key's event carries the unavailable placeholder for a value the target has only under the
+# old key: the sink reads it from the source by key (streamer.fetch, issue 13 item 6)
 def test_key_updates_leaving_toast_unchanged(make_pipeline, target: str) -> None:
     """`UPDATE ... SET id = new` that leaves the out-of-line TOAST column alone: the new key's event
     carries the unavailable placeholder for a value the target only has under the old key."""

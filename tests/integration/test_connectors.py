@@ -208,8 +208,10 @@ def test_configs_connect_rejects_are_shown_by_file_and_key(
         f"{workdir}/{fields}.json:16:5: snapshot.mode: The 'snapshot.mode' value is invalid: Value must be one of"
         in err
     )
+    lines = (workdir / f"{fields}.json").read_text().splitlines()
+    line = 1 + next(i for i, text in enumerate(lines) if text.startswith('    "heartbeat.interval.ms"'))
     assert (
-        f"{workdir}/{fields}.json:19:5: heartbeat.interval.ms: The 'heartbeat.interval.ms' value is invalid"
+        f"{workdir}/{fields}.json:{line}:5: heartbeat.interval.ms: The 'heartbeat.interval.ms' value is invalid"
         in err
     )
     # Debezium's validation connects with the (resolved) credentials: a wrong password is rejected here

@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from streamer.core.events import TableId
 from streamer.db import create_target_engine
-from streamer.events import TableId
 from streamer.schema import Router
 from streamer.stack import Stack
 from streamer.validate import compare_tables

@@ -20,8 +20,8 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
+from streamer.core.events import UNAVAILABLE, ChangeEvent, Op, OtherRecord, RecordKind, TableId
 from streamer.decode import Decoder
-from streamer.events import UNAVAILABLE, ChangeEvent, Op, OtherRecord, RecordKind, TableId
 from streamer.stack import Stack
 from tests.conftest import kafka_consumer_config
 

@@ -22,9 +22,10 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from streamer import groups, offsetcheck
+from streamer.core.checkpoint import OffsetIdentity
 from streamer.settings import Settings
 from streamer.stack import Stack
-from streamer.state import OffsetIdentity, StoredOffset, load_offsets
+from streamer.state import StoredOffset, load_offsets
 from streamer.state import upgrade as state_upgrade
 from streamer.workload import SAMPLE_TABLES, create_sample, run_workload
 from tests.conftest import debezium_config, drop_connector, source_connection, wait_running
@@ -198,7 +199,7 @@ def test_fenced_batch_drops_its_partition_and_goes_on(
             if not raced and first:
                 tp = sorted(first)[0]
                 raced.append(tp)
-                theirs = [e for e in events if (e.origin.topic, e.origin.partition) == tp]
+                theirs = [e for e in events if e.origin.stream == tp]
                 super().apply(theirs, {tp: positions[tp]}, group, first={tp: first[tp]})
             return super().apply(events, positions, group, **kw)
 

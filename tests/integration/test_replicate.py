@@ -24,14 +24,14 @@ import pytest
 import sqlalchemy as sa
 
 from streamer import state
-from streamer.db import create_target_engine
-from streamer.errors import (
+from streamer.core.errors import (
     PublicationNotFoundError,
     ReplicationPrivilegeError,
     SlotNotFoundError,
     TableIdentityError,
 )
-from streamer.events import UNAVAILABLE, TableId, format_lsn, parse_lsn
+from streamer.core.events import UNAVAILABLE, TableId, format_lsn, parse_lsn
+from streamer.db import create_target_engine
 from streamer.replicate import ReplicationProcess, origin_topic
 from streamer.schema import Router
 from streamer.settings import load_settings

@@ -11,17 +11,17 @@ import pytest
 import sqlalchemy as sa
 
 from streamer import state
-from streamer.db import is_transient
-from streamer.events import (
+from streamer.core.checkpoint import KafkaOrigin
+from streamer.core.events import (
     UNAVAILABLE,
     ChangeEvent,
     ColumnType,
     Op,
-    Origin,
     SourcePosition,
     TableId,
     pg_version,
 )
+from streamer.db import is_transient
 from streamer.schema import Router, SchemaManager
 from streamer.sink import EventRejectedError, Sink, is_permanent, refuse_failures
 
@@ -80,7 +80,7 @@ class Events:
             txid=None,
             source_ts=None,
             event_ts=None,
-            origin=Origin("topic", 0, self.offset),
+            origin=KafkaOrigin("topic", 0, self.offset),
         )
 
 
@@ -175,7 +175,7 @@ def test_hostile_identifiers_are_quoted(target, unique: str) -> None:
         txid=None,
         source_ts=None,
         event_ts=None,
-        origin=Origin("t", 0, 0),
+        origin=KafkaOrigin("t", 0, 0),
     )
     sink.apply([event], {("t", 0): 1}, "g3")
     rows = _rows(engine, sink, table)
@@ -213,7 +213,7 @@ def test_rejected_event_is_isolated_and_the_rest_applied(target, unique: str) ->
         sink.apply(events, {("topic", 0): 3}, "gx")
     assert is_permanent(err.value) and not is_transient(err.value)
     result = sink.apply(events, {("topic", 0): 3}, "gx", isolate=True)
-    assert [e.origin.offset for e, _ in result.failed] == [2]
+    assert [e.origin for e, _ in result.failed] == [KafkaOrigin("topic", 0, 2)]
     assert {k: v["name"] for k, v in _rows(engine, sink, ev.table).items()} == {1: "ok", 3: "fine"}
 
 
@@ -246,7 +246,7 @@ def test_refused_isolated_batch_commits_nothing(target, unique: str) -> None:
     ]
     with pytest.raises(EventRejectedError) as err:
         sink.apply(events, {("topic", 0): 5}, "gs", isolate=True, before_commit=refuse_failures)
-    assert err.value.event.origin.offset == 4
+    assert err.value.event.origin == KafkaOrigin("topic", 0, 4)
     assert {k: v["name"] for k, v in _rows(engine, sink, ev.table).items()} == {1: "before"}
     with engine.connect() as conn:
         assert state.load_offsets(conn, "gs") == {("topic", 0): 1}

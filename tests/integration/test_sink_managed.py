@@ -13,17 +13,18 @@ from typing import Any
 import sqlalchemy as sa
 
 from streamer import state
-from streamer.db import create_target_engine
-from streamer.events import (
+from streamer.core.checkpoint import KafkaOrigin
+from streamer.core.events import (
     UNAVAILABLE,
     ChangeEvent,
     ColumnType,
     Op,
-    Origin,
     SourcePosition,
     TableId,
     pg_version,
 )
+from streamer.db import create_target_engine
+from streamer.fetch import incomplete_rows
 from streamer.load import Loader
 from streamer.schema import Router, SchemaManager
 from streamer.sink import Sink
@@ -58,7 +59,7 @@ class Events:
             txid=None,
             source_ts=None,
             event_ts=None,
-            origin=Origin("topic", 0, self.offset),
+            origin=KafkaOrigin("topic", 0, self.offset),
         )
 
 
@@ -144,20 +145,29 @@ def test_managed_not_null_table_takes_deletes_and_toast_updates(target, unique: 
     expected[1] = ("one-deferred", 11, "d", "n/a", v(390))
     assert _table(engine, qualified) == expected
 
-    # an unchanged-TOAST update of a row the target does not have cannot be written (the NOT NULL
-    # column has no value to keep): rejected, named, and the rest of the batch is applied
+    # an unchanged-TOAST update of a row the target does not have, and this sink has no source to
+    # read the value from: the row is not written (never with NULL), its key is recorded incomplete,
+    # and the rest of the batch is applied
     result = sink.apply(
         [ev(Op.UPDATE, 9, row(9, "nine", 9, UNAVAILABLE), 500), ev(Op.DELETE, 3, None, 510)],
         {("topic", 0): 15},
         "g",
         isolate=True,
     )
-    assert [e.key for e, _ in result.failed] == [{"id": 9}]
-    assert isinstance(result.failed[0][1], sa.exc.DBAPIError)
+    assert result.failed == []
     del expected[3]
     assert _table(engine, qualified) == expected
     with engine.connect() as conn:
         assert state.load_offsets(conn, "g", ["topic"]) == {("topic", 0): 15}
+        name = router.route(ev.table).qualified
+        mine = [(r.key, r.columns, r.version) for r in incomplete_rows(conn) if r.table == name]
+    assert mine == [(["9"], ["body"], v(500))]
+    # a later insert of the key (all values) writes it whole and clears the record
+    sink.apply([ev(Op.CREATE, 9, row(9, "nine-b", 9, "b9"), 520)], {}, "g")
+    expected[9] = ("nine-b", 9, "b9", "n/a", v(520))
+    assert _table(engine, qualified) == expected
+    with engine.connect() as conn:
+        assert [r for r in incomplete_rows(conn) if r.table == name] == []
 
 
 def test_loader_merges_into_a_managed_not_null_table(stack: Stack, unique: str) -> None:

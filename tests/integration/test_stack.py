@@ -15,12 +15,13 @@ from pathlib import Path
 import httpx
 import psycopg2
 import pytest
+import sqlalchemy as sa
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
-from streamer.errors import StackError
+from streamer.core.errors import StackError
 from streamer.settings import load_settings
-from streamer.stack import PARTS, Stack, _alive, outside_dir_for, reachable_by_postgres
+from streamer.stack import PARTS, Stack, _alive, outside_dir_for, reachable_by_postgres, running_stack
 from tests.conftest import kafka_consumer_config
 
 
@@ -62,6 +63,8 @@ def test_env_and_status_describe_the_running_stack(stack: Stack) -> None:
     assert exports["STREAMER_BOOTSTRAP_SERVERS"] == stack.settings.bootstrap_servers
     assert exports["STREAMER_CONNECT_URL"] == stack.settings.connect_url
     assert exports["STREAMER_SOURCE_URL"] == stack.settings.source_url
+    assert exports["STREAMER_MARIADB_PORT"] == str(stack.cfg.mariadb_port)
+    assert exports["STREAMER_MARIADB_URL"] == stack.mariadb_url()
     statuses = stack.status()
     assert [s.name for s in statuses] == list(PARTS)
     assert all(s.healthy and s.pid for s in statuses), statuses
@@ -90,12 +93,13 @@ def side_dir(stack: Stack, unique: str) -> Iterator[Path]:
 
 def test_second_stack_up_twice_then_down_leaves_nothing(stack: Stack, side_dir: Path) -> None:
     """A stack on its own ports and dir: `up` twice starts nothing twice; `down` stops every pid and port."""
-    ports = {"broker": _free_port(), "connect": _free_port(), "source": _free_port()}
+    ports = {"broker": _free_port(), "connect": _free_port(), "source": _free_port(), "mariadb": _free_port()}
     env = {
         "STREAMER_STACK__DIR": str(side_dir),
         "STREAMER_STACK__BROKER_PORT": str(ports["broker"]),
         "STREAMER_STACK__CONNECT_PORT": str(ports["connect"]),
         "STREAMER_STACK__SOURCE_PORT": str(ports["source"]),
+        "STREAMER_STACK__MARIADB_PORT": str(ports["mariadb"]),
     }
     other = Stack(load_settings(env=env))
     try:
@@ -112,6 +116,41 @@ def test_second_stack_up_twice_then_down_leaves_nothing(stack: Stack, side_dir: 
     assert not any(_listening(port) for port in ports.values())
     # the session's stack is untouched
     assert all(s.healthy for s in stack.status())
+
+
+def test_only_one_part_starts_and_stops_alone(stack: Stack, side_dir: Path) -> None:
+    """`up --only mariadb` next to nothing else; `running_stack` stops exactly what it started."""
+    port = _free_port()
+    env = {
+        "STREAMER_STACK__DIR": str(side_dir),
+        "STREAMER_STACK__MARIADB_PORT": str(port),
+        # quotes, backslashes and URL characters survive the init file and the URL
+        "STREAMER_STACK__MARIADB_PASSWORD": "it's \\ a; test",
+        "STREAMER_STACK__MARIADB_ROOT_PASSWORD": "r@o:t/'%",
+    }
+    settings = load_settings(env=env)
+    with running_stack(settings, only=["mariadb"]) as (other, started):
+        assert started
+        assert other.pid("mariadb") is not None
+        assert [p for p in PARTS if other.pid(p) is not None] == ["mariadb"]
+        # healthy means the replication user logged in with its password
+        assert [s.name for s in other.status() if s.healthy] == ["mariadb"]
+        root = sa.create_engine(other.mariadb_url().replace("mysql://", "mysql+pymysql://", 1))
+        try:
+            with root.connect() as conn:
+                assert conn.execute(sa.text("SELECT DATABASE(), @@port")).one() == ("inventory", port)
+        finally:
+            root.dispose()
+        with running_stack(settings, only=["mariadb"]) as (_, started_again):
+            assert not started_again  # already running: left running
+        assert other.pid("mariadb") is not None
+    assert other.pid("mariadb") is None and not _listening(port)
+    with pytest.raises(StackError, match="unknown stack part"):
+        other.up(["mysql"])
+    off = Stack(load_settings(env={**env, "STREAMER_STACK__MARIADB": "false"}))
+    assert "mariadb" not in off.parts and "STREAMER_MARIADB_URL" not in off.env()
+    with pytest.raises(StackError, match=r"mariadb is off"):
+        off.up(["mariadb"])
 
 
 def test_port_taken_is_one_clear_error(stack: Stack, side_dir: Path) -> None:
@@ -153,7 +192,7 @@ def test_stack_up_and_down_from_a_clone_in_a_private_directory(stack: Stack, tmp
     subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True, capture_output=True)
     (clone / ".stack").mkdir()
     (clone / ".stack" / "artifacts").symlink_to(stack.art_dir)  # fetched once, shared
-    ports = {"broker": _free_port(), "connect": _free_port(), "source": _free_port()}
+    ports = {"broker": _free_port(), "connect": _free_port(), "source": _free_port(), "mariadb": _free_port()}
     overrides = {f"STREAMER_STACK__{part.upper()}_PORT": str(port) for part, port in ports.items()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
     env.update(overrides, PYTHONPATH=str(clone), STREAMER_STACK__CONNECT_HEAP="512m")
@@ -212,15 +251,33 @@ def test_stack_up_and_down_from_a_clone_in_a_private_directory(stack: Stack, tmp
         assert exports["STREAMER_BOOTSTRAP_SERVERS"] == f"127.0.0.1:{ports['broker']}"
         assert exports["STREAMER_CONNECT_URL"] == f"http://127.0.0.1:{ports['connect']}"
         assert f":{ports['source']}/" in exports["STREAMER_SOURCE_URL"]
+        # the MariaDB source: in the clone (it runs as root there), binlog in ROW format, the
+        # replication user's grants, the variables its connector file reads
+        assert exports["STREAMER_MARIADB_PORT"] == str(ports["mariadb"])
+        assert (clone / ".stack" / "mariadb" / "data" / "mysql").is_dir()
+        my = view.mariadb_connect(view.cfg.mariadb_user, view.cfg.mariadb_password, connect_timeout=5)
+        with my.cursor() as cur:
+            cur.execute("SELECT @@port, @@log_bin, @@binlog_format, @@binlog_row_image")
+            assert cur.fetchone() == (ports["mariadb"], 1, "ROW", "FULL")
+            cur.execute("SHOW GRANTS")
+            grants = " ".join(r[0] for r in cur.fetchall())
+        my.close()
+        for grant in ("SELECT", "RELOAD", "SHOW DATABASES", "REPLICATION SLAVE", "BINLOG MONITOR"):
+            assert grant in grants, grants
+        # the worker `up` started resolves every placeholder of connectors/*.json, the MariaDB
+        # file's included (Connect's validation connects to each source as its file says)
+        validated = cli("connectors", "validate")
+        assert validated.returncode == 0, validated.stdout + validated.stderr
         assert (clone / ".stack" / "logs" / "source.log").resolve() == view.pg_dir / "source.log"
     finally:
         down = cli("stack", "down", "--purge")
     assert down.returncode == 0, down.stderr
-    assert down.stdout.splitlines()[0] == "stopped: connect, broker, source"
+    assert down.stdout.splitlines()[0] == "stopped: connect, broker, mariadb, source"
     assert all(not _alive(pid) for pid in pids.values() if pid), pids
     assert _processes_mentioning(str(clone), str(view.outside_pg_dir())) == []
     assert not any(_listening(port) for port in ports.values())
     assert not view.outside_pg_dir().exists()  # --purge removed the cluster outside the clone
+    assert not (clone / ".stack" / "mariadb").exists()
     assert all(s.healthy for s in stack.status())  # the shared stack is untouched
 
 

@@ -18,8 +18,8 @@ from streamer.bench.decode import (
     pg_envelope_schema,
     pg_source,
 )
+from streamer.core.events import ChangeEvent, Decoded
 from streamer.decode import Decoder
-from streamer.events import ChangeEvent, Decoded
 
 TOPIC = "dbserver1.public.items"
 ID_COLUMN: dict[str, Any] = {"type": "int32", "optional": False, "default": 0, "field": "id"}

@@ -17,12 +17,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.events import (
+from streamer.core.checkpoint import KafkaOrigin
+from streamer.core.events import (
     UNAVAILABLE,
     ChangeEvent,
     ColumnType,
     Op,
-    Origin,
     SourcePosition,
     TableId,
     pg_version,
@@ -49,7 +49,7 @@ def event(op: Op, key: int, after: Mapping[str, Any] | None, version: str, offse
         txid=None,
         source_ts=None,
         event_ts=None,
-        origin=Origin("t", 0, offset),
+        origin=KafkaOrigin("t", 0, offset),
     )
 
 

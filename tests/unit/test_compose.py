@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from streamer.settings import load_settings
-from streamer.stack import CONNECT_PRODUCER, POSTGRES_CONNECTOR, Stack
+from streamer.stack import CONNECT_PRODUCER, MARIADB_GRANTS, POSTGRES_CONNECTOR, Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,6 +120,41 @@ def test_streamer_service_settings_point_at_the_compose_services() -> None:
     assert s.log_format == "json"
     for dep in ("kafka", "source", "connect"):
         assert svc["depends_on"][dep]["condition"] == "service_healthy"
+
+
+# ---------------------------------------------------------------- the MariaDB source (issue 13)
+def test_mariadb_source_matches_the_native_one() -> None:
+    compose = _compose()
+    services = compose["services"]
+    s = load_settings(env={}).stack
+    db = services["mariadb"]
+    assert db["image"] == "mariadb:10.11"
+    assert _host_ports(db) == {s.mariadb_port}
+    for flag in ("--log-bin=binlog", "--binlog-format=ROW", "--binlog-row-image=FULL"):
+        assert flag in db["command"]
+    assert f"--server-id={s.mariadb_server_id}" in db["command"]
+    env = db["environment"]
+    assert env["MARIADB_ROOT_PASSWORD"] == s.mariadb_root_password
+    assert (env["MARIADB_USER"], env["MARIADB_PASSWORD"]) == (s.mariadb_user, s.mariadb_password)
+    assert env["MARIADB_DATABASE"] == s.mariadb_database
+    grants = compose["configs"]["mariadb-replication-grants"]["content"]
+    assert f"GRANT {MARIADB_GRANTS} ON *.* TO '{s.mariadb_user}'@'%'" in grants
+    # the connector file's placeholders resolve on the compose worker as on the native one
+    connect = services["connect"]
+    assert connect["depends_on"]["mariadb"]["condition"] == "service_healthy"
+    cenv = {k: str(v) for k, v in connect["environment"].items()}
+    assert cenv["STREAMER_MARIADB_HOST"] == "mariadb" and cenv["STREAMER_MARIADB_PORT"] == "3306"
+    assert (cenv["STREAMER_MARIADB_USER"], cenv["STREAMER_MARIADB_PASSWORD"]) == (
+        s.mariadb_user,
+        s.mariadb_password,
+    )
+    assert cenv["STREAMER_CONNECT_BOOTSTRAP_SERVERS"] == "kafka:29092"
+    config = json.loads((ROOT / "connectors" / "mariadb-inventory.json").read_text())["config"]
+    placeholders = set(re.findall(r"\$\{env:([A-Z_]+)\}", json.dumps(config)))
+    assert placeholders and placeholders <= set(cenv)
+    native = Stack(load_settings(env={})).connect_env()
+    assert placeholders <= set(native)
+    assert "mariadb-data" in compose["volumes"]
 
 
 def test_connect_producer_matches_native_worker(tmp_path: Path) -> None:

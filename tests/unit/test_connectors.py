@@ -27,7 +27,7 @@ from streamer.connectors import (
     scope_of,
     unknown_classes,
 )
-from streamer.errors import ConnectorFileError
+from streamer.core.errors import ConnectorFileError
 
 PG = "io.debezium.connector.postgresql.PostgresConnector"
 

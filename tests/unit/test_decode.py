@@ -14,20 +14,20 @@ from typing import Any
 import orjson
 import pytest
 
-from streamer.decode import Decoder, MissingPositionError
-from streamer.errors import DecodeError
-from streamer.events import (
+from streamer.core.checkpoint import KafkaOrigin
+from streamer.core.errors import DecodeError
+from streamer.core.events import (
     UNAVAILABLE,
     ChangeEvent,
     ColumnType,
     Op,
-    Origin,
     OtherRecord,
     RecordKind,
     TableId,
     mysql_version,
     pg_version,
 )
+from streamer.decode import Decoder, MissingPositionError
 from tests.unit.decode_helpers import FORMATS, ID_COLUMN, TOPIC, Records, decode_one, source, value_payload
 
 # --- a real PostgreSQL insert, as the JSON converter writes it -----------------------------------
@@ -115,7 +115,7 @@ def test_real_postgres_insert_with_schemas() -> None:
     assert event.txid == "555"
     assert event.source_ts == dt.datetime(2019, 5, 28, 8, 58, 24, 863123, tzinfo=dt.UTC)
     assert event.event_ts == dt.datetime(2019, 5, 28, 8, 58, 24, 961654, tzinfo=dt.UTC)
-    assert event.origin == Origin(CUSTOMERS, 1, 4711)
+    assert event.origin == KafkaOrigin(CUSTOMERS, 1, 4711)
 
 
 def test_same_record_twice_and_after_other_schemas_decodes_the_same() -> None:
@@ -472,9 +472,9 @@ def test_struct_that_is_no_debezium_record_is_an_error() -> None:
 def test_tombstone_carries_the_key(fmt: str) -> None:
     rec = Records(fmt, COLUMNS)
     result = decode_one(rec, {"id": 77}, None)
-    assert result == OtherRecord(RecordKind.TOMBSTONE, Origin(TOPIC, 2, 7), {"id": 77})
+    assert result == OtherRecord(RecordKind.TOMBSTONE, KafkaOrigin(TOPIC, 2, 7), {"id": 77})
     assert rec.decoder().decode(TOPIC, 0, 1, None, None) == OtherRecord(
-        RecordKind.TOMBSTONE, Origin(TOPIC, 0, 1)
+        RecordKind.TOMBSTONE, KafkaOrigin(TOPIC, 0, 1)
     )
 
 
@@ -506,7 +506,7 @@ def test_heartbeat(fmt: str, topic: str) -> None:
     key = rec.encode(HEARTBEAT_KEY_SCHEMA, {"serverName": "dbserver1"}, f"{topic}-key")
     value = rec.encode(HEARTBEAT_SCHEMA, {"ts_ms": 1717171717123}, f"{topic}-value")
     result = rec.decoder().decode(topic, 0, 3, key, value)
-    assert result == OtherRecord(RecordKind.HEARTBEAT, Origin(topic, 0, 3), {"ts_ms": 1717171717123})
+    assert result == OtherRecord(RecordKind.HEARTBEAT, KafkaOrigin(topic, 0, 3), {"ts_ms": 1717171717123})
 
 
 TRANSACTION_SCHEMA = {
@@ -550,7 +550,7 @@ def test_transaction_metadata(fmt: str) -> None:
         "ts_ms": 1486500577691,
     }
     result = rec.decoder().decode(topic, 0, 8, None, rec.encode(TRANSACTION_SCHEMA, end, f"{topic}-value"))
-    assert result == OtherRecord(RecordKind.TRANSACTION, Origin(topic, 0, 8), end)
+    assert result == OtherRecord(RecordKind.TRANSACTION, KafkaOrigin(topic, 0, 8), end)
 
 
 SCHEMA_CHANGE_SCHEMA = {

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.events import ChangeEvent
+from streamer.core.events import ChangeEvent
 from tests.unit.decode_helpers import ID_COLUMN, TOPIC, Records, value_payload
 
 EPOCH = dt.datetime(1970, 1, 1)

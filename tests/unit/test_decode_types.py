@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 
-from streamer.decode import parse_json
-from streamer.errors import DecodeError
-from streamer.events import (
+from streamer.core.errors import DecodeError
+from streamer.core.events import (
     DATE_INFINITY,
     DATE_NEG_INFINITY,
     TIME_24_00,
@@ -33,6 +32,7 @@ from streamer.events import (
     InfiniteDate,
     InfiniteDatetime,
 )
+from streamer.decode import parse_json
 from tests.unit.decode_helpers import FORMATS, ID_COLUMN, TOPIC, Records, decode_column, value_payload
 
 PLACEHOLDER = "__debezium_unavailable_value"

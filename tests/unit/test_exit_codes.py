@@ -12,7 +12,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from streamer import cli
 from streamer.consume import DeadLetterError, PoisonRecordError
-from streamer.errors import (
+from streamer.core.errors import (
     BrokerUnavailableError,
     ReplicationApplyError,
     SettingsError,

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from streamer.consume import BatchReport
-from streamer.events import ChangeEvent
+from streamer.core.events import ChangeEvent
 from streamer.metrics import ConsumerMetrics, lag_of
 from streamer.sink import ApplyResult
 from tests.unit.decode_helpers import ID_COLUMN, Records, decode_one, value_payload

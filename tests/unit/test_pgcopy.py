@@ -6,7 +6,7 @@ import datetime as dt
 import decimal
 import uuid
 
-from streamer.events import DATE_INFINITY, TIMESTAMP_NEG_INFINITY, EndOfDay
+from streamer.core.events import DATE_INFINITY, TIMESTAMP_NEG_INFINITY, EndOfDay
 from streamer.pgcopy import copy_rows, copy_value
 
 

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from streamer.errors import TableIdentityError
-from streamer.events import (
+from streamer.core.checkpoint import WalOrigin
+from streamer.core.errors import TableIdentityError
+from streamer.core.events import (
     DATE_INFINITY,
     DATE_NEG_INFINITY,
     TIME_24_00,
@@ -31,7 +32,6 @@ from streamer.events import (
     ChangeEvent,
     ColumnType,
     Op,
-    Origin,
     TableId,
     pg_version,
 )
@@ -243,7 +243,7 @@ def assembler(meta: Mapping[int, RelationMeta] | None = None, **kw: Any) -> Tran
 
     return TransactionAssembler(
         database="inventory",
-        origin_topic="pg:slot1",
+        slot="slot1",
         lookup=lookup,
         relation_meta=lambda relid, _s, _t: metas.get(relid, RelationMeta()),
         now=lambda: dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
@@ -286,7 +286,7 @@ def test_plain_transaction_becomes_events() -> None:
     assert (
         c.position.version == pg_version(0x110) and c.position.lsn == 0x110 and c.position.commit_lsn == 0x300
     )
-    assert c.origin == Origin("pg:slot1", 0, 0x110)
+    assert c.origin == WalOrigin("slot1", 0x110)
     assert (
         c.txid == "771"
         and c.source_ts == txn.commit_ts
@@ -891,7 +891,7 @@ def test_transactions_not_beyond_the_target_position_are_skipped() -> None:
 def test_dead_letter_policy_needs_a_file() -> None:
     from typing import cast
 
-    from streamer.errors import SettingsError
+    from streamer.core.errors import SettingsError
     from streamer.replicate import ReplicationProcess
     from streamer.settings import load_settings
     from streamer.sink import Sink

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.errors import SettingsError
+from streamer.core.errors import SettingsError
 from streamer.settings import load_settings
 
 

@@ -11,12 +11,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 
-from streamer.events import (
+from streamer.core.checkpoint import KafkaOrigin
+from streamer.core.events import (
     UNAVAILABLE,
     ChangeEvent,
     ColumnType,
     Op,
-    Origin,
     SourcePosition,
     TableId,
     pg_version,
@@ -40,7 +40,7 @@ def ev(op: Op, key: int | None, after: dict[str, Any] | None, lsn: int, table: T
         txid=None,
         source_ts=None,
         event_ts=None,
-        origin=Origin("t", 0, lsn),
+        origin=KafkaOrigin("t", 0, lsn),
     )
 
 
@@ -168,7 +168,7 @@ def test_value_adapters() -> None:
 
 
 def test_special_temporal_markers_on_other_targets() -> None:
-    from streamer.events import DATE_INFINITY, TIMESTAMP_INFINITY, EndOfDay
+    from streamer.core.events import DATE_INFINITY, TIMESTAMP_INFINITY, EndOfDay
 
     my = value_adapter("mysql")
     assert my(TIMESTAMP_INFINITY) == dt.datetime.max and type(my(TIMESTAMP_INFINITY)) is dt.datetime

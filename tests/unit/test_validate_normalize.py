@@ -58,3 +58,17 @@ def test_unequal_values_stay_unequal(kind, a, b) -> None:
 @given(st.decimals(allow_nan=False, allow_infinity=False, places=4, min_value=-(10**9), max_value=10**9))
 def test_number_normalization_ignores_trailing_zeros(d: decimal.Decimal) -> None:
     assert normalize("number", d) == normalize("number", decimal.Decimal(f"{d:.6f}"))
+
+
+def test_a_mysql_timestamp_is_an_instant_and_a_datetime_is_not() -> None:
+    """MySQL/MariaDB TIMESTAMP is stored in UTC and arrives from Debezium as an instant (a
+    timestamptz target column): compared as UTC; DATETIME is a wall-clock value."""
+    from sqlalchemy.dialects import mysql
+
+    from streamer.validate.core import _kind
+
+    assert _kind(mysql.TIMESTAMP(fsp=6)) == "timestamptz"
+    assert _kind(mysql.DATETIME(fsp=6)) == "timestamp"
+    stamp = dt.datetime(2024, 5, 1, 12, 0, 0, 123456)
+    aware = stamp.replace(tzinfo=dt.timezone(dt.timedelta(hours=2))) + dt.timedelta(hours=2)
+    assert normalize("timestamptz", stamp) == normalize("timestamptz", aware)

@@ -1,4 +1,4 @@
-"""Proving source == target: column kinds, value normalization across dialects, and table comparison.
+"""Column kinds and the exact value normalization across dialects (the arbiter of the comparison).
 
 Normalization makes equal values compare equal whatever database holds them. It is driven by
 the *source* column's kind (read from the source's catalog), because the target may store a
@@ -11,7 +11,7 @@ number         ``Decimal`` normalized (``1.50`` == ``1.5``; NaN and infinities a
 float4/float8  the float rounded to 6 / 15 significant digits
 bool           ``True``/``False`` (MySQL's 0/1 included)
 timestamp      naive ISO text (``+infinity``/``-infinity`` for the extremes)
-timestamptz    UTC ISO text
+timestamptz    UTC ISO text (a MySQL/MariaDB ``TIMESTAMP`` too: read as UTC whatever the session zone)
 date, time     ISO text; ``timetz`` converted to UTC
 interval       total microseconds (MySQL/SQLite targets store it so)
 json           compact JSON with sorted keys (text parsed first)
@@ -26,21 +26,23 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import decimal
-import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Engine
 
-from streamer.errors import StreamerError
+from streamer.errors import EXIT_SETTINGS, StreamerError
 
 
 class ValidationSetupError(StreamerError):
-    """A table to validate is missing or has no primary key."""
+    """A table cannot be compared (missing, no primary key, unreadable): exit 2, apart from "differs" (1)."""
+
+    exit_code = EXIT_SETTINGS
+    headline = "cannot validate"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +65,8 @@ def _kind(coltype: Any) -> str:
     if isinstance(coltype, sa.Integer | sa.Numeric):
         return "number"
     if isinstance(coltype, sa.DateTime):
-        return "timestamptz" if coltype.timezone else "timestamp"
+        # a MySQL/MariaDB TIMESTAMP is an instant (stored in UTC, shown in the session's zone)
+        return "timestamptz" if coltype.timezone or _is_mysql_timestamp(coltype) else "timestamp"
     if isinstance(coltype, sa.Date):
         return "date"
     if isinstance(coltype, sa.Time):
@@ -79,6 +82,10 @@ def _kind(coltype: Any) -> str:
     if isinstance(coltype, sa.Uuid):
         return "uuid"
     return "text"
+
+
+def _is_mysql_timestamp(coltype: Any) -> bool:
+    return isinstance(coltype, mysql.TIMESTAMP)
 
 
 def describe(engine: Engine, schema: str | None, table: str) -> tuple[list[SourceColumn], tuple[str, ...]]:
@@ -166,9 +173,20 @@ def _timestamp(v: Any, aware: bool) -> str:
 
 
 def normalize(kind: str, v: Any) -> Any:
-    """The canonical form of a value of a source column kind (see the module docstring)."""
+    """The canonical form of a value of a source column kind (see the module docstring).
+
+    A target value that is no value of the kind at all (``'abc'`` in a text column standing for
+    a numeric one) is kept as its text: it then differs from every value of the kind.
+    """
     if v is None:
         return None
+    try:
+        return _normalize(kind, v)
+    except (ValueError, TypeError, ArithmeticError):
+        return bytes(v).decode(errors="replace") if isinstance(v, bytes | memoryview) else str(v)
+
+
+def _normalize(kind: str, v: Any) -> Any:
     if kind == "number":
         return _number(v)
     if kind == "float4":
@@ -213,6 +231,14 @@ class TableDiff:
     target_rows: int = 0
     ranges: int = 0
     ranges_differing: int = 0
+    key_columns: tuple[str, ...] = ()
+    kinds: dict[str, str] = dataclasses.field(default_factory=dict)  # column -> source kind
+    # changed key -> column -> (source, target) normalized values (for --show-values)
+    values: dict[tuple[Any, ...], dict[str, tuple[Any, Any]]] = dataclasses.field(default_factory=dict)
+    differing_ranges: list[Any] = dataclasses.field(
+        default_factory=list
+    )  # fast.Range of each differing range
+    method: str = ""
 
     @property
     def equal(self) -> bool:
@@ -241,6 +267,14 @@ class _Side:
                 self.exprs.append(sa.null().label(c.name))
             elif engine.dialect.name == "postgresql":
                 self.exprs.append(_pg_read(self.t.c[n], c))
+            elif _is_mysql_timestamp(self.t.c[n].type):
+                # read as UTC whatever the session's time zone (read back naive, i.e. as UTC)
+                col = self.t.c[n]
+                self.exprs.append(
+                    sa.func.convert_tz(col, sa.text("@@session.time_zone"), "+00:00", type_=col.type).label(
+                        c.name
+                    )
+                )
             elif c.kind == "json":
                 # as text everywhere: a JSON null must not read back as SQL NULL
                 self.exprs.append(sa.cast(self.t.c[n], sa.Text).label(c.name))
@@ -295,101 +329,6 @@ class _Side:
             return int(conn.execute(sa.select(sa.func.count()).select_from(self.t)).scalar_one())
 
 
-def _digest(rows: Mapping[tuple[Any, ...], tuple[Any, ...]]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(rows, key=repr):
-        h.update(repr(rows[k]).encode())
-    return h.hexdigest()
-
-
-def _diff_rows(
-    src: Mapping[tuple[Any, ...], tuple[Any, ...]],
-    tgt: Mapping[tuple[Any, ...], tuple[Any, ...]],
-    names: Sequence[str],
-    diff: TableDiff,
-) -> None:
-    for k, row in src.items():
-        other = tgt.get(k)
-        if other is None:
-            diff.missing.append(k)
-        elif other != row:
-            diff.changed.append((k, [n for n, a, b in zip(names, row, other, strict=True) if a != b]))
-    diff.extra.extend(k for k in tgt if k not in src)
-
-
-def validate_table(
-    source: Engine,
-    source_table: tuple[str | None, str],
-    target: Engine,
-    target_table: tuple[str | None, str],
-    *,
-    rename: Mapping[str, str] | None = None,
-    drop: Iterable[str] = (),
-    chunk_rows: int = 20_000,
-    sample: int | None = None,
-) -> TableDiff:
-    """Compare a source table with its target copy.
-
-    Both tables are read in primary-key ranges of ``chunk_rows`` (keyset pagination over the
-    source's key); each range's normalized rows are checksummed on both sides and only ranges whose
-    checksums differ are compared row by row, down to the differing keys and columns. Keys that
-    fall in different ranges on the two sides (text keys under different collations) are matched
-    up at the end. With ``sample`` only that many random source keys are compared, column by
-    column (a quick check; counts are still exact).
-    """
-    columns, key = describe(source, *source_table)
-    if not key:
-        raise ValidationSetupError(f"source table {source_table[1]} has no primary key")
-    dropped = set(drop)
-    columns = [c for c in columns if c.name not in dropped]
-    names = [c.name for c in columns]
-    src = _Side(source, *source_table, columns, key)
-    try:
-        tgt = _Side(target, *target_table, columns, key, names=rename)
-    except sa.exc.NoSuchTableError:
-        raise ValidationSetupError(f"target table {target_table[1]} does not exist") from None
-    diff = TableDiff(source_rows=src.count(), target_rows=tgt.count())
-    if sample is not None:
-        with source.connect() as conn:
-            q = sa.select(*src.key_cols).order_by(sa.func.random()).limit(sample)
-            keys = [tuple(r) for r in conn.execute(q)]
-        _diff_rows(src.by_keys(keys), tgt.by_keys(keys), names, diff)
-        diff.extra = []  # a sample says nothing of extra rows; counts do
-        return diff
-    src_only: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-    tgt_only: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-    lo: tuple[Any, ...] | None = None
-    while True:
-        s_rows, last = src.rows(lo=lo, limit=chunk_rows)
-        if last is None:  # past the source's last key: whatever the target still has is extra
-            t_rows, _ = tgt.rows(lo=lo)
-            tgt_only.update(t_rows)
-            break
-        full = len(s_rows) == chunk_rows
-        t_rows, _ = tgt.rows(lo=lo, hi=last if full else None)
-        diff.ranges += 1
-        if _digest(s_rows) != _digest(t_rows):
-            diff.ranges_differing += 1
-            for k, row in s_rows.items():
-                other = t_rows.get(k)
-                if other is None:
-                    src_only[k] = row
-                elif other != row:
-                    diff.changed.append((k, [n for n, a, b in zip(names, row, other, strict=True) if a != b]))
-            tgt_only.update((k, row) for k, row in t_rows.items() if k not in s_rows)
-        if not full:
-            break
-        lo = last
-    # a key seen in different ranges on the two sides (text keys under other collations): compare once
-    for k in sorted(src_only.keys() & tgt_only.keys(), key=repr):
-        a, b = src_only.pop(k), tgt_only.pop(k)
-        if a != b:
-            diff.changed.append((k, [n for n, x, y in zip(names, a, b, strict=True) if x != y]))
-    diff.missing = sorted(src_only, key=repr)
-    diff.extra = sorted(tgt_only, key=repr)
-    return diff
-
-
 def _pg_read(col: Any, c: SourceColumn) -> Any:
     """PostgreSQL read expressions: money as numeric, enums/domains/bit strings as text."""
     if isinstance(col.type, postgresql.MONEY):
@@ -400,14 +339,19 @@ def _pg_read(col: Any, c: SourceColumn) -> Any:
     return col.label(c.name)
 
 
-def compare_tables(
-    source: Engine,
-    source_table: tuple[str | None, str],
-    target: Engine,
-    target_table: tuple[str | None, str],
-    *,
-    rename: Mapping[str, str] | None = None,
-    drop: Iterable[str] = (),
-) -> TableDiff:
-    """Compare two whole tables: range checksums, then row by row and column by column where they differ."""
-    return validate_table(source, source_table, target, target_table, rename=rename, drop=drop)
+def _diff_rows(
+    src: Mapping[tuple[Any, ...], tuple[Any, ...]],
+    tgt: Mapping[tuple[Any, ...], tuple[Any, ...]],
+    names: Sequence[str],
+    diff: TableDiff,
+) -> None:
+    """Compare normalized rows by key (the sample mode)."""
+    for k, row in src.items():
+        other = tgt.get(k)
+        if other is None:
+            diff.missing.append(k)
+        elif other != row:
+            cols = [n for n, a, b in zip(names, row, other, strict=True) if a != b]
+            diff.changed.append((k, cols))
+            diff.values[k] = {n: (row[names.index(n)], other[names.index(n)]) for n in cols}
+    diff.extra.extend(k for k in tgt if k not in src)

@@ -1,0 +1,29 @@
+"""One module per target database behind :class:`Dialect`, found by SQLAlchemy's dialect name.
+
+Code that writes to a target asks ``dialect_for(engine.dialect.name)`` instead of branching on
+the name; a new target is a new module here and one line in :data:`_REGISTRY`.
+"""
+
+from __future__ import annotations
+
+from streamer.apply.dialects.base import Dialect, Guard
+from streamer.apply.dialects.mysql import MySQL
+from streamer.apply.dialects.postgresql import PostgreSQL
+from streamer.apply.dialects.sqlite import SQLite
+
+__all__ = ["Dialect", "Guard", "dialect_for"]
+
+_REGISTRY: dict[str, Dialect] = {
+    "postgresql": PostgreSQL(),
+    "mysql": MySQL(),
+    "mariadb": MySQL(),
+    "sqlite": SQLite(),
+}
+
+
+def dialect_for(name: str) -> Dialect:
+    """The :class:`Dialect` of an engine's ``dialect.name``; NotImplementedError for a target streamer cannot write."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise NotImplementedError(f"streamer cannot write to a {name} target") from None

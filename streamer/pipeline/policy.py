@@ -1,0 +1,123 @@
+"""Apply one batch under the error policy, the same way for every source.
+
+:func:`apply_with_policy` runs ``apply(isolate=False)`` (one transaction for the batch). A
+transient error (lost connection, deadlock, serialization failure, ``database is locked``) is
+retried with exponential backoff, ``attempts`` times in all. A permanent one (constraint,
+bad value, schema mismatch) makes it apply the batch again with ``isolate=True``: each event on
+its own savepoint, so the events the target rejects are found (and dead-lettered, or refused by
+:func:`~streamer.sink.refuse_failures` with :class:`~streamer.sink.EventRejectedError`). When that
+too fails with a permanent error no event could be blamed for, :class:`BatchNotIsolatedError`
+carries it. Transient errors through every attempt become
+:class:`~streamer.core.errors.TargetUnavailableError` (exit 3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import tenacity
+
+from streamer.core.errors import TargetUnavailableError, one_line
+from streamer.core.events import ChangeEvent
+from streamer.sink import ApplyResult, Sink, refuse_failures
+
+R = TypeVar("R")
+Classifier = Callable[[BaseException], bool]
+
+
+class BatchNotIsolatedError(Exception):
+    """A permanent error that applying the batch event by event could not pin on one event."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How transient target errors are retried (``consumer.retry_attempts``, ``consumer.retry_max_wait_s``)."""
+
+    attempts: int
+    max_wait_s: float
+
+
+def sink_apply(
+    sink: Sink,
+    events: Sequence[ChangeEvent],
+    positions: Mapping[tuple[str, int], int],
+    group: str,
+    *,
+    dead_letter: bool,
+    before_commit: Callable[[ApplyResult], None],
+    **kw: Any,
+) -> Callable[[bool], ApplyResult]:
+    """The ``apply(isolate)`` of :func:`apply_with_policy` for a batch of a sink.
+
+    ``before_commit`` (dead letters) runs in the batch transaction; on the event-by-event pass
+    it does only under error policy ``dlq`` (``dead_letter``), else a rejected event is refused
+    (:func:`~streamer.sink.refuse_failures`). ``kw`` goes to :meth:`~streamer.sink.Sink.apply`.
+    """
+
+    def apply(isolate: bool) -> ApplyResult:
+        hook = before_commit if not isolate or dead_letter else refuse_failures
+        return sink.apply(events, positions, group, isolate=isolate, before_commit=hook, **kw)
+
+    return apply
+
+
+def apply_with_policy(
+    apply: Callable[[bool], R],
+    *,
+    retry: RetryPolicy,
+    transient: Classifier,
+    permanent: Classifier,
+    passthrough: tuple[type[BaseException], ...] = (),
+    isolate_passthrough: tuple[type[BaseException], ...] = (),
+    before_sleep: Callable[[tenacity.RetryCallState], None] | None = None,
+    sleep: Callable[[float], None] | None = None,
+    unavailable_hint: str = "nothing of this batch was applied nor committed; run again once the target is back",
+) -> R:
+    """``apply(isolate)`` under the policy of the module docstring.
+
+    ``passthrough`` errors of the batch transaction and ``isolate_passthrough`` errors of the
+    event-by-event one are raised as they are (fencing, a changed load hold, a dead letter that
+    could not be written, an event refused under error policy ``stop``).
+    """
+
+    def attempt() -> R:
+        try:
+            return apply(False)
+        except passthrough:
+            raise
+        except Exception as exc:
+            if transient(exc) or not permanent(exc):
+                raise
+        # a permanent error in the batch: event by event, to find the culprit(s)
+        try:
+            return apply(True)
+        except isolate_passthrough:
+            raise
+        except Exception as exc:
+            if transient(exc) or not permanent(exc):
+                raise
+            raise BatchNotIsolatedError(exc) from exc
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(transient),
+        stop=tenacity.stop_after_attempt(retry.attempts),
+        wait=tenacity.wait_exponential(multiplier=0.2, max=retry.max_wait_s),
+        before_sleep=before_sleep,
+        reraise=True,
+        sleep=sleep if sleep is not None else tenacity.nap.sleep,
+    )
+    try:
+        return retrying(attempt)
+    except Exception as exc:
+        if not transient(exc):
+            raise
+        raise TargetUnavailableError(
+            f"the target kept failing through {retry.attempts} attempts: {type(exc).__name__}: "
+            f"{one_line(str(exc))[:500]} ({unavailable_hint})"
+        ) from exc
