@@ -499,7 +499,7 @@ class ConsumerProcess:
                 len(self._pending) >= cfg.batch_max_events
                 or self._pending_bytes >= cfg.batch_max_bytes
                 or (now - self._batch_started) * 1000 >= cfg.batch_max_ms
-                or (len(msgs) < wanted and self._caught_up(consumer))  # nothing more to read: close now
+                or (cfg.close_batch_when_caught_up and len(msgs) < wanted and self._caught_up(consumer))
                 or (self.max_events is not None and self._accounted() >= self.max_events)
             ):
                 self._flush()

@@ -76,6 +76,8 @@ class ConsumerSettings(_Section):
     # soon as a read returns fewer records than asked (the consumer is caught up: waiting longer only
     # adds delay); under a backlog the reads return full and batches fill to the bounds
     batch_max_ms: int = Field(500, ge=1)
+    # the caught-up rule above (off: a batch waits for its bounds, as before issue 14)
+    close_batch_when_caught_up: bool = True
     # librdkafka's fetch.wait.max.ms (default 500): how long a fetch waits for new records. Kafka
     # answers as soon as a record arrives; the local broker (tansu) answers at the end of the wait, so
     # with 500 every change waited up to 500 ms (avg 250) for its fetch. 50 costs idle fetches only.
