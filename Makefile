@@ -102,6 +102,7 @@ connectors: install
 demo: install up
 	$(BIN)/streamer demo
 
+# every benchmark; one table of figures against limits measured in the same run, exit 1 on a miss
 bench: install
 	$(BIN)/pip install -q -e ".[dev,bench]"
 	$(BIN)/python -m streamer.bench

@@ -247,6 +247,7 @@ class ConsumerProcess:
             "isolation.level": "read_committed",
             "enable.partition.eof": False,
             "statistics.interval.ms": self.cfg.statistics_interval_ms,
+            "fetch.wait.max.ms": self.cfg.fetch_wait_max_ms,
             "client.id": f"streamer-{self.group}",
             "logger": kafka_logger(),
         }
@@ -470,7 +471,8 @@ class ConsumerProcess:
             budget = cfg.batch_max_events - len(self._pending)
             if self.max_events is not None:
                 budget = min(budget, self.max_events - self._accounted())
-            msgs = consumer.consume(num_messages=max(1, min(budget, 1000)), timeout=0.1) if budget > 0 else []
+            wanted = max(1, min(budget, 1000))
+            msgs = consumer.consume(num_messages=wanted, timeout=0.1) if budget > 0 else []
             now = time.monotonic()
             for msg in msgs:
                 err = msg.error()
@@ -497,6 +499,7 @@ class ConsumerProcess:
                 len(self._pending) >= cfg.batch_max_events
                 or self._pending_bytes >= cfg.batch_max_bytes
                 or (now - self._batch_started) * 1000 >= cfg.batch_max_ms
+                or (cfg.close_batch_when_caught_up and len(msgs) < wanted and self._caught_up(consumer))
                 or (self.max_events is not None and self._accounted() >= self.max_events)
             ):
                 self._flush()
@@ -542,6 +545,16 @@ class ConsumerProcess:
             f"gone: move the group's positions to a new group with `streamer replay --group NEW "
             f"--to group:{self.group}` and consume with --group NEW"
         )
+
+    def _caught_up(self, consumer: Consumer) -> bool:
+        """Every assigned partition is read to the high watermark of its last fetch response: waiting
+        longer for the batch to fill only adds delay (a backlog keeps the batch filling)."""
+        live = [TopicPartition(t, p) for t, p in self._assigned if (t, p) not in self._held]
+        for tp in consumer.position(live) if live else []:
+            _low, high = consumer.get_watermark_offsets(tp, cached=True)
+            if tp.offset >= 0 and high >= 0 and tp.offset < high:
+                return False
+        return True
 
     def _drained(self, consumer: Consumer) -> bool:
         """Whether every assigned partition that is not held has been read to its end, as far as the

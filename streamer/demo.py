@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import subprocess
 import sys
 import threading
@@ -31,18 +32,21 @@ from collections.abc import Sequence
 import httpx
 import psycopg2
 import sqlalchemy as sa
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 from rich.console import Console
 from rich.table import Table
 
 from streamer import logs, state
-from streamer.consume import ConsumerProcess, Hooks, build_decoder
+from streamer.consume import BatchReport, ConsumerProcess, Hooks, build_decoder
 from streamer.core.errors import StreamerError
-from streamer.core.events import ChangeEvent, TableId
+from streamer.core.events import TableId
 from streamer.db import create_target_engine
+from streamer.groups import BrokerError, describe_group
 from streamer.load import Loader
 from streamer.settings import Settings
-from streamer.sink import ApplyResult, build_sink
+from streamer.sink import build_sink
 from streamer.validate import TableDiff, validate_table
 from streamer.workload import SAMPLE_TABLES, create_sample, run_workload
 
@@ -59,7 +63,12 @@ class DemoError(StreamerError):
 
 @dataclasses.dataclass
 class Delays:
-    """End-to-end delays (source commit -> target commit), in seconds, collected by the consumers."""
+    """End-to-end delays (source commit -> target commit), in seconds, collected by the consumers.
+
+    Source commit: the event's ``source_ts`` (Debezium's ``source.ts_us``, the transaction's commit
+    time on the source server). Target commit: the batch's ``committed_at``, taken right after the
+    target's COMMIT returned (not when the consumer loop noticed it). Both clocks are this machine's.
+    """
 
     values: list[float] = dataclasses.field(default_factory=list)
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -67,23 +76,65 @@ class Delays:
     first: float | None = None
     last: float | None = None
 
-    def on_batch(self, result: ApplyResult, _seconds: float, events: Sequence[ChangeEvent]) -> None:
-        now = dt.datetime.now(dt.UTC)
+    def on_batch_report(self, report: BatchReport) -> None:
+        committed = dt.datetime.fromtimestamp(report.committed_at, dt.UTC)
         mono = time.monotonic()
         with self.lock:
-            self.events += result.events
-            if result.events:
+            self.events += report.result.events
+            if report.result.events:
                 self.first = self.first if self.first is not None else mono
                 self.last = mono
-            for ev in events:
+            for ev in report.events:
                 if ev.source_ts is not None:
-                    self.values.append((now - ev.source_ts).total_seconds())
+                    self.values.append((committed - ev.source_ts).total_seconds())
 
     def percentile(self, q: float) -> float:
         if not self.values:
             return float("nan")
         data = sorted(self.values)
         return data[min(len(data) - 1, int(q * len(data)))]
+
+
+def create_topics(settings: Settings, topics: Sequence[str], partitions: int) -> None:
+    """Create the change topics before the consumers subscribe (Connect would create them at the first
+    change, with the same partitions): a member whose pattern matches no topic yet does not join its
+    group, and the demo's first changes would wait for the topic's discovery and the group join."""
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    existing = set(admin.list_topics(timeout=10).topics)
+    wanted = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
+    if not wanted:
+        return
+    for topic, future in admin.create_topics(wanted, operation_timeout=30).items():
+        try:
+            future.result(30)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise DemoError(f"could not create topic {topic}: {exc}") from exc
+
+
+def wait_joined(settings: Settings, group: str, members: int, timeout: float = 120.0) -> float:
+    """Wait until ``group`` is STABLE with ``members`` members; the seconds it took.
+
+    The demo's workload starts only then: the delays measure the running pipeline, and the group
+    join (seconds on the local broker, see README) is reported on its own.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    seen = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            d = describe_group(settings.bootstrap_servers, group)
+        except BrokerError as exc:
+            seen = str(exc)
+        else:
+            seen = f"state {d.state}, {len(d.members)} member(s)"
+            if d.state == "STABLE" and len(d.members) >= members:
+                return time.monotonic() - started
+        time.sleep(0.2)
+    raise DemoError(
+        f"consumer group {group!r} did not settle with {members} members within {timeout:.0f} s "
+        f"(last seen: {seen}); check it with `streamer status`"
+    )
 
 
 def _step(console: Console, n: int, text: str) -> None:
@@ -171,6 +222,12 @@ def run(settings: Settings, rows: int = 100_000, seconds: float = 30.0, consumer
     console.print(f"loaded in {time.monotonic() - t0:.1f} s")
 
     _step(console, 5, f"{consumers} consumers in group {GROUP}")
+    connector = json.loads((settings.connectors_dir / f"{CONNECTOR}.json").read_text())["config"]
+    create_topics(
+        settings,
+        [f"{PREFIX}.{SCHEMA}.{t}" for t in SAMPLE_TABLES],
+        int(connector.get("topic.creation.default.partitions", "1")),
+    )
     delays = Delays()
     procs: list[ConsumerProcess] = []
     threads: list[threading.Thread] = []
@@ -184,7 +241,7 @@ def run(settings: Settings, rows: int = 100_000, seconds: float = 30.0, consumer
             build_decoder(settings),
             group=GROUP,
             until_idle=None,
-            hooks=Hooks(on_batch=delays.on_batch),
+            hooks=Hooks(on_batch_report=delays.on_batch_report),
         )
         procs.append(proc)
 
@@ -199,6 +256,8 @@ def run(settings: Settings, rows: int = 100_000, seconds: float = 30.0, consumer
         threads.append(threading.Thread(target=target, daemon=True))
     for thread in threads:
         thread.start()
+    joined = wait_joined(settings, GROUP, consumers)
+    console.print(f"group {GROUP} stable with {consumers} members after {joined:.1f} s")
 
     _step(console, 6, f"live workload for {seconds:.0f} s")
     stats = run_workload(settings.source_url, SCHEMA, seconds=seconds, rate=100, seed=int(time.time()))

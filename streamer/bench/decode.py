@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 from fastavro import parse_schema, schemaless_writer
 
+from streamer.bench.report import Figure, run_module
 from streamer.decode import Decoder
 
 TARGET_RATIO = 0.80
@@ -494,7 +495,7 @@ def bench(n: int, repeats: int) -> tuple[list[tuple[str, int, float]], float]:
     return [(name, len(formats[name][0]), best[name]) for name in runs], baseline
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def figures(argv: Sequence[str] | None = None) -> list[Figure]:
     parser = argparse.ArgumentParser(
         prog="python -m streamer.bench.decode", description=__doc__.splitlines()[0]
     )
@@ -512,10 +513,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     count = rows[0][1]
     base_rate = count / baseline
     print(f"{'orjson.loads (json+schemas)':<30}{count:>9}{baseline:>10.3f}{base_rate:>12,.0f}")
-    ratio = rate_json / base_rate
-    verdict = "ok" if ratio >= TARGET_RATIO else "BELOW TARGET"
-    print(f"json+schemas decode / orjson.loads = {ratio:.2f} (target >= {TARGET_RATIO:.2f}): {verdict}")
-    return 0 if ratio >= TARGET_RATIO else 1
+    return [
+        Figure("decode", "JSON+schemas decode", rate_json, "rec/s", "orjson.loads", base_rate, TARGET_RATIO)
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_module(figures, argv)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import psycopg2
 import sqlalchemy as sa
 
 from streamer import logs
+from streamer.bench.report import Figure, run_module
 from streamer.db import create_target_engine
 from streamer.load import Loader
 from streamer.settings import load_settings
@@ -136,7 +137,7 @@ def seed_loop(stack: Stack, table: str, rows: int, page: int = 10_000) -> float:
     return elapsed
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def figures(argv: Sequence[str] | None = None) -> list[Figure]:
     parser = argparse.ArgumentParser(description="streamer load benchmark")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--seed-rows", type=int, default=100_000)
@@ -183,13 +184,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for k, (n, t) in results.items():
         print(f"{k:<36} {n:>10,} {t:>9.2f} {rates[k]:>10,.0f}")
     load_rate = rates[f"streamer load ({args.workers} workers)"]
-    r_pipe = load_rate / rates["COPY pipe (psql | psql)"]
-    r_seed = load_rate / rates["seed loop (LIMIT/OFFSET, polars)"]
-    print(f"\nload / COPY pipe: {r_pipe:.2f} (floor 0.80)")
-    print(f"load / seed loop: {r_seed:.1f}x (floor 8x)")
-    ok = r_pipe >= 0.80 and r_seed >= 8
-    print("PASS" if ok else "FAIL")
-    return 0 if ok else 1
+    name = f"load ({args.workers} workers)"
+    return [
+        Figure("load", name, load_rate, "rows/s", "COPY pipe", rates["COPY pipe (psql | psql)"], 0.80),
+        Figure("load", name, load_rate, "rows/s", "seed loop", rates["seed loop (LIMIT/OFFSET, polars)"], 8),
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_module(figures, argv)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ stack if it is not running); the default of 20000 rows keeps it well under two m
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 import uuid
@@ -31,6 +32,7 @@ import sqlalchemy as sa
 
 from streamer import logs, state
 from streamer.bench.consume import _cleanup, apply_consumer, produce_records
+from streamer.bench.report import Figure, run_module
 from streamer.db import create_target_engine
 from streamer.replicate import ReplicationProcess
 from streamer.settings import load_settings
@@ -100,7 +102,7 @@ def _drop_ours(stack: Stack, prefix: str) -> None:
     conn.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def figures(argv: Sequence[str] | None = None) -> list[Figure]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--rows", type=int, default=20_000, help="inserted rows (updates add half as many)")
     parser.add_argument("--skip-kafka", action="store_true", help="measure only the replicate path")
@@ -140,7 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "\nreplicate: from the first replication message to the last commit (the server's WAL decoding "
         "included);\nconsume: from the first Kafka record to the last commit (Debezium's capture not included)."
     )
-    return 0
+    n, t = results["streamer replicate -> PostgreSQL"]
+    kafka = results.get("streamer consume (Kafka) -> PostgreSQL")
+    limit = kafka[0] / kafka[1] if kafka is not None else math.nan
+    return [Figure("replicate", "replicate -> PostgreSQL", n / t, "ev/s", "consume (Kafka)", limit, None)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_module(figures, argv)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from streamer.settings import load_settings
-from streamer.stack import MARIADB_GRANTS, POSTGRES_CONNECTOR, Stack
+from streamer.stack import CONNECT_PRODUCER, MARIADB_GRANTS, POSTGRES_CONNECTOR, Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -155,3 +155,25 @@ def test_mariadb_source_matches_the_native_one() -> None:
     native = Stack(load_settings(env={})).connect_env()
     assert placeholders <= set(native)
     assert "mariadb-data" in compose["volumes"]
+
+
+def test_connect_producer_matches_native_worker(tmp_path: Path) -> None:
+    """The Connect service's CONNECT_PRODUCER_* equal the native worker's producer.* (issue 14)."""
+    env = _compose()["services"]["connect"]["environment"]
+    producer = {
+        k.removeprefix("CONNECT_PRODUCER_").lower().replace("_", "."): str(v)
+        for k, v in env.items()
+        if k.startswith("CONNECT_PRODUCER_")
+    }
+    assert producer == CONNECT_PRODUCER
+    assert env["CONNECT_CONNECTOR_CLIENT_CONFIG_OVERRIDE_POLICY"] == "All"
+    stack = Stack(load_settings(env={}, overrides={"stack": {"dir": str(tmp_path)}}))
+    stack.conf_dir.mkdir(parents=True)
+    props_path, _log4j = stack._write_connect_conf()
+    props = dict(
+        line.split("=", 1)
+        for line in props_path.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert {k.removeprefix("producer."): v for k, v in props.items() if k.startswith("producer.")} == producer
+    assert props["connector.client.config.override.policy"] == "All"
