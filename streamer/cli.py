@@ -145,13 +145,17 @@ def db_upgrade(ctx: typer.Context) -> None:
 
 
 # ---------------------------------------------------------------- consume
+LOCKED_TARGET_WAIT_S = 30.0  # how long start-up waits for another process's lock on the target
+
+
 def _upgrade_target(engine: object) -> None:
     """``state.upgrade`` for consume/replicate: a target that cannot be reached is exit 3, named.
 
     Another process migrating the same new target at the same moment (several consumers started
     at once on SQLite, which has no migration lock) makes one of them fail on a table the other
     just created: that is tried once more, when the other's migration is committed and there is
-    nothing left to do.
+    nothing left to do. A lock the other one holds (SQLite's "database is locked") is waited
+    for, up to ``LOCKED_TARGET_WAIT_S``, before the target counts as unavailable.
     """
     import sqlalchemy as sa
 
@@ -160,23 +164,34 @@ def _upgrade_target(engine: object) -> None:
     from streamer.errors import TargetUnavailableError, one_line
 
     assert isinstance(engine, sa.engine.Engine)
-    for attempt in (1, 2):
+    locked_until = time.monotonic() + LOCKED_TARGET_WAIT_S
+    attempt, races = 0, 0
+    while True:
+        attempt += 1
         try:
             state.upgrade(engine)
             return
         except sa.exc.DBAPIError as exc:
             text = str(exc.orig)
-            if (
+            unreachable = (
                 isinstance(exc, sa.exc.InterfaceError)
-                or is_transient(exc)
+                or exc.connection_invalidated
                 or "unable to open database" in text
-            ):
+                or "connect" in text.lower()
+            )
+            if is_transient(exc) and not unreachable and time.monotonic() < locked_until:
+                # a lock another process holds (SQLite's "database is locked" while the other
+                # consumer started at the same moment migrates the new target): wait for it
+                time.sleep(min(0.2 * attempt, 2.0))
+                continue
+            if unreachable or is_transient(exc):
                 raise TargetUnavailableError(
                     f"cannot reach the target {engine.url.render_as_string(hide_password=True)}: "
                     f"{one_line(text)[:500]} (check that it is running and reachable and "
                     "STREAMER_TARGET_URL is right, then run again)"
                 ) from exc
-            if attempt == 2:
+            races += 1
+            if races >= 2:
                 raise
             logs.get("cli").warning(
                 "migrating the target failed, trying once more", error=one_line(text)[:300]

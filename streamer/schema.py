@@ -272,11 +272,30 @@ class SchemaManager:
     def forget(self) -> None:
         self._known.clear()
 
+    # DDL attempts of one ensure(): another process may create or widen the same table between this
+    # one's look and its DDL (several consumers applying a new table's first events at once)
+    DDL_ATTEMPTS = 3
+
     def ensure(self, route: Route, event: ChangeEvent, *, allow_no_key: bool = False) -> TargetTable:
         """The target table for an event, created or widened first when the mode allows.
 
         ``allow_no_key`` (the loader's ``--no-key``) creates a table without a primary key.
+        Several processes may do this for the same table at once: the one whose CREATE TABLE (or
+        ADD COLUMN, CREATE SCHEMA) loses the race gets an error from the database ("already
+        exists", a unique violation in the catalog); its transaction is rolled back and the work is
+        done again against what the winner made (reflected anew), up to ``DDL_ATTEMPTS`` times in
+        all. An error that is not such a race repeats and is raised as it is.
         """
+        for attempt in range(1, self.DDL_ATTEMPTS + 1):
+            try:
+                return self._ensure(route, event, allow_no_key=allow_no_key)
+            except sa.exc.DBAPIError:
+                if attempt == self.DDL_ATTEMPTS:
+                    raise
+                self._known.pop((route.target_schema, route.target_table), None)
+        raise AssertionError("unreachable")
+
+    def _ensure(self, route: Route, event: ChangeEvent, *, allow_no_key: bool) -> TargetTable:
         wanted = self._wanted_columns(route, event)
         key = tuple(c for c in (route.target_column(k) for k in event.key_columns) if c)
         cache_key = (route.target_schema, route.target_table)

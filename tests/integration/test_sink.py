@@ -355,3 +355,42 @@ def test_stored_offsets_never_move_backwards(target, unique: str) -> None:
         state.save_offsets(conn, group, {a: 3}, force=True)
     with engine.connect() as conn:
         assert state.load_offsets(conn, group) == {a: 3, b: 9}
+
+
+class _LosesTheCreateRace(SchemaManager):
+    """Another process creates the table between this one's look (none there) and its CREATE TABLE."""
+
+    def __init__(self, engine: sa.Engine, other: SchemaManager, event: ChangeEvent) -> None:
+        super().__init__(engine, VERSION)
+        self.other, self.event, self.raced = other, event, False
+
+    def _create(self, conn: Any, route: Any, columns: Any, key: tuple[str, ...]) -> None:
+        if self.raced:
+            super()._create(conn, route, columns, key)
+            return
+        self.raced = True
+        self.other.ensure(route, self.event)  # the winner, on its own connection, commits its table
+        self._sa_table(route, dict(columns), key).create(conn, checkfirst=False)  # "already exists"
+
+
+@pytest.mark.parametrize("target_kind", ["postgresql", "mariadb"])
+def test_two_processes_creating_one_table_both_go_on(target, unique: str) -> None:
+    """Several consumers applying a new table's first events race on its CREATE TABLE: the loser's
+    DDL fails, and it goes on against the winner's table instead of stopping on the error."""
+    _url, engine = target
+    state.upgrade(engine)
+    ev = Events(unique)
+    first = ev(Op.CREATE, 1, _row(1), 100)
+    winner_engine = sa.create_engine(engine.url)
+    try:
+        racing = _LosesTheCreateRace(engine, SchemaManager(winner_engine, VERSION), first)
+        sink = Sink(engine, Router(engine.dialect.name), racing)
+        sink.apply(
+            [first, ev(Op.CREATE, 2, _row(2), 110)], {("topic", 0): 3}, f"{unique}-g", record_state=False
+        )
+        assert racing.raced
+        rows = _rows(engine, sink, ev.table)
+        assert sorted(rows) == [1, 2]
+        assert rows[2]["name"] == "n" and rows[2][VERSION] == pg_version(110)
+    finally:
+        winner_engine.dispose()
