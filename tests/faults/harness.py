@@ -671,7 +671,7 @@ class PrivatePostgres:
     def __init__(self, base: Path, database: str = "target") -> None:
         # as root in a private checkout the server's user cannot reach base: a directory of its own
         self.base = reachable_by_postgres(base)
-        self.data = base / "data"
+        self.data = self.base / "data"
         self.sock = Path("/tmp") / f"faults-pg-{os.getpid()}-{id(self)}"
         self.port = free_port()
         self.database = database
