@@ -52,6 +52,17 @@ def source_connection(stack: Stack, database: str | None = None) -> Any:
     return conn
 
 
+def run_on_source(stack: Stack, *statements: str) -> None:
+    """Run SQL statements on the stack's source database, each in its own autocommit transaction."""
+    conn = source_connection(stack)
+    try:
+        with conn.cursor() as cur:
+            for st in statements:
+                cur.execute(st)
+    finally:
+        conn.close()
+
+
 @pytest.fixture
 def source_db(stack: Stack) -> Iterator[Any]:
     """An autocommit psycopg2 connection to the stack's source database."""

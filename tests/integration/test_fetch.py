@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 import sqlalchemy as sa
 
@@ -23,6 +22,7 @@ from streamer import fetch
 from streamer.db import create_target_engine
 from streamer.stack import Stack
 from streamer.validate import compare_tables
+from tests.conftest import run_on_source
 from tests.integration.conftest import target_url
 from tests.integration.test_consume import consume_cmd, consumer_env
 from tests.integration.test_replicate import Replication
@@ -31,20 +31,9 @@ ROWS = 30
 UNREACHABLE = "postgresql://postgres:postgres@127.0.0.1:1/inventory"
 
 
-def _source(stack: Stack, *statements: str) -> None:
-    conn = psycopg2.connect(stack.settings.source_url)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            for st in statements:
-                cur.execute(st)
-    finally:
-        conn.close()
-
-
 def _create(stack: Stack, schema: str) -> None:
     s = f'"{schema}"'
-    _source(
+    run_on_source(
         stack,
         f"CREATE SCHEMA {s}",
         f"CREATE TABLE {s}.docs (id integer PRIMARY KEY, n integer NOT NULL, big text NOT NULL)",
@@ -57,7 +46,7 @@ def _changes(stack: Stack, schema: str) -> None:
     """Updates leaving ``big`` unchanged: of rows the target lacks (1-5), key updates (6-10 -> 106-110),
     a key updated twice (12 -> 112 -> 212), a row updated then deleted (11)."""
     s = f'"{schema}"'
-    _source(
+    run_on_source(
         stack,
         f"UPDATE {s}.docs SET n = n + 1 WHERE id <= 5",
         f"UPDATE {s}.docs SET id = id + 100 WHERE id BETWEEN 6 AND 10",
@@ -110,7 +99,7 @@ def captured(stack: Stack, debezium: Any, unique: str) -> Iterator[str]:
     _create(stack, unique)
     debezium(unique, f"{unique}.docs", **{"column.propagate.source.type": ".*"})
     yield unique
-    _source(stack, f'DROP SCHEMA IF EXISTS "{unique}" CASCADE')
+    run_on_source(stack, f'DROP SCHEMA IF EXISTS "{unique}" CASCADE')
 
 
 def _consume(url: str, group: str, schema: str, tmp_path: Path, source: str | None = None) -> None:
@@ -127,7 +116,7 @@ def _consume(url: str, group: str, schema: str, tmp_path: Path, source: str | No
 
 
 @pytest.mark.parametrize("kind", ["postgresql", "mariadb"])
-def test_consume_reads_missing_toast_values_from_the_source(
+def test_consume_reads_missing_toast_values_from_therun_on_source(
     stack: Stack, captured: str, tmp_path: Path, kind: str
 ) -> None:
     """Rows the target lacks and key updates leaving ``big`` unchanged land complete: whole tables equal."""
@@ -158,7 +147,7 @@ def test_unreadable_source_records_keys_incomplete_then_completes_them(
     group = f"{schema}-nosrc"
     _consume(url, group, schema, tmp_path, UNREACHABLE)
     _drop_target_rows(url, schema, range(1, 3))
-    _source(
+    run_on_source(
         stack,
         f'UPDATE "{schema}".docs SET n = n + 1 WHERE id <= 2',
         f'UPDATE "{schema}".docs SET id = id + 100 WHERE id BETWEEN 6 AND 7',
@@ -201,13 +190,13 @@ def test_unreadable_source_records_keys_incomplete_then_completes_them(
     vdoc = json.loads(validate.stdout)
     assert sorted(r["key"] for r in vdoc["incomplete"]) == [["1"], ["106"], ["107"], ["2"]]
     # the source readable again: a later change of each row completes it
-    _source(stack, f'UPDATE "{schema}".docs SET n = n + 10 WHERE id IN (1, 2, 106, 107)')
+    run_on_source(stack, f'UPDATE "{schema}".docs SET n = n + 10 WHERE id IN (1, 2, 106, 107)')
     _consume(url, group, schema, tmp_path)
     _assert_same(stack, url, schema)
     assert [r for r in _incomplete(url) if r.table == f"{schema}.docs"] == []
 
 
-def test_replicate_reads_missing_toast_values_from_its_source(
+def test_replicate_reads_missing_toast_values_from_itsrun_on_source(
     stack: Stack, unique: str, tmp_path: Path
 ) -> None:
     """`streamer replicate` goes through the same hook with its --source: key updates and rows the
@@ -239,7 +228,7 @@ def test_replicate_reads_missing_toast_values_from_its_source(
         assert setup.returncode == 0, setup.stderr[-3000:]
         # the slot starts after the rows: the target has none of them, the changes say what to fetch
         _changes(stack, schema)
-        _source(
+        run_on_source(
             stack,
             f'INSERT INTO "{schema}".docs SELECT i, 0, repeat(md5(i::text), 100) FROM generate_series(500, 505) i',
         )

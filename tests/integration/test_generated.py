@@ -10,31 +10,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 import sqlalchemy as sa
 
 from streamer.db import create_target_engine
 from streamer.stack import Stack
 from streamer.validate import compare_tables
+from tests.conftest import run_on_source
 from tests.integration.test_consume import consume_cmd, consumer_env
 from tests.integration.test_replicate import Replication, run
 
 
-def _source(stack: Stack, *statements: str) -> None:
-    conn = psycopg2.connect(stack.settings.source_url)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            for st in statements:
-                cur.execute(st)
-    finally:
-        conn.close()
-
-
 def _create(stack: Stack, schema: str) -> None:
     s = f'"{schema}"'
-    _source(
+    run_on_source(
         stack,
         f"CREATE SCHEMA IF NOT EXISTS {s}",
         f"CREATE TABLE {s}.g (id integer PRIMARY KEY, a integer NOT NULL, label text, "
@@ -46,7 +35,7 @@ def _create(stack: Stack, schema: str) -> None:
 
 def _changes(stack: Stack, schema: str) -> None:
     s = f'"{schema}"'
-    _source(
+    run_on_source(
         stack,
         f"INSERT INTO {s}.g (id, a, label) SELECT i, i * 3, 'new ' || i FROM generate_series(100, 110) i",
         f"UPDATE {s}.g SET a = a + 1000 WHERE id % 3 = 0",
@@ -151,4 +140,4 @@ def test_load_and_consume_a_table_with_generated_columns(
         assert done.returncode == 0, done.stderr[-3000:]
         _assert_same(stack, url, schema)
     finally:
-        _source(stack, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        run_on_source(stack, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

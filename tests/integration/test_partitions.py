@@ -20,27 +20,16 @@ from confluent_kafka.admin import AdminClient
 from streamer.db import create_target_engine
 from streamer.stack import Stack
 from streamer.validate import compare_tables
-from tests.conftest import debezium_config, drop_connector
+from tests.conftest import debezium_config, drop_connector, run_on_source
 from tests.integration.test_consume import consume_cmd, consumer_env
 from tests.integration.test_replicate import Replication, run
 
 LEAVES = ("p_1", "p_2", "p_3")
 
 
-def _source(stack: Stack, *statements: str) -> None:
-    conn = psycopg2.connect(stack.settings.source_url)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            for st in statements:
-                cur.execute(st)
-    finally:
-        conn.close()
-
-
 def _create(stack: Stack, schema: str) -> None:
     s = f'"{schema}"'
-    _source(
+    run_on_source(
         stack,
         f"CREATE SCHEMA IF NOT EXISTS {s}",
         f"CREATE TABLE {s}.p (id integer NOT NULL, region integer NOT NULL, v text, "
@@ -52,7 +41,7 @@ def _create(stack: Stack, schema: str) -> None:
 
 def _changes(stack: Stack, schema: str) -> None:
     s = f'"{schema}"'
-    _source(
+    run_on_source(
         stack,
         f"INSERT INTO {s}.p SELECT i, 1 + i % 3, 'new' || i FROM generate_series(100, 120) i",
         f"UPDATE {s}.p SET region = 1 + region % 3, v = 'moved' WHERE id % 4 = 0",  # to another partition
@@ -81,7 +70,7 @@ def _assert_same(stack: Stack, url: str, schema: str) -> None:
 def partitioned(stack: Stack, unique: str) -> Iterator[str]:
     _create(stack, unique)
     yield unique
-    _source(stack, f'DROP SCHEMA IF EXISTS "{unique}" CASCADE')
+    run_on_source(stack, f'DROP SCHEMA IF EXISTS "{unique}" CASCADE')
 
 
 def test_consume_lands_leaf_partition_topics_in_the_root_table(
