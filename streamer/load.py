@@ -44,21 +44,25 @@ Reading and writing
 -------------------
 Each table is split into chunks of ``--chunk-rows`` keys by a keyset scan of the primary key
 (never ``OFFSET``); ``--workers`` threads take chunks from a queue, each with its own source
-and target connection. A chunk is read with ``COPY (SELECT ... WHERE key > lo AND key <= hi
-ORDER BY key) TO STDOUT``. PostgreSQL targets receive the bytes as they are with ``COPY ...
-FROM STDIN`` (straight into an empty table, else into a temporary table and one guarded merge);
+and target connection. A chunk is read with ``COPY (SELECT ... WHERE key > lo AND key <= hi)
+TO STDOUT``. PostgreSQL targets receive the bytes as they are read, piped into ``COPY ... FROM
+STDIN`` (:func:`_pipe_copy`; binary where :meth:`Loader._binary_copy` allows it), straight into
+a table that was empty when its load began, else into a temporary table and one guarded merge;
 other targets get the text parsed into the same Python values the stream decoder produces and
-written with the sink's batched upserts. Each chunk's completion is recorded in the target in
+written with the sink's batched upserts. The sweep (step 3 above) is skipped for a table that
+was empty, held and copied straight in: it cannot hold a row older than the snapshot. Each chunk's completion is recorded in the target in
 the chunk's own transaction, so ``--resume`` continues an interrupted load with the chunks not
 yet done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import io
 import json
+import os
 import queue
 import re
 import threading
@@ -120,6 +124,9 @@ class SourceColumn:
     plan: ColumnPlan
     type_name: str
     generated: bool = False  # a stored generated column (pgoutput does not send it)
+    #: ``format_type(atttypid, atttypmod)`` where the type is built into PostgreSQL (the same in every
+    #: database, so COPY's binary format carries it unchanged), else None
+    builtin_type: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +186,7 @@ def describe_source(conn: Any, schema: str, table: str) -> SourceTable:
         relid = row[0]
         cur.execute(
             "SELECT a.attname, a.atttypid, a.atttypmod, a.attnotnull, t.typname, pg_get_expr(d.adbin, d.adrelid), "
-            "a.attgenerated = 's' "
+            "a.attgenerated = 's', CASE WHEN a.atttypid < 16384 THEN format_type(a.atttypid, a.atttypmod) END "
             "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
             "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
             "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
@@ -196,10 +203,10 @@ def describe_source(conn: Any, schema: str, table: str) -> SourceTable:
         key = tuple(r[0] for r in cur.fetchall())
     lookup = _Types(conn)
     columns = []
-    for name, oid, typmod, notnull, typname, default, generated in cols:
+    for name, oid, typmod, notnull, typname, default, generated, builtin in cols:
         source_type = reported_type_name(typname, None if generated else default)
         plan = column_plan(name, int(oid), int(typmod), lookup, optional=not notnull, source_type=source_type)
-        columns.append(SourceColumn(name, plan, typname, bool(generated)))
+        columns.append(SourceColumn(name, plan, typname, bool(generated), builtin))
     return SourceTable(schema, table, tuple(columns), key)
 
 
@@ -282,22 +289,24 @@ def plan_chunks(cur: Any, src: SourceTable, chunk_rows: int) -> tuple[list[Chunk
     """Chunk boundaries from a keyset scan of the key (inside the snapshot), and the row count."""
     keys = ", ".join(_quote(k) for k in src.key)
     table = f"{_quote(src.schema)}.{_quote(src.table)}"
+    # every chunk_rows-th key, streamed from an index scan (no count(*) OVER (): that window
+    # materializes the whole key set before the first row); the last chunk is open above
     cur.execute(
-        f"SELECT {keys}, n FROM (SELECT {keys}, row_number() OVER (ORDER BY {keys}) AS rn, "  # noqa: S608
-        f"count(*) OVER () AS n FROM {table}) x WHERE rn %% %s = 0 OR rn = n ORDER BY {keys}",
+        f"SELECT {keys} FROM (SELECT {keys}, row_number() OVER (ORDER BY {keys}) AS rn "  # noqa: S608
+        f"FROM {table}) x WHERE rn %% %s = 0 ORDER BY {keys}",
         (chunk_rows,),
     )
-    rows = cur.fetchall()
-    total = int(rows[-1][-1]) if rows else 0
-    bounds = [tuple(r[:-1]) for r in rows]
+    bounds = [tuple(r) for r in cur.fetchall()]
+    cur.execute(f"SELECT count(*) FROM {table}")  # noqa: S608
+    total = int(cur.fetchone()[0])
+    if bounds and len(bounds) * chunk_rows == total:
+        bounds.pop()  # the last key is the table's last row: no empty chunk after it
     chunks: list[Chunk] = []
     lo: tuple[Any, ...] | None = None
     for i, hi in enumerate(bounds):
-        last = i == len(bounds) - 1
-        chunks.append(Chunk(i, lo, None if last else hi))
+        chunks.append(Chunk(i, lo, hi))
         lo = hi
-    if not chunks:
-        chunks.append(Chunk(0, None, None))
+    chunks.append(Chunk(len(bounds), lo, None))
     return chunks, total
 
 
@@ -345,6 +354,10 @@ class TableReport:
     chunks_skipped: int = 0
     seconds: float = 0.0
     swept: int = 0
+    #: seconds per phase: the run's ``upgrade`` (state tables), ``mark`` (tables marked loading),
+    #: ``hold`` (the barrier) and ``snapshot`` (the same in every table of one run), then the
+    #: table's ``prepare`` (catalog, target table), ``plan`` (chunking), ``copy`` and ``sweep``
+    phases: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 class Loader:
@@ -383,12 +396,18 @@ class Loader:
         self._barrier_wakeup = threading.Event()  # never set: a wait between polls of the members
         self.log = logs.get("load")
         self.database = ""
+        # target table -> its version column's type where its chunks are copied in binary
+        self._binary: dict[str, str | None] = {}
+        self._source_encoding = ""
 
     # -------------------------------------------------------- entry point
     def run(self, tables: Sequence[str]) -> list[TableReport]:
         """Load each ``schema.table``; all tables from one snapshot."""
-        state.upgrade(self.engine)
-        marked = self._mark_loading(tables)
+        self.phases: dict[str, float] = {}
+        with self._phase(self.phases, "upgrade"):
+            state.upgrade(self.engine)
+        with self._phase(self.phases, "mark"):
+            marked = self._mark_loading(tables)
         self._started: set[str] = set()
         try:
             return self._run(tables, marked)
@@ -398,7 +417,9 @@ class Loader:
             raise
 
     def _run(self, tables: Sequence[str], marked: _Marked) -> list[TableReport]:
-        self._await_holds(marked)
+        with self._phase(self.phases, "hold"):
+            self._await_holds(marked)
+        snap_started = time.monotonic()
         snapshot = open_snapshot(self.params)
         self.log.info(
             "snapshot",
@@ -412,10 +433,11 @@ class Loader:
         try:
             conns = [self._worker_source(snapshot) for _ in range(self.workers)]
             snapshot.release()  # every worker holds the snapshot now
+            self.phases["snapshot"] = time.monotonic() - snap_started
             try:
                 with conns[0].cursor() as cur:
-                    cur.execute("SELECT current_database()")
-                    self.database = cur.fetchone()[0]
+                    cur.execute("SELECT current_database(), current_setting('server_encoding')")
+                    self.database, self._source_encoding = cur.fetchone()
                 for name in tables:
                     if self.on_table_start is not None:
                         self.on_table_start(name)
@@ -426,6 +448,15 @@ class Loader:
         finally:
             snapshot.release()
         return reports
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _phase(phases: dict[str, float], name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            phases[name] = phases.get(name, 0.0) + time.monotonic() - started
 
     # -------------------------------------------------------- the hold barrier
     def _mark_loading(self, tables: Sequence[str]) -> _Marked:
@@ -531,19 +562,24 @@ class Loader:
     ) -> TableReport:
         schema, _, table = name.rpartition(".")
         schema = schema or "public"
-        src = describe_source(conns[0], schema, table)
-        if not src.key and not self.no_key:
-            raise _no_key(src)
-        route = self.sink.router.route(TableId(self.database, schema, table))
-        target = self._ensure_target(src, route, version)
-        report = TableReport(src.qualified, route.qualified)
         started = time.monotonic()
+        phases = dict(self.phases)
+        with self._phase(phases, "prepare"):
+            src = describe_source(conns[0], schema, table)
+            if not src.key and not self.no_key:
+                raise _no_key(src)
+            route = self.sink.router.route(TableId(self.database, schema, table))
+            target = self._ensure_target(src, route, version)
+            self._binary[route.qualified] = self._binary_copy(src, route, target)
+        report = TableReport(src.qualified, route.qualified, phases=phases)
         self._started.add(route.qualified)
-        chunks, total, floor = self._chunks(conns[0], src, route, version, previous.get(route.qualified))
+        with self._phase(phases, "plan"):
+            chunks, total, floor = self._chunks(conns[0], src, route, version, previous.get(route.qualified))
         done = {c.no for c in chunks if c.no in self._done_chunks(route)}
         report.chunks = len(chunks)
         report.chunks_skipped = len(done)
         fresh = not done and self._is_empty(route)
+        self._merged: set[str] = set()  # target tables a chunk was merged into (not copied straight in)
         task = None
         if self.progress is not None:
             task = self.progress.add_task(f"{src.qualified} -> {route.qualified}", total=total)
@@ -571,13 +607,20 @@ class Loader:
                         self.progress.advance(task, n)
 
         threads = [threading.Thread(target=work, args=(c,), daemon=True) for c in conns]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        with self._phase(phases, "copy"):
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
         if errors:
             raise errors[0]
-        report.swept = self._finish(route, target, floor, report.rows, self.ranges.get(src.qualified))
+        # the sweep deletes rows older than the snapshot; a table that was empty when its load
+        # began, held from the stream since the barrier and copied straight in holds none
+        sweep = not fresh or route.qualified in self._merged or src.qualified in self.ranges
+        with self._phase(phases, "sweep"):
+            report.swept = self._finish(
+                route, target, floor, report.rows, self.ranges.get(src.qualified), sweep=sweep
+            )
         report.seconds = time.monotonic() - started
         self.log.info(
             "table loaded",
@@ -588,6 +631,43 @@ class Loader:
             swept=report.swept,
         )
         return report
+
+    def _binary_copy(self, src: SourceTable, route: Route, target: TargetTable) -> str | None:
+        """The target version column's type where this table's chunks can go in COPY's binary format.
+
+        Binary means less parsing on both servers.
+        Only PostgreSQL -> PostgreSQL with the same server encoding (binary text is not converted),
+        and only when every copied column is a built-in type (the same OIDs in every database)
+        stored in the target as exactly the same type and modifier, without a cast or a money
+        conversion. Anything else (None) is copied as text, which the target parses into its own types.
+        """
+        if self.dialect != "postgresql":
+            return None
+        kept = loaded_columns(src, route, target)
+        if any(c.builtin_type is None or c.type_name == "money" for c in kept):
+            return None
+        names = {c.name: route.target_column(c.name) for c in kept}
+        if any(t is None or t in route.cast for t in names.values()):
+            return None
+        qualified = self.engine.dialect.identifier_preparer.format_table(
+            sa.table(route.target_table, schema=route.target_schema)
+        )
+        with self.engine.connect() as conn:
+            encoding = conn.execute(sa.text("SELECT current_setting('server_encoding')")).scalar()
+            rows = conn.execute(
+                sa.text(
+                    "SELECT attname, CASE WHEN atttypid < 16384 THEN format_type(atttypid, atttypmod) END "
+                    "FROM pg_attribute WHERE attrelid = CAST(:t AS regclass) AND attnum > 0 AND NOT attisdropped"
+                ),
+                {"t": qualified},
+            ).all()
+        types = {r[0]: r[1] for r in rows}
+        version_type = types.get(self.sink.version_column)
+        if encoding != self._source_encoding or version_type is None:
+            return None
+        if all(types.get(str(names[c.name])) == c.builtin_type for c in kept):
+            return str(version_type)
+        return None
 
     def _ensure_target(self, src: SourceTable, route: Route, version: str) -> TargetTable:
         sample = ChangeEvent(
@@ -704,8 +784,14 @@ class Loader:
         floor: str,
         rows: int,
         ranges: Sequence[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]] | None = None,
+        *,
+        sweep: bool = True,
     ) -> int:
-        """Sweep rows the snapshot did not have (only inside ``ranges`` when given), mark the load done."""
+        """Sweep rows the snapshot did not have (only inside ``ranges`` when given), mark the load done.
+
+        ``sweep=False`` (a table that was empty, held and copied straight in: nothing in it is
+        older than the snapshot) skips the scan of the whole table.
+        """
         ver = target.version_column
         t = sa.table(
             route.target_table,
@@ -716,7 +802,7 @@ class Loader:
         loads = state.loads_table
         with self.engine.begin() as conn:
             swept = 0
-            if target.key:
+            if target.key and sweep:
                 older = sa.or_(t.c[ver].is_(None), t.c[ver] < floor)
                 if ranges is not None:
                     older = sa.and_(
@@ -737,9 +823,20 @@ class Loader:
 
     # -------------------------------------------------------- one chunk
     def _select(
-        self, cur: Any, src: SourceTable, route: Route, target_table: TargetTable, chunk: Chunk, version: str
+        self,
+        cur: Any,
+        src: SourceTable,
+        route: Route,
+        target_table: TargetTable,
+        chunk: Chunk,
+        version: str,
+        version_type: str | None = None,
     ) -> tuple[str, list[str]]:
-        """The chunk's COPY source query and the target column names it yields, in order."""
+        """The chunk's COPY source query and the target column names it yields, in order.
+
+        ``version_type`` (for ``COPY ... (FORMAT binary)``, where :meth:`_binary_copy` allows it):
+        the target version column's exact type, which the version is cast to.
+        """
         exprs: list[str] = []
         names: list[str] = []
         for c in loaded_columns(src, route, target_table):
@@ -752,14 +849,14 @@ class Loader:
                 expr = f"CAST({expr} AS {cast_type(route.cast[target]).compile(dialect=self.engine.dialect)})"
             exprs.append(expr)
             names.append(target)
-        exprs.append(cur.mogrify("%s::varchar", (version,)).decode())
+        # the type comes from the target's catalog (format_type of a built-in type), never from input
+        exprs.append(cur.mogrify(f"CAST(%s AS {version_type or 'varchar'})", (version,)).decode())
         names.append(self.sink.version_column)
         where, params = _range(src.key, chunk)
-        order = ", ".join(_quote(k) for k in src.key)
-        sql = (
-            f"SELECT {', '.join(exprs)} FROM {_quote(src.schema)}.{_quote(src.table)}"  # noqa: S608
-            + (f" WHERE {where}" if where else "")
-            + (f" ORDER BY {order}" if order else "")
+        # no ORDER BY: COPY into a table, a stage or batched upserts needs no order, and the
+        # planner stays free to read a large range with a sequential scan
+        sql = f"SELECT {', '.join(exprs)} FROM {_quote(src.schema)}.{_quote(src.table)}" + (  # noqa: S608
+            f" WHERE {where}" if where else ""
         )
         return cur.mogrify(sql, params).decode(), names
 
@@ -773,16 +870,17 @@ class Loader:
         version: str,
         fresh: bool,
     ) -> int:
+        version_type = self._binary.get(route.qualified)
         with conn.cursor() as cur:
-            query, names = self._select(cur, src, route, target, chunk, version)
+            query, names = self._select(cur, src, route, target, chunk, version, version_type)
+        if self.dialect == "postgresql":
+            binary = version_type is not None
+            return self._write_pg(conn, query, route, target, names, chunk, fresh, version, binary=binary)
+        with conn.cursor() as cur:
             buf = io.BytesIO()
             cur.copy_expert(f"COPY ({query}) TO STDOUT", buf)
             rows = int(cur.rowcount)
-        buf.seek(0)
-        if self.dialect == "postgresql":
-            self._write_pg(route, target, names, buf, chunk, rows, fresh, version)
-        else:
-            self._write_other(src, route, target, buf.getvalue().decode(), chunk, rows, version)
+        self._write_other(src, route, target, buf.getvalue().decode(), chunk, rows, version)
         return rows
 
     def _checkpoint(self, conn: Connection, route: Route, chunk: Chunk, rows: int) -> None:
@@ -796,16 +894,24 @@ class Loader:
 
     def _write_pg(
         self,
+        source: Any,
+        query: str,
         route: Route,
         target: TargetTable,
         names: list[str],
-        buf: io.BytesIO,
         chunk: Chunk,
-        rows: int,
         fresh: bool,
         version: str,
-    ) -> None:
-        """COPY a chunk in (one transaction with its checkpoint).
+        *,
+        binary: bool = False,
+    ) -> int:
+        """COPY a chunk from the source straight into the target (one transaction with its checkpoint).
+
+        The source's ``COPY TO`` runs in a thread writing into a pipe that the target's ``COPY
+        FROM`` reads, so both servers work at once, as in ``psql | psql``. Into an empty table the
+        rows go straight in; when someone wrote those keys meanwhile (a unique violation), or the
+        table was not empty, the chunk is read again (the worker's snapshot gives the same rows)
+        into a temporary table and merged with the version guard.
 
         Like the sink's upserts, rows older than the table's stored truncate position are not
         written: every row of a chunk carries the snapshot's version, so a truncate recorded
@@ -818,22 +924,22 @@ class Loader:
             truncated = state.truncate_versions(conn, [route.qualified]).get(route.qualified)
             if truncated is not None and version < truncated:
                 self._checkpoint(conn, route, chunk, 0)
-                return
+                return 0
             dbapi: Any = conn.connection.dbapi_connection
             assert dbapi is not None
             with dbapi.cursor() as cur:
                 if fresh or not target.key:
                     try:
                         cur.execute("SAVEPOINT streamer_copy")
-                        cur.copy_expert(f"COPY {table} ({cols}) FROM STDIN", buf)
+                        rows = _pipe_copy(source, query, cur, f"COPY {table} ({cols}) FROM STDIN", binary)
                         cur.execute("RELEASE SAVEPOINT streamer_copy")
                         self._checkpoint(conn, route, chunk, rows)
-                        return
+                        return rows
                     except psycopg2.errors.UniqueViolation:
                         if not target.key:
                             raise
-                        cur.execute("ROLLBACK TO SAVEPOINT streamer_copy")
-                        buf.seek(0)  # someone wrote these keys meanwhile: merge instead
+                        cur.execute("ROLLBACK TO SAVEPOINT streamer_copy")  # merge instead
+                self._merged.add(route.qualified)
                 stage = prep.quote("_streamer_load_" + uuid.uuid4().hex[:12])
                 ver = prep.quote(target.version_column)
                 key = ", ".join(prep.quote(k) for k in target.key)
@@ -842,7 +948,7 @@ class Loader:
                 cur.execute(  # identifiers quoted by the dialect's preparer above
                     f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols} FROM {table} WITH NO DATA"  # noqa: S608
                 )
-                cur.copy_expert(f"COPY {stage} ({cols}) FROM STDIN", buf)
+                rows = _pipe_copy(source, query, cur, f"COPY {stage} ({cols}) FROM STDIN", binary)
                 updates = ", ".join(
                     f"{prep.quote(n)} = EXCLUDED.{prep.quote(n)}" for n in names if n not in target.key
                 )
@@ -851,6 +957,7 @@ class Loader:
                     f"ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE t.{ver} IS NULL OR t.{ver} < EXCLUDED.{ver}"
                 )
             self._checkpoint(conn, route, chunk, rows)
+            return rows
 
     def _write_other(
         self,
@@ -894,6 +1001,51 @@ class Loader:
             record_state=False,
             in_transaction=lambda conn: self._checkpoint(conn, route, chunk, rows),
         )
+
+
+_PIPE_READ = 1 << 20  # bytes per read of the target's COPY FROM
+
+
+def _pipe_copy(source: Any, query: str, target_cur: Any, copy_in: str, binary: bool = False) -> int:
+    """``COPY (query) TO STDOUT`` on ``source`` piped into ``copy_in`` on ``target_cur``; the row count.
+
+    ``binary`` uses COPY's binary format on both sides (see :meth:`Loader._binary_copy`).
+
+    The read runs in a thread (psycopg2 releases the GIL while libpq waits), the write in the
+    caller. When the write fails, the rest of the pipe is drained so that the read ends its
+    ``COPY`` normally and the source connection stays usable (the caller may read the chunk
+    again into a stage); a failed read ends the pipe early and is raised after the write, so the
+    caller's transaction never commits a cut chunk. The read's error wins: the write then only
+    saw a cut stream.
+    """
+    r, w = os.pipe()
+    failed: list[BaseException] = []
+    counted: list[int] = []
+
+    def read() -> None:
+        try:
+            with os.fdopen(w, "wb", buffering=_PIPE_READ) as out, source.cursor() as cur:
+                cur.copy_expert(f"COPY ({query}) TO STDOUT" + (" (FORMAT binary)" if binary else ""), out)
+                counted.append(int(cur.rowcount))
+        except BaseException as exc:  # re-raised in the caller's thread below
+            failed.append(exc)
+
+    reader = threading.Thread(target=read, name="load-copy-out", daemon=True)
+    with os.fdopen(r, "rb", buffering=_PIPE_READ) as inp:
+        reader.start()
+        try:
+            target_cur.copy_expert(copy_in + (" (FORMAT binary)" if binary else ""), inp, size=_PIPE_READ)
+        except BaseException:
+            while inp.read(_PIPE_READ):
+                pass
+            reader.join()
+            if failed:
+                raise failed[0] from None
+            raise
+    reader.join()
+    if failed:
+        raise failed[0]
+    return counted[0]
 
 
 def loaded_columns(src: SourceTable, route: Route, target: TargetTable) -> list[SourceColumn]:

@@ -31,16 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 
 from streamer.apply.dialects import dialect_for
 from streamer.core.checkpoint import OffsetIdentity
 
 VERSION_TABLE = "_streamer_alembic_version"
+#: the newest migration's revision (``tests/unit/test_state_head.py`` checks it against the scripts):
+#: a target already there is not upgraded, and the command does not import alembic at all
+HEAD_REVISION = "0005"
 _meta = sa.MetaData()
 offsets_table = sa.Table(
     "_streamer_offsets",
@@ -119,19 +118,26 @@ incomplete_table = sa.Table(
 )
 
 
-def _alembic_config() -> Config:
+def _alembic_config() -> Any:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     return cfg
 
 
 def head_revision() -> str:
+    """The newest revision among the migration scripts."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     assert head is not None
     return head
 
 
 def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         return ctx.get_current_revision()
@@ -139,6 +145,10 @@ def current_revision(engine: Engine) -> str | None:
 
 def upgrade(engine: Engine) -> str:
     """Create or upgrade streamer's tables to the newest revision; safe to run from many processes."""
+    if _stored_revision(engine) == HEAD_REVISION:
+        return HEAD_REVISION
+    from alembic import command
+
     cfg = _alembic_config()
     with engine.begin() as conn:
         dialect = dialect_for(conn.dialect.name)
@@ -147,6 +157,17 @@ def upgrade(engine: Engine) -> str:
         command.upgrade(cfg, "head")
         dialect.unlock_migrations(conn)
     return head_revision()
+
+
+def _stored_revision(engine: Engine) -> str | None:
+    """The target's recorded revision, or None where the version table is missing or unreadable."""
+    version = sa.table(VERSION_TABLE, sa.column("version_num"))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(version.c.version_num)).scalars().all()
+    except sa.exc.DBAPIError:
+        return None
+    return rows[0] if len(rows) == 1 else None
 
 
 def _upsert(
