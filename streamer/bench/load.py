@@ -180,8 +180,8 @@ def figures(argv: Sequence[str] | None = None) -> list[Figure]:
     settings = load_settings()
     sizes = [int(x) for x in str(args.rows).split(",") if x.strip()]
     out: list[Figure] = []
-    print(f"\n{'path':<40} {'rows':>10} {'seconds':>9} {'rows/s':>10}")
     with running_stack(settings) as (stack, _started):
+        print(f"\n{'path':<40} {'rows':>10} {'seconds':>9} {'rows/s':>10}")
         for i, rows in enumerate(sizes):
             table = "benchload_" + uuid.uuid4().hex[:6]
             print(f"creating a {rows:,}-row source table ...", flush=True)
