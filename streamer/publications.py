@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg2
@@ -80,6 +80,33 @@ def _params(f: ConnectorFile, source_url: str, env: Mapping[str, str]) -> dict[s
     return None
 
 
+def _connect(params: Mapping[str, Any]) -> Any:
+    return psycopg2.connect(**{"connect_timeout": 10, **params}, application_name="streamer-connectors")
+
+
+def _catalog_reads(
+    files: Sequence[ConnectorFile], source_url: str, env: Mapping[str, str], what: str
+) -> Iterator[tuple[ConnectorFile, list[tuple[str, str]], Any] | str]:
+    """Per PostgreSQL connector file listing tables: ``(file, listed tables, open connection)``
+    (the caller closes it), or a ``! ...`` line saying why ``what`` was not checked for it."""
+    for f in files:
+        if "postgres" not in f.config.get("connector.class", "").lower():
+            continue
+        listed = _listed(f.config)
+        if not listed:
+            continue
+        params = _params(f, source_url, env)
+        if params is None:
+            yield f"! {f.name}: {what} not checked: its database.* settings do not resolve here"
+            continue
+        try:
+            conn = _connect(params)
+        except psycopg2.Error as exc:
+            yield f"! {f.name}: {what} not checked: cannot connect to the source: {str(exc).strip()}"
+            continue
+        yield f, listed, conn
+
+
 DROPPED_TYPES = frozenset({"tsvector", "tsquery", "pg_lsn", "txid_snapshot", "pg_snapshot"})
 
 
@@ -118,27 +145,12 @@ def dropped_columns(
 ) -> list[DroppedColumn | str]:
     """Captured columns of listed tables whose type the connector drops; a string per file whose
     source could not be read."""
-    env = os.environ if env is None else env
     out: list[DroppedColumn | str] = []
-    for f in files:
-        if "postgres" not in f.config.get("connector.class", "").lower():
+    for read in _catalog_reads(files, source_url, os.environ if env is None else env, "column types"):
+        if isinstance(read, str):
+            out.append(read)
             continue
-        listed = _listed(f.config)
-        if not listed:
-            continue
-        params = _params(f, source_url, env)
-        if params is None:
-            out.append(f"! {f.name}: column types not checked: its database.* settings do not resolve here")
-            continue
-        try:
-            conn = psycopg2.connect(
-                **{"connect_timeout": 10, **params}, application_name="streamer-connectors"
-            )
-        except psycopg2.Error as exc:
-            out.append(
-                f"! {f.name}: column types not checked: cannot connect to the source: {str(exc).strip()}"
-            )
-            continue
+        f, listed, conn = read
         try:
             with conn.cursor() as cur:
                 cur.execute(
@@ -166,29 +178,12 @@ def plan_publications(
 ) -> list[PublicationStep | str]:
     """One step per PostgreSQL connector that lists a partitioned table; a string for a file whose
     source could not be read (the reason: apply goes on, the message says what was not checked)."""
-    env = os.environ if env is None else env
     out: list[PublicationStep | str] = []
-    for f in files:
-        if "postgres" not in f.config.get("connector.class", "").lower():
+    for read in _catalog_reads(files, source_url, os.environ if env is None else env, "partitioned tables"):
+        if isinstance(read, str):
+            out.append(read)
             continue
-        listed = _listed(f.config)
-        if not listed:
-            continue
-        params = _params(f, source_url, env)
-        if params is None:
-            out.append(
-                f"! {f.name}: partitioned tables not checked: its database.* settings do not resolve here"
-            )
-            continue
-        try:
-            conn = psycopg2.connect(
-                **{"connect_timeout": 10, **params}, application_name="streamer-connectors"
-            )
-        except psycopg2.Error as exc:
-            out.append(
-                f"! {f.name}: partitioned tables not checked: cannot connect to the source: {str(exc).strip()}"
-            )
-            continue
+        f, listed, conn = read
         try:
             with conn.cursor() as cur:
                 cur.execute(
@@ -251,9 +246,7 @@ def apply_publications(
         params = _params(f, source_url, os.environ)
         assert params is not None
         try:
-            conn = psycopg2.connect(
-                **{"connect_timeout": 10, **params}, application_name="streamer-connectors"
-            )
+            conn = _connect(params)
             try:
                 conn.autocommit = True
                 with conn.cursor() as cur:
