@@ -14,15 +14,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from confluent_kafka import Consumer
 
-from streamer.core.events import TableId
+from streamer.core.checkpoint import KafkaOrigin
+from streamer.core.events import ChangeEvent, ColumnType, Op, SourcePosition, TableId
 from streamer.db import create_target_engine
-from streamer.schema import Router
+from streamer.schema import Router, RouteSpec, SchemaManager
+from streamer.sink import Sink
 from streamer.stack import Stack
 from streamer.validate import compare_tables
 from tests.conftest import kafka_consumer_config, run_on_source
@@ -233,3 +236,53 @@ def test_load_into_mariadb_stops_on_what_it_cannot_hold(stack: Stack, unique: st
     finally:
         _drop_target(stack, schema)
         run_on_source(stack, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def test_a_column_cast_to_text_holds_every_value_exactly(unique: str) -> None:
+    """The error's way out: ``[routes."s.t"] cast = {n = "text"}`` stores the exact text, NaN too."""
+    engine = _mariadb_engine()
+    table = TableId("inventory", unique, "nums")
+    sink = Sink(
+        engine,
+        Router("mysql", {table.qualified: RouteSpec(cast={"n": "text"})}),
+        SchemaManager(engine, "_streamer_version"),
+    )
+    columns = {
+        "id": ColumnType("int32", optional=False),
+        "n": ColumnType("struct", "io.debezium.data.VariableScaleDecimal"),
+    }
+    values = [Decimal("NaN"), Decimal("1" * 40), Decimal("0.12345678901234567890123456789012345"),
+              Decimal("-Infinity"), Decimal("1.50"), None]  # fmt: skip
+    events = [
+        ChangeEvent(
+            op=Op.CREATE,
+            table=table,
+            key={"id": i},
+            before=None,
+            after={"id": i, "n": v},
+            columns=columns,
+            key_columns=("id",),
+            position=SourcePosition(f"pg:{i + 1:016x}"),
+            txid=None,
+            source_ts=None,
+            event_ts=None,
+            origin=KafkaOrigin("t", 0, i),
+        )  # fmt: skip
+        for i, v in enumerate(values)
+    ]
+    try:
+        sink.apply(events, {}, "", record_state=False)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(f"SELECT id, n FROM `{unique}_nums` ORDER BY id")).all()
+        assert [tuple(r) for r in rows] == [
+            (0, "NaN"),
+            (1, "1" * 40),
+            (2, "0.12345678901234567890123456789012345"),
+            (3, "-Infinity"),
+            (4, "1.50"),
+            (5, None),
+        ]
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS `{unique}_nums`"))
+        engine.dispose()

@@ -12,9 +12,10 @@ Guard = Callable[[Any], sa.ColumnElement[bool]]
 """Given the proposed row's columns (``EXCLUDED`` / ``VALUES()``), the condition under which an
 existing row is overwritten (e.g. its version is older)."""
 
-ValueCheck = Callable[[str, Any], None]
-"""Given a target column and a value for it, raise a named error when the column cannot hold the
-value exactly (MySQL/MariaDB: NaN, infinities, decimals past ``DECIMAL(M, D)``)."""
+ValueCheck = Callable[[str, Any], Any]
+"""Given a target column and a value for it, the value to bind (as the column holds it exactly), or
+a named error when the column cannot hold it exactly (MySQL/MariaDB: NaN, infinities, decimals
+past ``DECIMAL(M, D)``)."""
 
 
 class Dialect(Protocol):

@@ -66,25 +66,37 @@ def _digits(v: decimal.Decimal) -> tuple[int, int]:
     return max(0, n + exponent), -exponent
 
 
-def check_value(table: str, column: str, shape: ColumnShape, value: Any) -> None:
-    """Raise :class:`UnrepresentableValueError` when ``value`` does not fit the column exactly."""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise UnrepresentableValueError(
-                table, column, shape, value, "MySQL/MariaDB have no NaN or infinity in any column type"
-            )
-        return
-    if not isinstance(value, decimal.Decimal):
-        return
+_TEXT_TYPES = frozenset({"char", "varchar", "tinytext", "text", "mediumtext", "longtext"})
+
+
+def check_value(table: str, column: str, shape: ColumnShape, value: Any) -> Any:
+    """``value`` as the target column holds it exactly, or :class:`UnrepresentableValueError`.
+
+    A decimal or float for a text column (a route's ``cast``) is its exact text, NaN and infinities
+    spelled as PostgreSQL does (the driver refuses to bind a NaN at all); anything else is returned
+    as it is once it fits.
+    """
     data_type, precision, scale = shape
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        if data_type in _TEXT_TYPES:
+            return shown(value)
+        raise UnrepresentableValueError(
+            table, column, shape, value, "MySQL/MariaDB have no NaN or infinity in a numeric column"
+        )
+    if not isinstance(value, decimal.Decimal):
+        return value
+    if data_type in _TEXT_TYPES:
+        return shown(value)
     if not value.is_finite():
         if data_type in _NUMERIC_TYPES:
             raise UnrepresentableValueError(
                 table, column, shape, value, "MySQL/MariaDB DECIMAL and DOUBLE have no NaN or infinity"
             )
-        return
+        return value
     if data_type not in ("decimal", "numeric") or precision is None:
-        return
+        return value
     whole, frac = _digits(value)
     d = scale or 0
     if frac > d:
@@ -99,13 +111,13 @@ def check_value(table: str, column: str, shape: ColumnShape, value: Any) -> None
         raise UnrepresentableValueError(
             table, column, shape, value, f"{whole} digits before the point, the column holds {precision - d}"
         )
+    return value
 
 
 def _checker(table: str, types: Mapping[str, ColumnShape]) -> ValueCheck:
-    def check(column: str, value: Any) -> None:
+    def check(column: str, value: Any) -> Any:
         shape = types.get(column)
-        if shape is not None:
-            check_value(table, column, shape, value)
+        return value if shape is None else check_value(table, column, shape, value)
 
     return check
 
