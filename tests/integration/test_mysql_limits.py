@@ -238,8 +238,9 @@ def test_load_into_mariadb_stops_on_what_it_cannot_hold(stack: Stack, unique: st
         run_on_source(stack, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
-def test_a_column_cast_to_text_holds_every_value_exactly(unique: str) -> None:
-    """The error's way out: ``[routes."s.t"] cast = {n = "text"}`` stores the exact text, NaN too."""
+def test_a_column_cast_to_text_holds_every_value_exactly(stack: Stack, unique: str) -> None:
+    """The error's way out: ``[routes."s.t"] cast = {n = "text"}`` stores the exact text, NaN too,
+    and validate compares it equal to the source's numeric column."""
     engine = _mariadb_engine()
     table = TableId("inventory", unique, "nums")
     sink = Sink(
@@ -282,7 +283,26 @@ def test_a_column_cast_to_text_holds_every_value_exactly(unique: str) -> None:
             (4, "1.50"),
             (5, None),
         ]
+        # the same rows at the source: validate compares the text column equal, value by value
+        run_on_source(
+            stack,
+            f"CREATE SCHEMA {unique}",
+            f"CREATE TABLE {unique}.nums (id integer PRIMARY KEY, n numeric)",
+        )
+        inserts = [
+            f"INSERT INTO {unique}.nums VALUES ({i}, {'NULL' if v is None else repr(str(v))})"
+            for i, v in enumerate(values)
+        ]
+        run_on_source(stack, *inserts)
+        source = create_target_engine(stack.settings.source_url)
+        try:
+            diff = compare_tables(source, (unique, "nums"), engine, (None, f"{unique}_nums"))
+        finally:
+            source.dispose()
+        assert diff.source_rows == len(values)
+        assert diff.equal, (diff.missing, diff.extra, diff.changed)
     finally:
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS `{unique}_nums`"))
         engine.dispose()
+        run_on_source(stack, f"DROP SCHEMA IF EXISTS {unique} CASCADE")
