@@ -143,6 +143,37 @@ def _int_param(params: Mapping[str, str], name: str) -> int | None:
         return None
 
 
+MYSQL_MAX_PRECISION = 65  # DECIMAL(M, D) of MySQL/MariaDB: M <= 65 digits in all, D <= 30 after the point
+MYSQL_MAX_SCALE = 30
+
+
+def mysql_decimal(precision: int | None, scale: int | None) -> tuple[int, int]:
+    """The MySQL/MariaDB ``DECIMAL(M, D)`` of a source ``numeric(precision, scale)`` (None: unconstrained).
+
+    ``numeric(p, s)`` with ``p <= 65`` and ``0 <= s <= 30`` is ``DECIMAL(p, s)``: it holds every
+    value the source column can. Beyond (``p > 65`` or ``s > 30``) no DECIMAL does: the scale is kept
+    up to 30 and the integer digits ``p - s`` up to what is left of 65 (``numeric(70,10)`` ->
+    ``DECIMAL(65,10)``, ``numeric(40,35)`` -> ``DECIMAL(35,30)``); an unconstrained ``numeric`` is
+    ``DECIMAL(65,30)``; a known scale with an unknown precision ``DECIMAL(65, min(s, 30))``. A
+    negative scale (PostgreSQL 15 ``numeric(3,-2)``) is ``DECIMAL(p - s, 0)``.
+    A value such a column cannot hold exactly is refused per value by the sink
+    (:class:`~streamer.apply.dialects.mysql.UnrepresentableValueError`), never rounded.
+    """
+    if precision is None or not 0 < precision <= 1000:  # 1000: PostgreSQL's most; more is "unknown"
+        if scale is None:
+            return MYSQL_MAX_PRECISION, MYSQL_MAX_SCALE
+        return MYSQL_MAX_PRECISION, max(0, min(scale, MYSQL_MAX_SCALE))
+    s = scale or 0
+    whole = precision - s  # digits before the point the source allows (negative: none)
+    d = max(0, min(s, MYSQL_MAX_SCALE))
+    m = min(MYSQL_MAX_PRECISION, max(whole, 0) + d)
+    return max(m, d, 1), d
+
+
+def _opt_int(value: Any) -> int | None:
+    return int(value) if value is not None else None
+
+
 def sql_type(ct: ColumnType, dialect: str, *, key: bool = False) -> SqlType:
     """The target column type for a change event's column type.
 
@@ -158,13 +189,15 @@ def sql_type(ct: ColumnType, dialect: str, *, key: bool = False) -> SqlType:
     if logical in ("org.apache.kafka.connect.data.Decimal",):
         scale = _int_param(ct.params, "scale") or 0
         precision = _int_param(ct.params, "connect.decimal.precision") or length
+        if my:
+            return sa.Numeric(*mysql_decimal(precision, scale))
         if precision and precision <= 1000:
             t = sa.Numeric(precision, scale)
         else:
             t = sa.Numeric() if pg else sa.Numeric(65, scale)
         return t
     if logical == "io.debezium.data.VariableScaleDecimal":
-        return sa.Numeric() if pg else sa.Numeric(65, 30)
+        return sa.Numeric() if pg else sa.Numeric(*mysql_decimal(None, None))
     if logical in ("io.debezium.time.Date", "org.apache.kafka.connect.data.Date"):
         return sa.Date()
     if logical in (
@@ -219,6 +252,10 @@ def sql_type(ct: ColumnType, dialect: str, *, key: bool = False) -> SqlType:
         return mysql.LONGBLOB() if my else sa.LargeBinary()
     if base == "string":
         if src in ("NUMERIC", "DECIMAL", "MONEY"):  # decimal.handling.mode=string
+            if my:
+                src_scale = _int_param(ct.params, "__debezium.source.column.scale")
+                known = length is not None and 0 < length <= 1000  # unconstrained: 0 or 131089
+                return sa.Numeric(*mysql_decimal(length if known else None, src_scale if known else None))
             return sa.Numeric() if pg else sa.Numeric(65, 30)
         if (
             src in ("VARCHAR", "CHARACTER VARYING", "BPCHAR", "CHAR", "CHARACTER")
@@ -253,6 +290,9 @@ class TargetTable:
     key: tuple[str, ...]
     version_column: str
     generated: frozenset[str] = frozenset()  # computed by the target (generated columns): never written
+    # MySQL/MariaDB: column -> (data_type, numeric_precision, numeric_scale) as the target has it, for
+    # the per-value checks of values it cannot hold exactly (streamer.apply.dialects.mysql)
+    types: Mapping[str, tuple[str, int | None, int | None]] = dataclasses.field(default_factory=dict)
 
     def has(self, column: str) -> bool:
         return column in self.columns
@@ -390,7 +430,8 @@ class SchemaManager:
             # information_schema, not SHOW CREATE TABLE parsing (which breaks on backticks in names)
             rows = conn.execute(
                 sa.text(
-                    "SELECT column_name, column_key, extra FROM information_schema.columns "
+                    "SELECT column_name, column_key, extra, data_type, numeric_precision, numeric_scale "
+                    "FROM information_schema.columns "
                     "WHERE table_schema = COALESCE(:schema, DATABASE()) AND table_name = :table "
                     "ORDER BY ordinal_position"
                 ),
@@ -400,6 +441,7 @@ class SchemaManager:
                 return None
             cols = [r[0] for r in rows]
             generated = frozenset(r[0] for r in rows if "GENERATED" in str(r[2] or "").upper())
+            types = {r[0]: (str(r[3]).lower(), _opt_int(r[4]), _opt_int(r[5])) for r in rows}
             pk_rows = conn.execute(
                 sa.text(
                     "SELECT column_name FROM information_schema.key_column_usage "
@@ -418,6 +460,7 @@ class SchemaManager:
             generated = frozenset(c["name"] for c in described if c.get("computed"))
             pk = insp.get_pk_constraint(route.target_table, schema=route.target_schema)
             key = tuple(pk.get("constrained_columns") or ())
+            types = {}
         if not key and not allow_no_key:
             raise SchemaMismatchError(f"target table {route.qualified} has no primary key")
-        return TargetTable(route, cols, key, self.version_column, generated)
+        return TargetTable(route, cols, key, self.version_column, generated, types)

@@ -513,12 +513,19 @@ class Sink:
         adapt = None if pg else self.adapt  # COPY formats Python values itself
         known = set(table.columns) - table.generated  # the target computes generated columns
         carried: set[str] = set()  # columns the rows carry, unavailable ones included
+        # values the target cannot hold exactly (MySQL/MariaDB: NaN, digits past DECIMAL(M, D)) are
+        # refused with a named error, the event's, before the driver sees them (text columns get text)
+        check = self.target.value_check(table.route.qualified, table.types) if table.types else None
         for row, version in plan.upserts.values():
             if truncated is not None and version < truncated:
                 continue
             carried.update(c for c in row if c in known)
             cols = tuple(c for c, v in row.items() if v is not UNAVAILABLE and c in known)
-            values = [row[c] for c in cols] if adapt is None else [adapt(row[c]) for c in cols]
+            if check is not None:
+                assert adapt is not None
+                values = [adapt(check(c, row[c])) for c in cols]
+            else:
+                values = [row[c] for c in cols] if adapt is None else [adapt(row[c]) for c in cols]
             values.append(version)
             groups.setdefault(cols, []).append(values)
         deletes = [

@@ -116,6 +116,9 @@ def _time_utc(v: dt.time) -> str:
     return moment.time().isoformat() + "Z"
 
 
+_EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+
+
 def _number(v: Any) -> Any:
     if isinstance(v, bool):
         return decimal.Decimal(int(v))
@@ -130,7 +133,7 @@ def _number(v: Any) -> Any:
     if isinstance(v, decimal.Decimal):
         if not v.is_finite():
             return str(v).lower().lstrip("+")
-        n = v.normalize()
+        n = v.normalize(_EXACT)  # every digit kept (the default context would round to 28)
         return n if n != 0 else decimal.Decimal(0)
     return v
 

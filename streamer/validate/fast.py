@@ -366,6 +366,8 @@ class Reader:
                 cur.close()
         finally:
             raw.close()
+        if isinstance(text, bytes):  # CHAR(9) is a binary string: rows of numbers only concatenate to one
+            text = text.decode()
         data = (text or "").encode() + (b"\n" if text else b"")
         df = read_copy_text(data, self.labels)
         if df.height != int(count):

@@ -45,6 +45,14 @@ def test_equal_values_normalize_equal(kind, a, b) -> None:
     ("kind", "a", "b"),
     [
         ("number", decimal.Decimal("1.50"), decimal.Decimal("1.51")),
+        # past 28 significant digits (the default context's precision): a value rounded at 30
+        # fraction digits by a DECIMAL(65,30) target must not compare equal to the source's
+        (
+            "number",
+            decimal.Decimal("0.12345678901234567890123456789012345"),
+            decimal.Decimal("0.123456789012345678901234567890"),
+        ),
+        ("number", decimal.Decimal("1" * 40), decimal.Decimal("1" * 39 + "2")),
         ("timestamptz", dt.datetime(2024, 1, 1, 12, tzinfo=dt.UTC), dt.datetime(2024, 1, 1, 10)),
         ("json", '{"a": 1}', {"a": 2}),
         ("text", "a", "b"),

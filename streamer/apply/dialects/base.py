@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -11,6 +11,11 @@ from sqlalchemy.engine import Connection
 Guard = Callable[[Any], sa.ColumnElement[bool]]
 """Given the proposed row's columns (``EXCLUDED`` / ``VALUES()``), the condition under which an
 existing row is overwritten (e.g. its version is older)."""
+
+ValueCheck = Callable[[str, Any], Any]
+"""Given a target column and a value for it, the value to bind (as the column holds it exactly), or
+a named error when the column cannot hold it exactly (MySQL/MariaDB: NaN, infinities, decimals
+past ``DECIMAL(M, D)``)."""
 
 
 class Dialect(Protocol):
@@ -47,6 +52,13 @@ class Dialect(Protocol):
         no row (MySQL/MariaDB strict mode), so the caller must check that every key exists instead."""
         ...
 
+    def value_check(
+        self, table: str, types: Mapping[str, tuple[str, int | None, int | None]]
+    ) -> ValueCheck | None:
+        """The check of values for ``table`` (its columns' reflected ``types``), or None: every value the
+        decoder gives fits (PostgreSQL, SQLite)."""
+        ...
+
 
 class OnConflictUpsert:
     """``INSERT .. ON CONFLICT (key) DO UPDATE .. WHERE guard`` / ``DO NOTHING``: PostgreSQL and SQLite."""
@@ -70,3 +82,8 @@ class OnConflictUpsert:
 
     def partial_insert_may_refuse(self) -> bool:
         return False
+
+    def value_check(
+        self, table: str, types: Mapping[str, tuple[str, int | None, int | None]]
+    ) -> ValueCheck | None:
+        return None
