@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         my_name = ""
         try:
             print("PostgreSQL target: streamer load ...", flush=True)
-            streamer_load(stack, table, 2)
+            streamer_load(stack, table, 2, 100_000)
             vacuum(pg_url, table)
             print("MariaDB target: created by streamer load, filled by the server ...", flush=True)
             my_name = fill_mariadb(args.mariadb_url, stack.settings.source_url, table, args.rows)

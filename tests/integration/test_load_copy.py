@@ -46,7 +46,7 @@ def _target(stack: Stack) -> Any:
 
 def _rows(conn: Any, table: str, columns: str) -> list[tuple[Any, ...]]:
     with conn.cursor() as cur:
-        cur.execute(f"SELECT {columns} FROM {table} ORDER BY id")  # noqa: S608 (test identifiers)
+        cur.execute(f"SELECT {columns} FROM {table} ORDER BY id")
         return list(cur.fetchall())
 
 
@@ -77,7 +77,7 @@ def test_builtin_types_go_binary_and_user_types_go_text_both_equal_to_the_source
         f'INSERT INTO "{schema}".plain ' + BUILTIN_ROWS.format(n=25_000),
         f"CREATE TYPE \"{schema}\".mood AS ENUM ('sad', 'ok', 'happy')",
         f'CREATE TABLE "{schema}".moods (id int PRIMARY KEY, m "{schema}".mood, t text)',
-        f'INSERT INTO "{schema}".moods SELECT g, (ARRAY[\'sad\', \'ok\', \'happy\'])[1 + g % 3]::"{schema}".mood, '
+        f"INSERT INTO \"{schema}\".moods SELECT g, (ARRAY['sad', 'ok', 'happy'])[1 + g % 3]::\"{schema}\".mood, "
         f"'t' || g FROM generate_series(1, 3000) g",
     )
     target = _target(stack)
@@ -123,8 +123,12 @@ def test_a_row_written_after_the_empty_check_turns_the_copy_into_a_merge_and_a_s
     def ensure_then_race(self: Loader, *args: Any) -> Any:
         made = ensure(self, *args)
         with target.cursor() as cur:  # a stale row for a key the source has, and one it never had
-            cur.execute(f"INSERT INTO \"{schema}\".plain (id, t, _streamer_version) VALUES (4321, 'stale', NULL)")
-            cur.execute(f"INSERT INTO \"{schema}\".plain (id, t, _streamer_version) VALUES (-1, 'ghost', NULL)")
+            cur.execute(
+                f"INSERT INTO \"{schema}\".plain (id, t, _streamer_version) VALUES (4321, 'stale', NULL)"
+            )
+            cur.execute(
+                f"INSERT INTO \"{schema}\".plain (id, t, _streamer_version) VALUES (-1, 'ghost', NULL)"
+            )
         return made
 
     monkeypatch.setattr(Loader, "_ensure_target", ensure_then_race)
