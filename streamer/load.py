@@ -285,8 +285,76 @@ def _key_from_json(text: str | None) -> tuple[Any, ...] | None:
     return None if text is None else tuple(json.loads(text))
 
 
+def _chunks_between(bounds: Sequence[tuple[Any, ...]]) -> list[Chunk]:
+    """Chunks ``(None, b1], (b1, b2], ..., (bn, None)``: together they cover every key."""
+    chunks: list[Chunk] = []
+    lo: tuple[Any, ...] | None = None
+    for i, hi in enumerate(bounds):
+        chunks.append(Chunk(i, lo, hi))
+        lo = hi
+    chunks.append(Chunk(len(bounds), lo, None))
+    return chunks
+
+
+def pick_bounds(histogram: Sequence[Any], chunks: int) -> list[Any] | None:
+    """``chunks - 1`` boundaries spread evenly over a column's histogram, or None when it has too few
+    bins for that many chunks of about even size (each bin holds the same share of the rows)."""
+    bins = len(histogram) - 1
+    if chunks <= 1:
+        return []
+    if bins < chunks:
+        return None
+    picked = [histogram[round(i * bins / chunks)] for i in range(1, chunks)]
+    return sorted(set(picked))
+
+
+def plan_from_statistics(cur: Any, src: SourceTable, chunk_rows: int) -> tuple[list[Chunk], int] | None:
+    """Chunks from the planner's statistics of a one-column key, with no scan of the table.
+
+    ``pg_stats.histogram_bounds`` splits the key's values into bins of equal row counts as of the
+    last ANALYZE; ``reltuples`` scaled by the table's current size estimates the rows now. The
+    boundaries only need to be increasing for the chunks to cover every key exactly once; stale
+    statistics only make chunks uneven, so they are used only while the table's size is within a
+    fifth of what ANALYZE saw, and only for a built-in key type. None: plan by a scan instead.
+    """
+    if len(src.key) != 1:
+        return None
+    key = next(c for c in src.columns if c.name == src.key[0])
+    if key.builtin_type is None:
+        return None
+    table = f"{_quote(src.schema)}.{_quote(src.table)}"
+    # the array type is format_type() of a built-in type read from the catalog, never user input
+    sql = (
+        "SELECT c.reltuples, c.relpages, pg_relation_size(c.oid) / current_setting('block_size')::int, "  # noqa: S608
+        f"(SELECT s.histogram_bounds::text::{key.builtin_type}[] FROM pg_stats s "
+        "WHERE s.schemaname = %s AND s.tablename = %s AND s.attname = %s) "
+        "FROM pg_class c WHERE c.oid = %s::regclass"
+    )
+    cur.execute(sql, (src.schema, src.table, key.name, table))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    reltuples, relpages, pages, histogram = row
+    if histogram is None or reltuples is None or reltuples < 0 or not relpages:
+        return None
+    if abs(pages - relpages) > relpages / 5:
+        return None
+    total = int(reltuples * pages / relpages)
+    bounds = pick_bounds(histogram, max(1, -(-total // chunk_rows)))
+    if bounds is None:
+        return None
+    return _chunks_between([(b,) for b in bounds]), total
+
+
 def plan_chunks(cur: Any, src: SourceTable, chunk_rows: int) -> tuple[list[Chunk], int]:
-    """Chunk boundaries from a keyset scan of the key (inside the snapshot), and the row count."""
+    """Chunk boundaries and the row count (an estimate where the statistics planned it).
+
+    From the planner's statistics where they are fresh (:func:`plan_from_statistics`, no scan),
+    else from a keyset scan of the key inside the snapshot.
+    """
+    planned = plan_from_statistics(cur, src, chunk_rows)
+    if planned is not None:
+        return planned
     keys = ", ".join(_quote(k) for k in src.key)
     table = f"{_quote(src.schema)}.{_quote(src.table)}"
     # every chunk_rows-th key, streamed from an index scan (no count(*) OVER (): that window
@@ -301,13 +369,7 @@ def plan_chunks(cur: Any, src: SourceTable, chunk_rows: int) -> tuple[list[Chunk
     total = int(cur.fetchone()[0])
     if bounds and len(bounds) * chunk_rows == total:
         bounds.pop()  # the last key is the table's last row: no empty chunk after it
-    chunks: list[Chunk] = []
-    lo: tuple[Any, ...] | None = None
-    for i, hi in enumerate(bounds):
-        chunks.append(Chunk(i, lo, hi))
-        lo = hi
-    chunks.append(Chunk(len(bounds), lo, None))
-    return chunks, total
+    return _chunks_between(bounds), total
 
 
 # ---------------------------------------------------------------- COPY text parsing (non-PostgreSQL targets)

@@ -12,7 +12,7 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
-from streamer.load import Loader, _pipe_copy
+from streamer.load import Loader, _pipe_copy, describe_source, plan_from_statistics
 from streamer.settings import load_settings
 from streamer.sink import Sink, build_sink
 from streamer.stack import Stack
@@ -174,3 +174,43 @@ def test_a_failing_write_leaves_the_source_usable_and_a_failing_read_commits_not
     finally:
         src.close()
         target.close()
+
+
+def test_fresh_statistics_plan_the_chunks_without_a_scan_and_stale_ones_do_not(
+    stack: Stack, sink: Sink, tables: str
+) -> None:
+    schema = tables
+    run_on_source(
+        stack,
+        f'CREATE TABLE "{schema}".plain ({BUILTIN_COLUMNS})',
+        f'INSERT INTO "{schema}".plain ' + BUILTIN_ROWS.format(n=30_000),
+        f'ANALYZE "{schema}".plain',
+    )
+    src = source_connection(stack)
+    try:
+        with src.cursor() as cur:
+            described = describe_source(src, schema, "plain")
+            planned = plan_from_statistics(cur, described, 4_000)
+        assert planned is not None
+        chunks, estimate = planned
+        assert 7 <= len(chunks) <= 9 and 27_000 <= estimate <= 33_000
+        target = _target(stack)
+        with target.cursor() as cur:
+            cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        (report,) = Loader(stack.settings.source_url, sink, workers=2, chunk_rows=4_000).run(
+            [f"{schema}.plain"]
+        )
+        assert report.rows == 30_000 and report.chunks == len(chunks)
+        cols = _text_columns("id, n, t, b, ts, j, a, iv, u, f, v, d, ok")
+        assert _rows(target, f'"{schema}".plain', cols) == _rows(src, f'"{schema}".plain', cols)
+        target.close()
+        # the table grew threefold since ANALYZE: its statistics no longer say where the keys are
+        run_on_source(
+            stack,
+            f'INSERT INTO "{schema}".plain '
+            + BUILTIN_ROWS.format(n=90_000).replace("generate_series(1,", "generate_series(30001,"),
+        )
+        with src.cursor() as cur:
+            assert plan_from_statistics(cur, described, 4_000) is None
+    finally:
+        src.close()
