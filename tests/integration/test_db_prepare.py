@@ -9,6 +9,7 @@ PostgreSQL foreign key checked per statement is named in a warning, a deferred o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -176,5 +177,63 @@ def test_prepare_warns_about_foreign_keys_checked_per_statement(stack, unique: s
         assert "child_parent" in parent_warnings[0]
         calm = prepare_cli(url, "--table", f"{unique}.calm")
         assert "warning:" not in calm.stderr
+    finally:
+        engine.dispose()
+
+
+def _fk_event(table: TableId, key: int, after: dict[str, Any], lsn: int) -> ChangeEvent:
+    cols = {n: ColumnType("int64", optional=n != "id") for n in after}
+    return dataclasses.replace(_event(table, Op.CREATE, key, after, lsn), columns=cols)
+
+
+def test_foreign_keys_in_a_managed_postgresql_target_as_documented(stack, unique: str) -> None:
+    """A child applied before its parent: refused per statement (the event isolated and named);
+    with DEFERRABLE INITIALLY DEFERRED accepted when the parent is in the same batch, refused at
+    commit when it is not."""
+    from streamer.db import create_target_engine
+
+    engine = create_target_engine(stack.settings.target_url)
+    try:
+        state.upgrade(engine)
+        parent, child, calm = (TableId("inventory", unique, n) for n in ("parent", "child", "calm"))
+        _make(engine, parent, f"id BIGINT PRIMARY KEY, {VERSION} VARCHAR(40)")
+        _make(
+            engine,
+            child,
+            f'id BIGINT PRIMARY KEY, pid BIGINT REFERENCES "{unique}".parent, {VERSION} VARCHAR(40)',
+        )
+        _make(
+            engine,
+            calm,
+            f'id BIGINT PRIMARY KEY, pid BIGINT REFERENCES "{unique}".parent DEFERRABLE INITIALLY DEFERRED, '
+            f"{VERSION} VARCHAR(40)",
+        )
+        router = Router(engine.dialect.name)
+        sink = Sink(engine, router, SchemaManager(engine, VERSION, "managed"))
+
+        orphan = _fk_event(child, 1, {"id": 1, "pid": 10}, 100)
+        result = sink.apply([orphan], {("topic", 0): 1}, "g", isolate=True)
+        assert [ev for ev, _exc in result.failed] == [orphan]
+        assert isinstance(result.failed[0][1], sa.exc.IntegrityError)
+
+        # deferred: the child first, its parent later in the same batch: both applied
+        sink.apply(
+            [_fk_event(calm, 1, {"id": 1, "pid": 10}, 110), _fk_event(parent, 10, {"id": 10}, 105)],
+            {("topic", 0): 3},
+            "g",
+        )
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(f"SELECT id, pid, {VERSION} FROM {_qualified(engine, calm)}")).all()
+        assert [tuple(r) for r in rows] == [(1, 10, pg_version(110))]
+        # deferred, the parent not in the batch: refused at the batch's commit, nothing applied
+        late = _fk_event(calm, 2, {"id": 2, "pid": 20}, 120)
+        try:
+            sink.apply([late], {("topic", 0): 4}, "g", isolate=True)
+        except sa.exc.IntegrityError:
+            pass
+        else:
+            raise AssertionError("a deferred key without its parent committed")
+        with engine.connect() as conn:
+            assert conn.execute(sa.text(f"SELECT count(*) FROM {_qualified(engine, calm)}")).scalar_one() == 1
     finally:
         engine.dispose()
