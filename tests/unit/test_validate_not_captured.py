@@ -40,3 +40,20 @@ def test_the_catalog_knowledge_is_the_connectors_one() -> None:
     assert (
         not capture_drops("text", "b") and not capture_drops("inet", "b") and not capture_drops("mood", "e")
     )
+
+
+def test_the_terminal_lists_them_under_the_table() -> None:
+    import io
+
+    from rich.console import Console
+
+    from streamer.validate.report import print_terminal
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=300, force_terminal=False, color_system=None)
+    print_terminal([_result()], limit=10, show_values=False, title="t", console=console)
+    text = buf.getvalue()
+    assert "public.film -> public.film:" in text
+    line = next(x for x in text.splitlines() if "not captured" in x)
+    assert line.startswith("  not captured fulltext type=tsvector: the capture sends no value")
+    assert "equal" in text
