@@ -144,6 +144,56 @@ def db_upgrade(ctx: typer.Context) -> None:
         engine.dispose()
 
 
+@db_app.command("prepare")
+def db_prepare(
+    ctx: typer.Context,
+    table: Annotated[
+        list[str],
+        typer.Option(
+            "--table", "-t", help="Source schema.table (repeatable); routed as the consumer routes it."
+        ),
+    ],
+    apply: Annotated[bool, typer.Option("--apply", help="Run the DDL (else only print it).")] = False,
+) -> None:
+    """Print the DDL a managed (user-migrated) target table lacks for streamer; --apply runs it.
+
+    Prints nothing for a table that has everything. Warnings (foreign keys checked per statement)
+    go to stderr. A missing table or primary key is an error naming the table.
+    """
+    from streamer.apply.prepare import prepare
+    from streamer.db import create_target_engine
+    from streamer.events import TableId
+    from streamer.sink import build_router
+
+    settings = settings_of(ctx)
+    engine = create_target_engine(settings.target_url)
+    try:
+        router = build_router(settings, engine.dialect.name)
+        database = sa_url_database(settings.source_url)
+        routes = []
+        for name in table:
+            schema, _, tbl = name.rpartition(".")
+            routes.append(router.route(TableId(database, schema or "public", tbl)))
+        found = prepare(engine, routes, settings.consumer.version_column, apply=apply)
+    finally:
+        engine.dispose()
+    for prepared in found:
+        for line in prepared.warnings:
+            print(f"warning: {line}", file=sys.stderr)
+        for stmt in prepared.statements:
+            print(f"{stmt};")
+    if apply:
+        ran = sum(len(p.statements) for p in found)
+        print(f"-- applied {ran} statement(s)" if ran else "-- nothing to apply", file=sys.stderr)
+
+
+def sa_url_database(url: str) -> str | None:
+    """The database a SQLAlchemy URL names (None when it names none)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).database
+
+
 # ---------------------------------------------------------------- consume
 LOCKED_TARGET_WAIT_S = 30.0  # how long start-up waits for another process's lock on the target
 
@@ -397,6 +447,13 @@ def validate(
         bool, typer.Option("--dry-run", help="With --repair: print what would be re-copied.")
     ] = False,
     workers: Annotated[int, typer.Option(help="With --repair: parallel copy workers.")] = 2,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Fail (exit 1) when a compared table has columns the capture cannot carry (not captured).",
+        ),
+    ] = False,
 ) -> None:
     """Prove source == target: range hashes, then the differing keys and columns.
 
@@ -470,7 +527,14 @@ def validate(
     finally:
         source.dispose()
         target.dispose()
-    ok = all(r.equal for r in results) and not incomplete
+    uncaptured = [(r.table, c) for r in results for c in r.diff.not_captured]
+    ok = all(r.equal for r in results) and not incomplete and not (strict and uncaptured)
+    for tname, column in uncaptured:  # compared without them: a warning, an error with --strict
+        print(
+            f"{'error' if strict else 'warning'}: {tname}.{column} is not captured (not compared); "
+            "see the NOT_CAPTURED line for the fix",
+            file=sys.stderr,
+        )
     if as_json:
         doc = report_json(results, limit=limit, show_values=show_values)
         doc["incomplete"] = incomplete

@@ -109,6 +109,36 @@ def _catalog_reads(
 
 DROPPED_TYPES = frozenset({"tsvector", "tsquery", "pg_lsn", "txid_snapshot", "pg_snapshot"})
 
+# one row per column of the listed (schema, table) pairs: schema, table, column, type as shown,
+# the element type's name (the type's own for non-arrays) and its typtype ('c': composite)
+COLUMN_TYPES_SQL = (
+    "SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod), "
+    "coalesce(e.typname, t.typname), coalesce(e.typtype, t.typtype) "
+    "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid "
+    "LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A' "
+    "WHERE a.attnum > 0 AND NOT a.attisdropped AND (n.nspname, c.relname) IN %s "
+    "ORDER BY n.nspname, c.relname, a.attnum"
+)
+
+
+def capture_drops(base: str, kind: str) -> bool:
+    """Whether Debezium 3.1 sends no field for a column of this (element) type name and typtype."""
+    return base in DROPPED_TYPES or base.startswith("reg") or kind == "c"
+
+
+def dropped_source_columns(cur: Any, tables: Sequence[tuple[str, str]]) -> list[tuple[str, str, str, str]]:
+    """(schema, table, column, type) of every column of ``tables`` whose type the capture drops,
+    read through a DB-API cursor on the source PostgreSQL."""
+    if not tables:
+        return []
+    cur.execute(COLUMN_TYPES_SQL, (tuple(tables),))
+    return [
+        (schema, table, column, shown)
+        for schema, table, column, shown, base, kind in cur.fetchall()
+        if capture_drops(base, kind)
+    ]
+
 
 @dataclasses.dataclass(frozen=True)
 class DroppedColumn:
@@ -153,22 +183,11 @@ def dropped_columns(
         f, listed, conn = read
         try:
             with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod), t.typname, "
-                    "coalesce(e.typname, t.typname), coalesce(e.typtype, t.typtype) "
-                    "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
-                    "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid "
-                    "LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A' "
-                    "WHERE a.attnum > 0 AND NOT a.attisdropped AND (n.nspname, c.relname) IN %s "
-                    "ORDER BY n.nspname, c.relname, a.attnum",
-                    (tuple(listed),),
-                )
-                rows = cur.fetchall()
+                found = dropped_source_columns(cur, listed)
         finally:
             conn.close()
-        for schema, table, column, shown, _typname, base, kind in rows:
-            dropped = base in DROPPED_TYPES or base.startswith("reg") or kind == "c"
-            if dropped and not _excluded(f.config, f"{schema}.{table}.{column}"):
+        for schema, table, column, shown in found:
+            if not _excluded(f.config, f"{schema}.{table}.{column}"):
                 out.append(DroppedColumn(f.name, f"{schema}.{table}", column, shown))
     return out
 

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from streamer import logs
+from streamer.validate.captured import uncomparable
 from streamer.validate.core import TableDiff, ValidationSetupError, _diff_rows, _Side, describe, normalize
 from streamer.validate.fast import Range, Reader, plan_ranges, scan, typed_key, whole_table
 
@@ -48,7 +49,9 @@ def validate_table(
         raise ValidationSetupError(
             f"source table {source_table[0]}.{source_table[1]} has no primary key: it cannot be compared by key"
         )
-    dropped = set(drop)
+    # columns the capture cannot carry are not compared unless the target computes them (validate.captured)
+    not_captured = uncomparable(source, source_table, target, target_table, rename or {})
+    dropped = set(drop) | set(not_captured)
     columns = [c for c in columns if c.name not in dropped]
     names = [c.name for c in columns]
     kinds = {c.name: c.kind for c in columns}
@@ -61,7 +64,7 @@ def validate_table(
             f"target table {target_name} does not exist: load it first (streamer load --table "
             f"{source_table[0]}.{source_table[1]})"
         ) from None
-    diff = TableDiff(key_columns=tuple(key), kinds=kinds)
+    diff = TableDiff(key_columns=tuple(key), kinds=kinds, not_captured=not_captured)
     if sample is not None:
         diff.method = "sample"
         diff.source_rows, diff.target_rows = src_side.count(), tgt_side.count()

@@ -242,6 +242,8 @@ class TableDiff:
         default_factory=list
     )  # fast.Range of each differing range
     method: str = ""
+    # source column -> type: columns the capture drops, left out of the comparison (validate.captured)
+    not_captured: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def equal(self) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from streamer.validate.captured import FIX
 from streamer.validate.core import TableDiff
 
 
@@ -110,6 +111,19 @@ def difference_lines(r: TableResult, limit: int, show_values: bool) -> list[str]
     return lines
 
 
+def not_captured_lines(r: TableResult) -> list[str]:
+    """One ``NOT_CAPTURED`` line per source column the comparison left out (validate.captured)."""
+    return [
+        f"NOT_CAPTURED table={r.table} column={column} type={type_name}: "
+        + FIX.format(table=r.table, column=column)
+        for column, type_name in r.diff.not_captured.items()
+    ]
+
+
+def not_captured_count(results: Sequence[TableResult]) -> int:
+    return sum(len(r.diff.not_captured) for r in results)
+
+
 def result_text(d: TableDiff) -> str:
     if d.equal:
         return "equal"
@@ -129,15 +143,19 @@ def print_plain(results: Sequence[TableResult], *, limit: int, show_values: bool
         )
         for line in difference_lines(r, limit, show_values):
             print(line)
+        for line in not_captured_lines(r):
+            print(line)
         if r.repaired is not None:
             for line in r.repaired.lines(r.table):
                 print(line)
     ok = all(r.equal for r in results)
     different = sum(not r.equal for r in results)
     repaired = sum(r.repaired is not None and not r.repaired.dry_run and r.equal for r in results)
+    uncaptured = not_captured_count(results)
     print(
         f"RESULT {'equal' if ok else 'DIFFERENT'} tables={len(results)} different={different}"
         + (f" repaired={repaired}" if repaired else "")
+        + (f" not_captured={uncaptured}" if uncaptured else "")
     )
 
 
@@ -183,6 +201,12 @@ def print_terminal(
                     markup=False,
                     soft_wrap=True,
                 )
+        uncaptured = not_captured_lines(r)
+        if uncaptured and not lines:
+            console.print(f"[bold]{r.table}[/] -> {r.target}:", highlight=False)
+        for line in uncaptured:
+            console.print("  [yellow]not captured[/] ", end="", highlight=False)
+            console.print(line.split(" column=", 1)[-1], highlight=False, markup=False, soft_wrap=True)
         if r.repaired is not None:
             for line in r.repaired.lines(r.table):
                 console.print("  " + line, highlight=False, markup=False, soft_wrap=True)
@@ -227,6 +251,10 @@ def as_json(results: Sequence[TableResult], *, limit: int, show_values: bool) ->
             "missing": [key(d, k) for k in d.missing[:limit]],
             "extra": [key(d, k) for k in d.extra[:limit]],
             "changed": changed,
+            "not_captured": [
+                {"column": c, "type": t, "fix": FIX.format(table=r.table, column=c)}
+                for c, t in d.not_captured.items()
+            ],
         }
         if r.repaired is not None:
             entry["repair"] = r.repaired.as_json()
