@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import tenacity
 
-from streamer.core.errors import TargetUnavailableError, one_line
+from streamer.core.errors import RecordStoppedError, TargetUnavailableError, one_line
 from streamer.core.events import ChangeEvent
 from streamer.sink import ApplyResult, Sink, refuse_failures
 
@@ -27,11 +27,24 @@ R = TypeVar("R")
 Classifier = Callable[[BaseException], bool]
 
 
-class BatchNotIsolatedError(Exception):
-    """A permanent error that applying the batch event by event could not pin on one event."""
+class BatchNotIsolatedError(RecordStoppedError):
+    """A permanent error that applying the batch event by event could not pin on one event.
+
+    Seen with a deferred foreign key in the target (checked at the batch's commit, which no single
+    event's savepoint sees) and with a trigger of the target refusing the batch as a whole. Nothing
+    of the batch is committed and no position moves past it (exit 1); the message names the error
+    and the way out. A source that knows the batch's positions names them in its own error.
+    """
+
+    headline = "stopped on a batch"
 
     def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
+        super().__init__(
+            f"{type(error).__name__}: {one_line(str(error))[:1000]}: applying the batch event by event did "
+            "not isolate it (a deferred constraint or a trigger of the target checks the batch as a whole); "
+            "nothing of it was committed and it is read again at the next start. Next: drop or fix that "
+            "constraint or trigger in the target (see README, Managed tables: foreign keys), then run again"
+        )
         self.error = error
 
 

@@ -88,3 +88,11 @@ def test_a_transient_error_while_isolating_retries_from_the_batch() -> None:
     apply, calls = scripted([Permanent("constraint"), Transient("lost"), Permanent("constraint"), "isolated"])
     assert run(apply) == "isolated"
     assert calls == [False, True, False, True]
+
+
+def test_a_batch_no_event_can_be_blamed_for_stops_with_exit_1_naming_the_error() -> None:
+    from streamer.cli import classify
+
+    code, headline, message = classify(BatchNotIsolatedError(ValueError("deferred key fk_child_parent")))
+    assert (code, headline) == (1, "stopped on a batch")
+    assert "ValueError: deferred key fk_child_parent" in message and "Managed tables" in message
