@@ -558,6 +558,7 @@ class RawChange:
 # estimated in-memory bytes of one buffered change: the RawChange, its tuples and strings
 CHANGE_OVERHEAD: Final = 200
 CHANGE_FACTOR: Final = 3
+SPILL_BATCH: Final = 10_000  # changes per pickled record batch in a spill file
 
 
 @dataclasses.dataclass
@@ -805,20 +806,22 @@ class TransactionAssembler:
                 open_.relations.append(rel)
             return i
 
-        open_.spill.append(
-            [
-                (
-                    c.op.value,
-                    -1 if c.relation is None else ref(c.relation),
-                    c.lsn,
-                    c.subxid,
-                    c.old,
-                    c.new,
-                    tuple(ref(r) for r in c.truncated),
-                )
-                for c in open_.changes
-            ]
-        )
+        changes = open_.changes
+        for start in range(0, len(changes), SPILL_BATCH):  # pickled in slices: a small transient buffer
+            open_.spill.append(
+                [
+                    (
+                        c.op.value,
+                        -1 if c.relation is None else ref(c.relation),
+                        c.lsn,
+                        c.subxid,
+                        c.old,
+                        c.new,
+                        tuple(ref(r) for r in c.truncated),
+                    )
+                    for c in changes[start : start + SPILL_BATCH]
+                ]
+            )
         open_.changes = []
         open_.memory = 0
 
