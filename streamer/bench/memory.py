@@ -46,7 +46,11 @@ from streamer.settings import Settings, load_settings
 from streamer.stack import Stack, running_stack
 
 MIB = 1024 * 1024
-REPLICATE_OVERHEAD = 192 * MIB
+# what a process holds besides its bound: the interpreter with SQLAlchemy, psycopg2, pydantic and
+# confluent-kafka imported (about 100-130 MiB resident), the chunk or batches being applied (events,
+# coalesced rows, statement parameters) and allocator slack. Stated once, not fitted per run: the
+# issue's 2M-row transaction held in memory peaks at gigabytes (README, "Bounded memory").
+REPLICATE_OVERHEAD = 256 * MIB
 CONSUME_OVERHEAD = 256 * MIB
 
 
