@@ -22,8 +22,8 @@ Bounded memory
 With ``max_memory_bytes`` and ``spill_dir``, an open transaction (plain or streamed) whose
 buffered changes exceed ``max_memory_bytes`` moves them to a :class:`~streamer.spill.SpillFile`
 and goes on buffering; the bound is on an *estimate* of the Python objects' size
-(:data:`CHANGE_OVERHEAD` + :data:`CHANGE_FACTOR` x the message's bytes per change, calibrated on
-the bench's rows), so one open transaction holds at most about that much, whatever its size.
+(:data:`CHANGE_OVERHEAD` + :data:`CHANGE_FACTOR` x the message's bytes per change: a rough
+estimate of a RawChange with its tuples and strings, not a measurement), so one open transaction holds at most about that much, whatever its size.
 A transaction that spilled commits as a :class:`Transaction` with ``spilled`` true and no
 ``events``: :meth:`Transaction.event_chunks` converts its changes lazily, in WAL order (the
 file's first, then the ones still in memory), a chunk at a time, and :meth:`Transaction.discard`
