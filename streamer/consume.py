@@ -248,6 +248,11 @@ class ConsumerProcess:
             "enable.partition.eof": False,
             "statistics.interval.ms": self.cfg.statistics_interval_ms,
             "fetch.wait.max.ms": self.cfg.fetch_wait_max_ms,
+            # bounded memory whatever the backlog (see ConsumerSettings)
+            "queued.max.messages.kbytes": self.cfg.queued_max_messages_kbytes,
+            "queued.min.messages": self.cfg.queued_min_messages,
+            "fetch.max.bytes": self.cfg.fetch_max_bytes,
+            "max.partition.fetch.bytes": self.cfg.max_partition_fetch_bytes,
             "client.id": f"streamer-{self.group}",
             "logger": kafka_logger(),
         }

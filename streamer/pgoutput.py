@@ -15,7 +15,23 @@ transactions whose changes are :class:`~streamer.core.events.ChangeEvent`\\ s:
   the changes of the aborted subtransaction (``ROLLBACK TO SAVEPOINT``).
 
 Changes are kept as received (text values) and converted into events when their transaction
-commits, when the commit LSN and time are known. Column values: ``'n'`` NULL -> ``None``,
+commits, when the commit LSN and time are known.
+
+Bounded memory
+--------------
+With ``max_memory_bytes`` and ``spill_dir``, an open transaction (plain or streamed) whose
+buffered changes exceed ``max_memory_bytes`` moves them to a :class:`~streamer.spill.SpillFile`
+and goes on buffering; the bound is on an *estimate* of the Python objects' size
+(:data:`CHANGE_OVERHEAD` + :data:`CHANGE_FACTOR` x the message's bytes per change: a rough
+estimate of a RawChange with its tuples and strings, not a measurement), so one open transaction holds at most about that much, whatever its size.
+A transaction that spilled commits as a :class:`Transaction` with ``spilled`` true and no
+``events``: :meth:`Transaction.event_chunks` converts its changes lazily, in WAL order (the
+file's first, then the ones still in memory), a chunk at a time, and :meth:`Transaction.discard`
+deletes the file (the caller calls it once the transaction is applied or skipped). An abort
+(Stream Abort) deletes the file; an aborted subtransaction's changes already in the file are
+left out when it is read back. :meth:`TransactionAssembler.reset` deletes the files of every open
+transaction (the server sends them again). At construction the assembler deletes spill files
+``replicate-<slot>-*`` that a crashed earlier run of the same slot left behind. Column values: ``'n'`` NULL -> ``None``,
 ``'u'`` unchanged TOASTed value -> :data:`~streamer.core.events.UNAVAILABLE`, ``'t'`` text ->
 converted by :mod:`streamer.pgtypes`; ``'b'`` (binary, only with the ``binary`` option, which
 streamer does not request) is a :class:`ProtocolError`.
@@ -37,7 +53,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -54,6 +71,7 @@ from streamer.core.events import (
     pg_version,
 )
 from streamer.pgtypes import Converter, PgValueError, TypeLookup, column_plan
+from streamer.spill import SpillFile, remove_stale
 
 __all__ = [
     "Begin",
@@ -91,6 +109,9 @@ class _Unchanged:
 
     def __repr__(self) -> str:
         return "UNCHANGED_TOAST"
+
+    def __reduce__(self) -> str:
+        return "UNCHANGED"  # the module's singleton, also when read back from a spill file
 
 
 UNCHANGED: Final = _Unchanged()
@@ -534,9 +555,19 @@ class RawChange:
     truncated: tuple[RelationInfo, ...] = ()
 
 
+# estimated in-memory bytes of one buffered change: the RawChange, its tuples and strings
+CHANGE_OVERHEAD: Final = 200
+CHANGE_FACTOR: Final = 3
+SPILL_BATCH: Final = 10_000  # changes per pickled record batch in a spill file
+
+
 @dataclasses.dataclass
 class Transaction:
-    """A committed transaction: its changes as events, in WAL order."""
+    """A committed transaction: its changes as events, in WAL order.
+
+    A transaction that spilled (``spilled``) has no ``events`` nor ``failed``: read them with
+    :meth:`event_chunks`, then :meth:`discard` it.
+    """
 
     xid: int
     commit_lsn: int
@@ -546,6 +577,43 @@ class Transaction:
     size: int  # bytes of the messages that carried it
     streamed: bool = False
     failed: list[tuple[RawChange, Exception]] = dataclasses.field(default_factory=list)
+    changes: Callable[[], Iterator[RawChange]] | None = None  # a spilled transaction's changes
+    convert: Callable[[RawChange], list[ChangeEvent]] | None = None
+    keep_failed: bool = False
+    spill: SpillFile | None = None
+
+    @property
+    def spilled(self) -> bool:
+        return self.changes is not None
+
+    def event_chunks(self, max_events: int) -> Iterator[Transaction]:
+        """A spilled transaction's events in WAL order, as transactions of about ``max_events``
+        events each (same xid and positions; ``events`` and ``failed`` filled); the last one is
+        always yielded, possibly empty."""
+        if self.changes is None or self.convert is None:
+            yield self
+            return
+        events: list[ChangeEvent] = []
+        failed: list[tuple[RawChange, Exception]] = []
+        for change in self.changes():
+            try:
+                events.extend(self.convert(change))
+            except PgValueError as exc:
+                if not self.keep_failed:
+                    raise
+                failed.append((change, exc))
+            if len(events) + len(failed) >= max_events:
+                yield self._chunk(events, failed)
+                events, failed = [], []
+        yield self._chunk(events, failed)
+
+    def _chunk(self, events: list[ChangeEvent], failed: list[tuple[RawChange, Exception]]) -> Transaction:
+        return dataclasses.replace(self, events=events, failed=failed, changes=None, convert=None, spill=None)
+
+    def discard(self) -> None:
+        """Delete the spill file (after the transaction is applied, or skipped); idempotent."""
+        if self.spill is not None:
+            self.spill.delete()
 
 
 @dataclasses.dataclass
@@ -555,6 +623,15 @@ class _Open:
     size: int = 0
     final_lsn: int = 0
     commit_ts: int = 0
+    memory: int = 0  # estimated bytes of ``changes``
+    spill: SpillFile | None = None
+    relations: list[RelationInfo] = dataclasses.field(default_factory=list)  # referenced by the spill
+    aborted: set[int] = dataclasses.field(default_factory=set)  # subtransactions rolled back
+
+    def discard(self) -> None:
+        if self.spill is not None:
+            self.spill.delete()
+            self.spill = None
 
 
 RelationMetaLookup = Callable[[int, str, str], RelationMeta]
@@ -567,6 +644,9 @@ class TransactionAssembler:
     message does not carry (primary key, NOT NULL, type names); ``lookup`` resolves type OIDs.
     With ``keep_failed`` a value that cannot be converted puts the change in
     ``Transaction.failed`` (the error policy ``dlq``); otherwise it raises :class:`PgValueError`.
+    With ``max_memory_bytes`` and ``spill_dir`` an open transaction spills beyond that bound (see
+    the module's "Bounded memory"); stale spill files of this slot in ``spill_dir`` are deleted
+    here, at start.
     """
 
     def __init__(
@@ -578,6 +658,8 @@ class TransactionAssembler:
         relation_meta: RelationMetaLookup,
         keep_failed: bool = False,
         now: Callable[[], dt.datetime] | None = None,
+        max_memory_bytes: int | None = None,
+        spill_dir: Path | None = None,
     ) -> None:
         self.database = database
         self.slot = slot
@@ -591,6 +673,12 @@ class TransactionAssembler:
         self._current: _Open | None = None
         self._streams: dict[int, _Open] = {}
         self._stream_xid: int | None = None
+        self.max_memory_bytes = max_memory_bytes if spill_dir is not None else None
+        self.spill_dir = spill_dir
+        self.spill_prefix = f"replicate-{slot}"
+        self.spills = 0  # transactions that spilled (for the stats)
+        if spill_dir is not None:
+            remove_stale(spill_dir, self.spill_prefix)
 
     # -- state --
     @property
@@ -602,6 +690,9 @@ class TransactionAssembler:
         """Forget everything not committed (after a reconnect the server sends it again)."""
         self.parser.reset()
         self.relations.clear()
+        for open_ in [self._current, *self._streams.values()]:
+            if open_ is not None:
+                open_.discard()
         self._current = None
         self._streams.clear()
         self._stream_xid = None
@@ -615,6 +706,10 @@ class TransactionAssembler:
             target = self._target(msg.xid, msg)
             target.size += size
             self._change(target, msg, lsn)
+            if self.max_memory_bytes is not None:
+                target.memory += CHANGE_OVERHEAD + CHANGE_FACTOR * size
+                if target.memory > self.max_memory_bytes:
+                    self._spill(target)
             return None
         if isinstance(msg, Begin):
             if self._current is not None:
@@ -645,11 +740,15 @@ class TransactionAssembler:
             return self._finish(streamed, msg.commit_lsn, msg.end_lsn, msg.commit_ts, size, streamed=True)
         if isinstance(msg, StreamAbort):
             if msg.subxid == msg.xid:
-                self._streams.pop(msg.xid, None)
+                dropped = self._streams.pop(msg.xid, None)
+                if dropped is not None:
+                    dropped.discard()
             else:
                 open_ = self._streams.get(msg.xid)
                 if open_ is not None:
                     open_.changes = [c for c in open_.changes if c.subxid != msg.subxid]
+                    if open_.spill is not None:
+                        open_.aborted.add(msg.subxid)  # left out when the file is read back
             return None
         if isinstance(msg, TypeMessage):
             self.types[msg.oid] = msg
@@ -691,10 +790,82 @@ class TransactionAssembler:
             rels = tuple(self._relation(r) for r in msg.relids)
             target.changes.append(RawChange(Op.TRUNCATE, None, lsn, msg.xid, truncated=rels))
 
+    # -- spilling --
+    def _spill(self, open_: _Open) -> None:
+        """Move the open transaction's buffered changes to its spill file."""
+        assert self.spill_dir is not None
+        if open_.spill is None:
+            open_.spill = SpillFile(self.spill_dir, self.spill_prefix, open_.xid)
+            self.spills += 1
+        index = {id(rel): i for i, rel in enumerate(open_.relations)}
+
+        def ref(rel: RelationInfo) -> int:
+            i = index.get(id(rel))
+            if i is None:
+                i = index[id(rel)] = len(open_.relations)
+                open_.relations.append(rel)
+            return i
+
+        changes = open_.changes
+        for start in range(0, len(changes), SPILL_BATCH):  # pickled in slices: a small transient buffer
+            open_.spill.append(
+                [
+                    (
+                        c.op.value,
+                        -1 if c.relation is None else ref(c.relation),
+                        c.lsn,
+                        c.subxid,
+                        c.old,
+                        c.new,
+                        tuple(ref(r) for r in c.truncated),
+                    )
+                    for c in changes[start : start + SPILL_BATCH]
+                ]
+            )
+        open_.changes = []
+        open_.memory = 0
+
+    @staticmethod
+    def _spilled_changes(open_: _Open) -> Iterator[RawChange]:
+        """The changes of a transaction that spilled, in WAL order: the file's, then memory's."""
+        assert open_.spill is not None
+        rels = open_.relations
+        aborted = frozenset(open_.aborted)
+        for op, rel, lsn, subxid, old, new, truncated in open_.spill:
+            if subxid in aborted:
+                continue
+            yield RawChange(
+                Op(op),
+                None if rel < 0 else rels[rel],
+                lsn,
+                subxid,
+                old,
+                new,
+                tuple(rels[r] for r in truncated),
+            )
+        yield from open_.changes
+
     # -- events --
     def _finish(
         self, open_: _Open, commit_lsn: int, end_lsn: int, commit_ts: int, size: int, *, streamed: bool
     ) -> Transaction:
+        if open_.spill is not None:
+            ts = pg_timestamp(commit_ts)
+            event_ts = self._now()
+            txid = str(open_.xid)
+            return Transaction(
+                xid=open_.xid,
+                commit_lsn=commit_lsn,
+                end_lsn=end_lsn,
+                commit_ts=ts,
+                events=[],
+                size=open_.size + size,
+                streamed=streamed,
+                changes=lambda: self._spilled_changes(open_),
+                convert=lambda change: self.events(change, commit_lsn, ts, event_ts, txid),
+                keep_failed=self.keep_failed,
+                spill=open_.spill,
+            )
         txn = Transaction(
             xid=open_.xid,
             commit_lsn=commit_lsn,

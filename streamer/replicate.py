@@ -13,10 +13,24 @@ Batches and positions
 A batch holds whole transactions only, so a transaction that spans tables lands in the target
 atomically. It closes at a transaction boundary once it reaches ``consumer.batch_max_events``
 events or ``consumer.batch_max_bytes`` bytes, or ``consumer.batch_max_ms`` after its first
-transaction arrived (a single larger transaction is one batch of its own: it is held in memory
-whole). The batch is applied in one target transaction that also records, in
+transaction arrived (a single larger transaction is one batch of its own). The batch is applied in one target transaction that also records, in
 ``_streamer_offsets`` (group = the slot name unless ``--group``, topic ``pg:<slot>``,
 partition 0), the end LSN of its last transaction.
+
+Large transactions
+------------------
+A transaction whose buffered changes exceed ``replicate.max_transaction_memory_bytes`` spills the
+rest to a file under ``<replicate.state_dir>/spill`` (:mod:`streamer.spill`,
+:class:`~streamer.pgoutput.TransactionAssembler`), so memory stays bounded whatever its size.
+When it commits, the batch before it is applied first, then the transaction alone, in chunks of
+``consumer.batch_max_events`` events, one target transaction each, read from the file in WAL
+order. Only the last chunk records the transaction's end LSN in ``_streamer_offsets``, and only
+then is it confirmed: a crash in the middle leaves the target with part of the transaction and
+the stored position before it, so the whole transaction is sent again and applied again from its
+first change; the version-guarded upserts and deletes make that idempotent (a change already
+applied is the same version, not newer), and the target converges once the replay passes the
+transaction's end. The spill file is deleted once the transaction is applied (or skipped, or
+aborted); files a crashed run left are deleted when the next run of the slot starts.
 
 Only then is that LSN confirmed to the server, so the slot never moves past what the target
 holds. The stream is read and answered by :class:`~streamer.walstream.WalStream` (libpq on
@@ -145,6 +159,7 @@ from streamer.pgtypes import (
 from streamer.pipeline.policy import BatchNotIsolatedError, RetryPolicy, apply_with_policy, sink_apply
 from streamer.settings import Settings
 from streamer.sink import ApplyResult, EventRejectedError, Sink, is_permanent
+from streamer.spill import spill_directory
 from streamer.state import load_offsets, save_offsets
 from streamer.walstream import WalStream, WalStreamEnded, WalStreamLost
 
@@ -408,6 +423,7 @@ class ReplicateStats:
     batches: int = 0
     skipped_transactions: int = 0  # already in the target (resent after a restart)
     streamed_transactions: int = 0  # arrived in stream blocks (protocol 2)
+    spilled_transactions: int = 0  # larger than replicate.max_transaction_memory_bytes: applied in chunks
     dead_lettered: int = 0
     retries: int = 0
     reconnects: int = 0
@@ -585,6 +601,8 @@ class ReplicationProcess:
             lookup=catalog.type,
             relation_meta=catalog.relation_meta,
             keep_failed=self.cfg.error_policy == "dlq",
+            max_memory_bytes=self.settings.replicate.max_transaction_memory_bytes,
+            spill_dir=spill_directory(self.settings.replicate.state_dir),
         )
         return catalog
 
@@ -845,6 +863,7 @@ class ReplicationProcess:
 
     def _accept(self, txn: Transaction) -> None:
         if txn.end_lsn <= self._skip_to:
+            txn.discard()
             self.stats.skipped_transactions += 1
             if txn.end_lsn <= self._applied_lsn and self._cursor is not None:
                 self._confirm(self._cursor, txn.end_lsn)  # in the target already: confirm it
@@ -855,6 +874,14 @@ class ReplicationProcess:
         self._skip_to = txn.end_lsn
         if txn.streamed:
             self.stats.streamed_transactions += 1
+        if txn.spilled:
+            try:
+                if self._pending:
+                    self._flush(self._cursor)
+                self._apply_spilled(txn, self._cursor)
+            finally:
+                txn.discard()
+            return
         if not self._pending:
             self._batch_started = time.monotonic()
         self._pending.append(txn)
@@ -891,6 +918,43 @@ class ReplicationProcess:
             tables=result.tables,
             seconds=round(elapsed, 4),
             end_lsn=format_lsn(end_lsn),
+        )
+
+    def _apply_spilled(self, txn: Transaction, cur: Any) -> None:
+        """A transaction that spilled, alone, in chunks; its end LSN recorded and confirmed with the last."""
+        self.stats.spilled_transactions += 1
+        started = time.monotonic()
+        chunks = txn.event_chunks(self.cfg.batch_max_events)
+        chunk = next(chunks)
+        applied = 0
+        while True:
+            after = next(chunks, None)
+            positions = {(self.topic, 0): txn.end_lsn} if after is None else {}
+            if not self._wait_for_loads(chunk.events, cur):
+                return  # stopped while a load ran: the server sends the whole transaction again
+            result = self._apply_with_retry(chunk.events, positions, [chunk], cur)
+            applied += result.events
+            self.stats.events_applied += result.events
+            self.stats.batches += 1
+            if self.on_batch is not None:
+                self.on_batch(result, time.monotonic() - started, [chunk])
+            if after is None:
+                break
+            chunk = after
+            self._keepalive(cur)
+        self._applied_lsn = txn.end_lsn
+        self._confirm(cur, txn.end_lsn)
+        self.stats.transactions += 1
+        self.stats.last_lsn = txn.end_lsn
+        self.stats.last_batch_at = time.perf_counter()
+        self.log.info(
+            "spilled transaction applied",
+            xid=txn.xid,
+            streamed=txn.streamed,
+            events=applied,
+            spill_bytes=txn.spill.bytes if txn.spill is not None else 0,
+            seconds=round(time.monotonic() - started, 3),
+            end_lsn=format_lsn(txn.end_lsn),
         )
 
     # ------------------------------------------------------------ tables ``streamer load`` is writing

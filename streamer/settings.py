@@ -84,6 +84,15 @@ class ConsumerSettings(_Section):
     # 50 made backlog reads slower (consume / decode-only 0.55 instead of 0.93); 200 kept them (1.00)
     # with end-to-end p50 141 ms, p99 240 ms under the demo's workload (`make bench`).
     fetch_wait_max_ms: int = Field(200, ge=1)
+    # bounded memory whatever the backlog (issue 14): librdkafka prefetches into one local queue per
+    # consumer up to queued.max.messages.kbytes (default 64 MiB) / queued.min.messages, each fetch
+    # brings at most fetch.max.bytes (default 50 MiB) and max.partition.fetch.bytes per partition.
+    # With a batch pending and one in flight, the process holds about queue + fetch + 2 batches
+    # (consumer.batch_max_bytes of record values each, decoded into Python objects) + the interpreter.
+    queued_max_messages_kbytes: int = Field(16384, ge=1024)
+    queued_min_messages: int = Field(20000, ge=1)
+    fetch_max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_partition_fetch_bytes: int = Field(1024 * 1024, ge=1024)
     # small timeouts make group joins take seconds, not tens of seconds (see README)
     session_timeout_ms: int = Field(6000, ge=1000)
     heartbeat_interval_ms: int = Field(1000, ge=100)
@@ -100,6 +109,17 @@ class ConsumerSettings(_Section):
     version_column: str = "_streamer_version"
     schema_mode: Literal["auto", "managed"] = "auto"
     truncate: bool = True
+
+
+class ReplicateSettings(_Section):
+    """``streamer replicate``: bounded memory for large transactions (see :mod:`streamer.spill`)."""
+
+    # an open transaction whose buffered changes exceed this (estimated in-memory size) spills the
+    # rest to a file under state_dir/spill; its apply then goes in chunks of consumer.batch_max_events
+    max_transaction_memory_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    # streamer's local state (spill files of open transactions); relative paths are taken from the
+    # working directory. Stale spill files of a crashed run of the same slot are removed at start.
+    state_dir: Path = Path(".streamer")
 
 
 class LoadSettings(_Section):
@@ -139,6 +159,7 @@ class Settings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     stack: StackSettings = StackSettings()
     consumer: ConsumerSettings = ConsumerSettings()
+    replicate: ReplicateSettings = ReplicateSettings()
     load: LoadSettings = LoadSettings()
     status: StatusSettings = StatusSettings()
     routes: dict[str, RouteSettings] = {}

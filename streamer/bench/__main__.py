@@ -1,7 +1,7 @@
 """``make bench``: every benchmark in one run, one table of figures against their limits; exit 1 on a miss.
 
 decode (issue 3), consume (issue 4), load (issue 5), replicate (issue 7), validate, capture and
-delay (issue 14). Each module's ``figures(argv)`` measures (printing its own details) and returns
+delay, memory (issue 14). Each module's ``figures(argv)`` measures (printing its own details) and returns
 its rows; this runner prints them all in one table (:func:`streamer.bench.report.render`) with the
 machine's load average, since the machine may be shared. A module with only ``main(argv)`` (its own
 table) is one row: its exit status. Numbers are measured on the machine at hand; a module that
@@ -18,7 +18,7 @@ import time
 
 from streamer.bench.report import Figure, render
 
-BENCHES = ("decode", "consume", "load", "replicate", "validate", "capture", "delay")
+BENCHES = ("decode", "consume", "load", "replicate", "validate", "capture", "delay", "memory")
 
 
 def main() -> int:
