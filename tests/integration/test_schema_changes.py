@@ -138,7 +138,7 @@ def test_stop_policies_name_the_change_and_apply_nothing_past_it(
             f'INSERT INTO "{schema}".t (id) VALUES (5)',
             f'UPDATE "{schema}".t SET n = 7 WHERE id = 2',
         )
-        stopped = run_consumer(schema, topics, url, "--until-idle", "10", **env)
+        stopped = run_consumer(schema, topics, url, "--until-idle", "10", timeout=240, **env)
         assert stopped.returncode == 1, stopped.stderr[-3000:]
         assert "stopped on a schema change" in stopped.stderr
         assert f"target table {schema}.t, column '{column}': {change}" in stopped.stderr
