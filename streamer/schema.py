@@ -263,6 +263,7 @@ class TargetTable:
     version_column: str
     generated: frozenset[str] = frozenset()  # computed by the target (generated columns): never written
     shapes: Mapping[str, TypeShape] = dataclasses.field(default_factory=dict)  # column -> its type's shape
+    not_null: frozenset[str] = frozenset()  # NOT NULL columns (MySQL/MariaDB: kept by MODIFY COLUMN)
 
     def has(self, column: str) -> bool:
         return column in self.columns
@@ -387,7 +388,7 @@ class SchemaManager:
                 self._create(conn, route, wanted, key)
                 table = self._reflect(conn, route, allow_no_key=allow_no_key)
                 assert table is not None
-            if self._evolve(conn, route, table, wanted, key):
+            if self._evolve(conn, route, table, wanted, key, self._unsized(route, event)):
                 table = self._reflect(conn, route, allow_no_key=allow_no_key)
                 assert table is not None
             if not table.has(self.version_column):
@@ -406,8 +407,13 @@ class SchemaManager:
         table: TargetTable,
         wanted: Mapping[str, SqlType],
         key: tuple[str, ...],
+        unsized: frozenset[str] = frozenset(),
     ) -> bool:
-        """Apply the ``[schema_changes]`` policies to one event shape; True when DDL ran."""
+        """Apply the ``[schema_changes]`` policies to one event shape; True when DDL ran.
+
+        ``unsized``: string columns whose events state no length (no ``column.propagate.source.type``,
+        pgoutput): their length is unknown, not unbounded, so it is not compared.
+        """
         pol, auto, ddl = self.changes, self.mode != "managed", False
         missing = [c for c in wanted if not table.has(c)]
         skip = {self.version_column, *table.generated, *key}
@@ -456,6 +462,8 @@ class SchemaManager:
             if col == self.version_column or col in route.cast or not table.has(col):
                 continue
             old_shape, new_shape = table.shapes.get(col, TypeShape("other")), shape_of(typ)
+            if col in unsized and old_shape.family == "string" and new_shape.family == "string":
+                continue
             change = classify(old_shape, new_shape)
             if not auto and (change is not TypeChange.WIDEN or old_shape.family != new_shape.family):
                 continue  # a managed table's types are the user's: only a same-family widening is checked
@@ -473,7 +481,7 @@ class SchemaManager:
                         if auto
                         else f"schema_changes.widen_type=ignore (schema_mode=managed: give the column a type holding {new_shape})",
                     )
-                ddl = self._widen_column(conn, route, col, typ, col in key) or ddl
+                ddl = self._widen_column(conn, route, col, typ, col in key or col in table.not_null) or ddl
             elif change is not TypeChange.SAME:
                 setting = "narrow_type" if change is TypeChange.NARROW else "incompatible_type"
                 if getattr(pol, setting) == "stop":
@@ -486,12 +494,24 @@ class SchemaManager:
                     )
         return ddl
 
+    def _unsized(self, route: Route, event: ChangeEvent) -> frozenset[str]:
+        out = set()
+        for name, ct in event.columns.items():
+            target = route.target_column(name)
+            if (
+                target is not None
+                and ct.base == "string"
+                and "__debezium.source.column.length" not in ct.params
+            ):
+                out.add(target)
+        return frozenset(out)
+
     def _rename_column(self, conn: Connection, route: Route, old: str, new: str) -> None:
         prep = conn.dialect.identifier_preparer
         table = prep.format_table(sa.table(route.target_table, schema=route.target_schema))
         conn.execute(sa.text(f"ALTER TABLE {table} RENAME COLUMN {prep.quote(old)} TO {prep.quote(new)}"))
 
-    def _widen_column(self, conn: Connection, route: Route, name: str, typ: SqlType, key: bool) -> bool:
+    def _widen_column(self, conn: Connection, route: Route, name: str, typ: SqlType, not_null: bool) -> bool:
         """ALTER a column to a wider type; False on SQLite, whose declared types hold any value already."""
         if self.dialect == "sqlite":
             return False
@@ -500,7 +520,7 @@ class SchemaManager:
         coltype = typ.compile(dialect=conn.dialect)
         col = prep.quote(name)
         if self.dialect in ("mysql", "mariadb"):
-            null = "NOT NULL" if key else "NULL"
+            null = "NOT NULL" if not_null else "NULL"
             conn.execute(sa.text(f"ALTER TABLE {table} MODIFY COLUMN {col} {coltype} {null}"))
         else:
             conn.execute(sa.text(f"ALTER TABLE {table} ALTER COLUMN {col} TYPE {coltype}"))
@@ -563,7 +583,7 @@ class SchemaManager:
             rows = conn.execute(
                 sa.text(
                     "SELECT column_name, column_key, extra, data_type, character_maximum_length, "
-                    "numeric_precision, numeric_scale FROM information_schema.columns "
+                    "numeric_precision, numeric_scale, is_nullable FROM information_schema.columns "
                     "WHERE table_schema = COALESCE(:schema, DATABASE()) AND table_name = :table "
                     "ORDER BY ordinal_position"
                 ),
@@ -574,6 +594,7 @@ class SchemaManager:
             cols = [r[0] for r in rows]
             generated = frozenset(r[0] for r in rows if "GENERATED" in str(r[2] or "").upper())
             shapes = {r[0]: mysql_shape(str(r[3]), r[4], r[5], r[6]) for r in rows}
+            not_null = frozenset(r[0] for r in rows if str(r[7]).upper() == "NO")
             pk_rows = conn.execute(
                 sa.text(
                     "SELECT column_name FROM information_schema.key_column_usage "
@@ -591,8 +612,9 @@ class SchemaManager:
             cols = [c["name"] for c in described]
             generated = frozenset(c["name"] for c in described if c.get("computed"))
             shapes = {c["name"]: shape_of(c["type"]) for c in described}
+            not_null = frozenset(c["name"] for c in described if not c.get("nullable", True))
             pk = insp.get_pk_constraint(route.target_table, schema=route.target_schema)
             key = tuple(pk.get("constrained_columns") or ())
         if not key and not allow_no_key:
             raise SchemaMismatchError(f"target table {route.qualified} has no primary key")
-        return TargetTable(route, cols, key, self.version_column, generated, shapes)
+        return TargetTable(route, cols, key, self.version_column, generated, shapes, not_null)
