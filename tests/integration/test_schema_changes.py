@@ -14,12 +14,19 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from streamer import state
+from streamer.core.events import Op
 from streamer.db import create_target_engine
+from streamer.schema import Router, SchemaManager
+from streamer.schemachange import SchemaChangeStoppedError
+from streamer.settings import SchemaChangeSettings
+from streamer.sink import Sink
 from streamer.stack import Stack
 from tests.conftest import run_on_source
 from tests.integration.conftest import TARGET_KINDS, _mariadb_engine, target_url
 from tests.integration.test_consume import _state_offsets, run_consumer
 from tests.integration.test_replicate import Replication, execute, repl, run
+from tests.integration.test_sink import VERSION, Events
 
 __all__ = ["repl"]  # the fixture, used by name
 
@@ -225,3 +232,26 @@ def test_replicate_adds_a_column_and_widens_types(stack: Stack, repl: Replicatio
     finally:
         source.dispose()
         target.dispose()
+
+
+@pytest.mark.parametrize("policy", ["ignore", "stop"])
+def test_new_table_policies(target: tuple[str, sa.Engine], unique: str, policy: str) -> None:
+    """schema_changes.new_table: ignore skips the table's events (the batch commits), stop applies nothing."""
+    _url, engine = target
+    state.upgrade(engine)
+    sink = Sink(
+        engine,
+        Router(engine.dialect.name),
+        SchemaManager(engine, VERSION, changes=SchemaChangeSettings(new_table=policy)),
+    )
+    ev = Events(unique)
+    route = sink.router.route(ev.table)
+    events = [ev(Op.CREATE, 1, {"id": 1, "name": "a"}, 10)]
+    if policy == "stop":
+        with pytest.raises(SchemaChangeStoppedError, match=f"target table {route.qualified}.*new table"):
+            sink.apply(events, {(unique, 0): 1}, unique)
+        assert _state_offsets(_url, unique) == 0
+    else:
+        sink.apply(events, {(unique, 0): 1}, unique)
+        assert _state_offsets(_url, unique) == 1  # the batch committed, the table's events skipped
+    assert sink.schema.lookup(route) is None  # never created
