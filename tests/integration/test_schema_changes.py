@@ -255,3 +255,27 @@ def test_new_table_policies(target: tuple[str, sa.Engine], unique: str, policy: 
         sink.apply(events, {(unique, 0): 1}, unique)
         assert _state_offsets(_url, unique) == 1  # the batch committed, the table's events skipped
     assert sink.schema.lookup(route) is None  # never created
+
+
+def test_replicate_stops_on_an_incompatible_change(stack: Stack, repl: Replication) -> None:
+    """The pgoutput path stops with the same named error; the target and its position stay before it."""
+    schema = repl.schema()
+    s = f'"{schema}"'
+    execute(stack, f"CREATE SCHEMA {s}", f"CREATE TABLE {s}.t (id int PRIMARY KEY, n int)")
+    url = stack.settings.target_url
+    slot = repl.slot()
+    made = run(slot, schema, url, "--create", "--tables", f"{schema}.t", "--max-events", "0")
+    assert made.returncode == 0, made.stderr[-3000:]
+    execute(stack, f"INSERT INTO {s}.t VALUES (1, 10)")
+    first = run(slot, schema, url, "--until-idle", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    execute(stack, f"ALTER TABLE {s}.t ALTER COLUMN n TYPE text", f"INSERT INTO {s}.t VALUES (2, 'two')")
+    for _ in range(2):  # stopped again on the next run: nothing moved past the change
+        stopped = run(slot, schema, url, "--until-idle", "2")
+        assert stopped.returncode == 1, stopped.stderr[-3000:]
+        assert f"target table {schema}.t, column 'n': incompatible type change" in stopped.stderr
+    target = create_target_engine(url)
+    try:
+        assert _rows(target, schema, "t", ["id", "n"]) == [(1, 10)]
+    finally:
+        target.dispose()
