@@ -34,6 +34,15 @@ from sqlalchemy.engine import Connection, Engine
 from streamer.apply.dialects import dialect_for
 from streamer.core.errors import StreamerError
 from streamer.core.events import ChangeEvent, ColumnType, TableId
+from streamer.schemachange import (
+    SchemaChangeStoppedError,
+    TypeChange,
+    TypeShape,
+    classify,
+    mysql_shape,
+    shape_of,
+)
+from streamer.settings import SchemaChangeSettings
 
 VERSION_TYPE_LENGTH = 40
 SqlType = sa.types.TypeEngine[Any]
@@ -293,24 +302,62 @@ class TargetTable:
     # MySQL/MariaDB: column -> (data_type, numeric_precision, numeric_scale) as the target has it, for
     # the per-value checks of values it cannot hold exactly (streamer.apply.dialects.mysql)
     types: Mapping[str, tuple[str, int | None, int | None]] = dataclasses.field(default_factory=dict)
+    shapes: Mapping[str, TypeShape] = dataclasses.field(default_factory=dict)  # column -> its type's shape
+    not_null: frozenset[str] = frozenset()  # NOT NULL columns (MySQL/MariaDB: kept by MODIFY COLUMN)
 
     def has(self, column: str) -> bool:
         return column in self.columns
 
 
 class SchemaManager:
-    """Creates and evolves target tables (auto) or checks them (managed). Caches what it has seen."""
+    """Creates and evolves target tables (auto) or checks them (managed). Caches what it has seen.
 
-    def __init__(self, engine: Engine, version_column: str, mode: str = "auto") -> None:
+    Source schema changes (``changes``, the ``[schema_changes]`` settings) are seen here, where the
+    Debezium consumer and ``streamer replicate`` meet: the columns and types of each new event shape
+    are compared with the target table as it is (reflected). Decisions (README, "Schema changes"):
+
+    * add column: ``propagate`` runs ADD COLUMN (auto; managed stops as before), ``ignore`` leaves
+      the column out, ``stop`` raises :class:`SchemaChangeStoppedError`;
+    * drop column (a target column the events no longer carry; auto only, the version, key and
+      generated columns aside): ``ignore`` keeps the column and the values it has, later rows do
+      not write it (NULL or its default for new rows); ``stop`` raises;
+    * rename column: it arrives as one column gone and one new of the same type shape in the same
+      event shape; that pairing is taken as a rename. ``stop`` (default: drop + add would leave the
+      new column NULL in every row not changed since) raises, ``propagate`` runs RENAME COLUMN,
+      ``ignore`` handles it as drop + add;
+    * widen (:func:`streamer.schemachange.classify`): ``propagate`` alters the column type on
+      PostgreSQL (ALTER COLUMN TYPE) and MySQL/MariaDB (MODIFY COLUMN); SQLite does not enforce
+      declared types, its column holds the wider values as it is. Managed tables never get DDL:
+      ``propagate`` stops there, naming the type to give the column;
+    * narrow: the target column holds every value: ``ignore`` keeps it, ``stop`` raises (auto
+      only: a managed table may be wider than the source by choice);
+    * incompatible: ``stop`` raises, ``ignore`` writes into the column as it is (values the target
+      cannot take are then rejected per the error policy); auto only;
+    * new table (streamed events for a table the target lacks; ``streamer load`` always creates):
+      ``propagate`` creates it (auto), ``ignore`` skips its events, ``stop`` raises.
+    Columns with a ``cast`` route keep the type the route gives them.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        version_column: str,
+        mode: str = "auto",
+        changes: SchemaChangeSettings | None = None,
+    ) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
         self.target = dialect_for(self.dialect)
         self.version_column = version_column
         self.mode = mode
+        self.changes = changes or SchemaChangeSettings()
         self._known: dict[tuple[str | None, str], TargetTable] = {}
+        # (table, the event shape's columns and type shapes) already settled against the target
+        self._settled: set[tuple[tuple[str | None, str], tuple[tuple[str, TypeShape], ...]]] = set()
 
     def forget(self) -> None:
         self._known.clear()
+        self._settled.clear()
 
     # DDL attempts of one ensure(): another process may create or widen the same table between this
     # one's look and its DDL (several consumers applying a new table's first events at once)
@@ -326,24 +373,49 @@ class SchemaManager:
         done again against what the winner made (reflected anew), up to ``DDL_ATTEMPTS`` times in
         all. An error that is not such a race repeats and is raised as it is.
         """
+        found = self._ensure_retried(route, event, allow_no_key=allow_no_key, streamed=False)
+        assert found is not None
+        return found
+
+    def ensure_streamed(self, route: Route, event: ChangeEvent) -> TargetTable | None:
+        """:meth:`ensure` for a streamed event: a missing table follows ``schema_changes.new_table``
+        (None: ``ignore``, skip the table's events)."""
+        return self._ensure_retried(route, event, allow_no_key=False, streamed=True)
+
+    def _ensure_retried(
+        self, route: Route, event: ChangeEvent, *, allow_no_key: bool, streamed: bool
+    ) -> TargetTable | None:
         for attempt in range(1, self.DDL_ATTEMPTS + 1):
             try:
-                return self._ensure(route, event, allow_no_key=allow_no_key)
+                return self._ensure(route, event, allow_no_key=allow_no_key, streamed=streamed)
             except sa.exc.DBAPIError:
                 if attempt == self.DDL_ATTEMPTS:
                     raise
                 self._known.pop((route.target_schema, route.target_table), None)
         raise AssertionError("unreachable")
 
-    def _ensure(self, route: Route, event: ChangeEvent, *, allow_no_key: bool) -> TargetTable:
+    def _ensure(
+        self, route: Route, event: ChangeEvent, *, allow_no_key: bool, streamed: bool
+    ) -> TargetTable | None:
         wanted = self._wanted_columns(route, event)
         key = tuple(c for c in (route.target_column(k) for k in event.key_columns) if c)
         cache_key = (route.target_schema, route.target_table)
         known = self._known.get(cache_key)
-        if known is not None and all(known.has(c) for c in wanted):
+        settled = (cache_key, tuple((c, shape_of(t)) for c, t in wanted.items()))
+        if known is not None and settled in self._settled:
             return known
         with self.engine.begin() as conn:
             table = self._reflect(conn, route, allow_no_key=allow_no_key)
+            if table is None and streamed and self.changes.new_table != "propagate":
+                if self.changes.new_table == "ignore":
+                    return None
+                raise SchemaChangeStoppedError(
+                    route.qualified,
+                    "*",
+                    "new table",
+                    f"source table {event.table.qualified} has no target table",
+                    "schema_changes.new_table=propagate (or create the table first: streamer load --table)",
+                )
             if table is None:
                 if self.mode == "managed":
                     raise SchemaMismatchError(
@@ -356,14 +428,7 @@ class SchemaManager:
                 self._create(conn, route, wanted, key)
                 table = self._reflect(conn, route, allow_no_key=allow_no_key)
                 assert table is not None
-            missing = [c for c in wanted if not table.has(c)]
-            if missing:
-                if self.mode == "managed":
-                    raise SchemaMismatchError(
-                        f"target table {route.qualified} has no column {missing[0]!r} (schema_mode=managed)"
-                    )
-                for col in missing:
-                    self._add_column(conn, route, col, wanted[col])
+            if self._evolve(conn, route, table, wanted, key, self._unsized(route, event)):
                 table = self._reflect(conn, route, allow_no_key=allow_no_key)
                 assert table is not None
             if not table.has(self.version_column):
@@ -372,7 +437,134 @@ class SchemaManager:
                     f"VARCHAR({VERSION_TYPE_LENGTH}) NULL (setting consumer.version_column)"
                 )
         self._known[cache_key] = table
+        self._settled.add(settled)
         return table
+
+    def _evolve(
+        self,
+        conn: Connection,
+        route: Route,
+        table: TargetTable,
+        wanted: Mapping[str, SqlType],
+        key: tuple[str, ...],
+        unsized: frozenset[str] = frozenset(),
+    ) -> bool:
+        """Apply the ``[schema_changes]`` policies to one event shape; True when DDL ran.
+
+        ``unsized``: string columns whose events state no length (no ``column.propagate.source.type``,
+        pgoutput): their length is unknown, not unbounded, so it is not compared.
+        """
+        pol, auto, ddl = self.changes, self.mode != "managed", False
+        missing = [c for c in wanted if not table.has(c)]
+        skip = {self.version_column, *table.generated, *key}
+        gone = [c for c in table.columns if c not in wanted and c not in skip] if auto else []
+        if len(missing) == 1 and len(gone) == 1 and pol.rename_column != "ignore":
+            new, old = missing[0], gone[0]
+            shape = shape_of(wanted[new])
+            if shape.family != "other" and table.shapes.get(old) == shape:
+                if pol.rename_column == "stop":
+                    raise SchemaChangeStoppedError(
+                        route.qualified,
+                        old,
+                        "column rename",
+                        f"{old!r} is gone and {new!r} of the same type ({shape}) is new",
+                        "schema_changes.rename_column=propagate (RENAME COLUMN) or =ignore (drop + add)",
+                    )
+                self._rename_column(conn, route, old, new)
+                missing, gone, ddl = [], [], True
+        for col in gone:
+            if pol.drop_column == "stop":
+                raise SchemaChangeStoppedError(
+                    route.qualified,
+                    col,
+                    "column drop",
+                    "the events no longer carry it",
+                    "schema_changes.drop_column=ignore (keep the column and its values)",
+                )
+        for col in missing:
+            if pol.add_column == "ignore":
+                continue
+            if pol.add_column == "stop":
+                raise SchemaChangeStoppedError(
+                    route.qualified,
+                    col,
+                    "column added",
+                    f"new column of type {shape_of(wanted[col])}",
+                    "schema_changes.add_column=propagate (or =ignore)",
+                )
+            if not auto:
+                raise SchemaMismatchError(
+                    f"target table {route.qualified} has no column {col!r} (schema_mode=managed)"
+                )
+            self._add_column(conn, route, col, wanted[col])
+            ddl = True
+        for col, typ in wanted.items():
+            if col == self.version_column or col in route.cast or not table.has(col):
+                continue
+            old_shape, new_shape = table.shapes.get(col, TypeShape("other")), shape_of(typ)
+            if col in unsized and old_shape.family == "string" and new_shape.family == "string":
+                continue
+            change = classify(old_shape, new_shape)
+            if not auto and (change is not TypeChange.WIDEN or old_shape.family != new_shape.family):
+                continue  # a managed table's types are the user's: only a same-family widening is checked
+            detail = f"target type {old_shape}, the events now carry {new_shape}"
+            if change is TypeChange.WIDEN:
+                if pol.widen_type == "ignore":
+                    continue
+                if pol.widen_type == "stop" or not auto:
+                    raise SchemaChangeStoppedError(
+                        route.qualified,
+                        col,
+                        "type widened",
+                        detail,
+                        "schema_changes.widen_type=propagate (auto) or =ignore"
+                        if auto
+                        else f"schema_changes.widen_type=ignore (schema_mode=managed: give the column a type holding {new_shape})",
+                    )
+                ddl = self._widen_column(conn, route, col, typ, col in key or col in table.not_null) or ddl
+            elif change is not TypeChange.SAME:
+                setting = "narrow_type" if change is TypeChange.NARROW else "incompatible_type"
+                if getattr(pol, setting) == "stop":
+                    raise SchemaChangeStoppedError(
+                        route.qualified,
+                        col,
+                        "type narrowed" if change is TypeChange.NARROW else "incompatible type change",
+                        detail,
+                        f"schema_changes.{setting}=ignore (keep the target column's type)",
+                    )
+        return ddl
+
+    def _unsized(self, route: Route, event: ChangeEvent) -> frozenset[str]:
+        out = set()
+        for name, ct in event.columns.items():
+            target = route.target_column(name)
+            if (
+                target is not None
+                and ct.base == "string"
+                and "__debezium.source.column.length" not in ct.params
+            ):
+                out.add(target)
+        return frozenset(out)
+
+    def _rename_column(self, conn: Connection, route: Route, old: str, new: str) -> None:
+        prep = conn.dialect.identifier_preparer
+        table = prep.format_table(sa.table(route.target_table, schema=route.target_schema))
+        conn.execute(sa.text(f"ALTER TABLE {table} RENAME COLUMN {prep.quote(old)} TO {prep.quote(new)}"))
+
+    def _widen_column(self, conn: Connection, route: Route, name: str, typ: SqlType, not_null: bool) -> bool:
+        """ALTER a column to a wider type; False on SQLite, whose declared types hold any value already."""
+        if self.dialect == "sqlite":
+            return False
+        prep = conn.dialect.identifier_preparer
+        table = prep.format_table(sa.table(route.target_table, schema=route.target_schema))
+        coltype = typ.compile(dialect=conn.dialect)
+        col = prep.quote(name)
+        if self.dialect in ("mysql", "mariadb"):
+            null = "NOT NULL" if not_null else "NULL"
+            conn.execute(sa.text(f"ALTER TABLE {table} MODIFY COLUMN {col} {coltype} {null}"))
+        else:
+            conn.execute(sa.text(f"ALTER TABLE {table} ALTER COLUMN {col} TYPE {coltype}"))
+        return True
 
     def lookup(self, route: Route) -> TargetTable | None:
         """The target table as it is, or None when it does not exist (no DDL)."""
@@ -430,8 +622,8 @@ class SchemaManager:
             # information_schema, not SHOW CREATE TABLE parsing (which breaks on backticks in names)
             rows = conn.execute(
                 sa.text(
-                    "SELECT column_name, column_key, extra, data_type, numeric_precision, numeric_scale "
-                    "FROM information_schema.columns "
+                    "SELECT column_name, column_key, extra, data_type, character_maximum_length, "
+                    "numeric_precision, numeric_scale, is_nullable FROM information_schema.columns "
                     "WHERE table_schema = COALESCE(:schema, DATABASE()) AND table_name = :table "
                     "ORDER BY ordinal_position"
                 ),
@@ -441,7 +633,9 @@ class SchemaManager:
                 return None
             cols = [r[0] for r in rows]
             generated = frozenset(r[0] for r in rows if "GENERATED" in str(r[2] or "").upper())
-            types = {r[0]: (str(r[3]).lower(), _opt_int(r[4]), _opt_int(r[5])) for r in rows}
+            types = {r[0]: (str(r[3]).lower(), _opt_int(r[5]), _opt_int(r[6])) for r in rows}
+            shapes = {r[0]: mysql_shape(str(r[3]), r[4], r[5], r[6]) for r in rows}
+            not_null = frozenset(r[0] for r in rows if str(r[7]).upper() == "NO")
             pk_rows = conn.execute(
                 sa.text(
                     "SELECT column_name FROM information_schema.key_column_usage "
@@ -458,9 +652,13 @@ class SchemaManager:
             described = insp.get_columns(route.target_table, schema=route.target_schema)
             cols = [c["name"] for c in described]
             generated = frozenset(c["name"] for c in described if c.get("computed"))
+            shapes = {c["name"]: shape_of(c["type"]) for c in described}
+            not_null = frozenset(c["name"] for c in described if not c.get("nullable", True))
             pk = insp.get_pk_constraint(route.target_table, schema=route.target_schema)
             key = tuple(pk.get("constrained_columns") or ())
             types = {}
         if not key and not allow_no_key:
             raise SchemaMismatchError(f"target table {route.qualified} has no primary key")
-        return TargetTable(route, cols, key, self.version_column, generated, types)
+        return TargetTable(
+            route, cols, key, self.version_column, generated, types=types, shapes=shapes, not_null=not_null
+        )

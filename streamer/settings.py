@@ -137,6 +137,21 @@ class StatusSettings(_Section):
     slots: str = ".*"  # regex (re.search) of the slot names status watches; default: every slot
 
 
+class SchemaChangeSettings(_Section):
+    """``[schema_changes]``: what the apply engine does when a source table's columns change mid-stream.
+
+    See the README, "Schema changes", and :class:`streamer.schema.SchemaManager`.
+    """
+
+    add_column: Literal["propagate", "ignore", "stop"] = "propagate"
+    drop_column: Literal["ignore", "stop"] = "ignore"  # ignore: the target keeps the column and its values
+    rename_column: Literal["propagate", "ignore", "stop"] = "stop"  # ignore: handled as drop + add
+    widen_type: Literal["propagate", "ignore", "stop"] = "propagate"
+    narrow_type: Literal["ignore", "stop"] = "ignore"  # the wider target column holds every value
+    incompatible_type: Literal["ignore", "stop"] = "stop"
+    new_table: Literal["propagate", "ignore", "stop"] = "propagate"
+
+
 class RouteSettings(_Section):
     """Per source table (``[routes."public.customers"]``): target table and column transforms."""
 
@@ -162,6 +177,7 @@ class Settings(_Section):
     replicate: ReplicateSettings = ReplicateSettings()
     load: LoadSettings = LoadSettings()
     status: StatusSettings = StatusSettings()
+    schema_changes: SchemaChangeSettings = SchemaChangeSettings()
     routes: dict[str, RouteSettings] = {}
 
     @model_validator(mode="after")

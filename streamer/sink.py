@@ -56,6 +56,7 @@ from streamer.db import is_transient
 from streamer.fetch import RowCompleter, SourceFetcher, build_fetcher
 from streamer.pgcopy import copy_rows
 from streamer.schema import Route, Router, SchemaManager, TargetTable
+from streamer.schemachange import SchemaChangeStoppedError
 from streamer.settings import Settings
 
 Adapter = Callable[[Any], Any]
@@ -434,9 +435,12 @@ class Sink:
                     if found is not None:
                         tables[tkey] = found
                 else:
-                    tables[tkey] = self.schema.ensure(route, ev)
+                    made = self.schema.ensure_streamed(route, ev)  # None: schema_changes.new_table=ignore
+                    if made is not None:
+                        tables[tkey] = made
             except Exception as exc:
-                if not isolate or not is_permanent(exc):
+                # a schema change whose policy is stop stops, whatever the error policy
+                if not isolate or not is_permanent(exc) or isinstance(exc, SchemaChangeStoppedError):
                     raise
                 broken[tkey] = exc
         with self.engine.begin() as conn:
@@ -700,7 +704,7 @@ def build_sink(settings: Settings, engine: Engine | None = None, source_url: str
     return Sink(
         engine,
         router,
-        SchemaManager(engine, c.version_column, c.schema_mode),
+        SchemaManager(engine, c.version_column, c.schema_mode, settings.schema_changes),
         truncate=c.truncate,
         fetcher=fetcher,
     )
