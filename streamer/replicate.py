@@ -105,7 +105,7 @@ from streamer.pipeline.policy import RetryPolicy
 from streamer.pipeline.runner import BatchBounds, Runner
 from streamer.settings import Settings
 from streamer.sink import ApplyResult, Sink
-from streamer.sources.base import BatchDone, Observers
+from streamer.sources.base import BatchDone, BatchObserver, Observers
 from streamer.sources.pgoutput.catalog import SourceCatalog, origin_topic, quote_ident
 from streamer.sources.pgoutput.source import PgoutputSource, ReplicateStats, SlotReport
 
@@ -138,6 +138,7 @@ class ReplicationProcess:
         dlq_file: Path | None = None,
         report: Callable[[str], None] | None = None,
         on_batch: Callable[[ApplyResult, float, Sequence[Transaction]], None] | None = None,
+        observers: Sequence[BatchObserver] = (),
     ) -> None:
         self.settings = settings
         self.cfg = settings.consumer
@@ -153,6 +154,7 @@ class ReplicationProcess:
                 "appended there as JSON lines)"
             )
         self.on_batch = on_batch
+        self.observers = [Observers(batch=self._on_batch), *observers]
         self.stats = ReplicateStats()
         self.log = logs.get("replicate").bind(slot=slot, group=self.group)
         self._stop = threading.Event()
@@ -207,7 +209,7 @@ class ReplicationProcess:
                 log=self.log,
                 until_idle=self.until_idle,
                 max_events=self.max_events,
-                observers=[Observers(batch=self._on_batch)],
+                observers=self.observers,
                 keepalive_interval=self.source.status_interval,
             ).run()
         finally:
