@@ -1046,6 +1046,9 @@ def replicate(
             help="With --error-policy dlq: append changes that cannot be applied here (JSON lines)."
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port (as consume does).")
+    ] = None,
 ) -> None:
     """Stream a PostgreSQL logical replication slot (pgoutput) into the target, without Kafka."""
     from streamer import logs
@@ -1058,6 +1061,13 @@ def replicate(
             overrides={"consumer": {"error_policy": error_policy}}, path=_config_path(ctx)
         )
     logs.configure(settings.log_format, settings.log_level)
+    observers = []
+    if metrics_port is not None:  # the runner's batches, retries and dead letters (streamer.metrics)
+        from streamer.metrics import ConsumerMetrics
+
+        metrics = ConsumerMetrics(group or slot)
+        metrics.serve(metrics_port)
+        observers.append(metrics.observer())
     sink = build_sink(settings, source_url=source or settings.source_url)
     try:
         _upgrade_target(sink.engine)
@@ -1074,6 +1084,7 @@ def replicate(
             max_events=max_events,
             dlq_file=dlq_file,
             report=lambda line: print(line, flush=True),
+            observers=observers,
         )
         stats = proc.run()
     finally:

@@ -1,8 +1,11 @@
-"""Prometheus metrics of one ``streamer consume`` process (``--metrics-port``).
+"""Prometheus metrics of one ``streamer consume`` or ``streamer replicate`` process (``--metrics-port``).
 
 Every process has its own :class:`~prometheus_client.CollectorRegistry` (never the global default
-one), filled through :class:`streamer.consume.Hooks` and served over HTTP at ``/metrics``. Under
-``--processes N`` child *i* serves port ``P + i``.
+one), filled through :class:`streamer.consume.Hooks` (consume) or as a
+:class:`~streamer.sources.base.BatchObserver` of the one runner (replicate:
+:meth:`ConsumerMetrics.observer`; there a batch's records are its change events, there is no
+partition lag, and dead letters go to the ``--dlq-file``) and served over HTTP at ``/metrics``.
+Under ``--processes N`` child *i* serves port ``P + i``.
 
 ====================================================  =========  ===============================================
 metric                                                type       meaning
@@ -48,7 +51,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
@@ -57,8 +60,10 @@ from prometheus_client.registry import Collector
 
 from streamer import logs
 from streamer.consume import BatchReport, Hooks
-from streamer.events import Op
+from streamer.events import ChangeEvent, Op
 from streamer.settings import Settings
+from streamer.sink import ApplyResult
+from streamer.sources.base import BatchDone, Observers
 
 DEFAULT_STATISTICS_INTERVAL_MS = 5000
 _OPS = {op.value: op.name.lower() for op in Op}
@@ -123,16 +128,37 @@ class ConsumerMetrics:
 
     # ------------------------------------------------------------ hooks
     def on_batch_report(self, report: BatchReport) -> None:
+        self._batch(report.records, report.result, report.events, report.apply_seconds, report.committed_at)
+
+    def observer(self) -> Observers:
+        """The same metrics as a :class:`~streamer.sources.base.BatchObserver` of the one runner
+        (``streamer replicate --metrics-port``): a batch's records there are its change events."""
+        return Observers(batch=self.on_batch_done, retry=self.on_retry, dead_letter=self._dead_letters)
+
+    def on_batch_done(self, done: BatchDone) -> None:
+        events = done.batch.events
+        self._batch(len(events), done.result, events, done.apply_seconds, done.committed_at)
+
+    def _dead_letters(self, count: int) -> None:
+        self.dead_letters.inc(count)
+
+    def _batch(
+        self,
+        records: int,
+        result: ApplyResult,
+        events: Sequence[ChangeEvent],
+        apply_seconds: float,
+        committed: float,
+    ) -> None:
         self.batches.inc()
-        self.records.inc(report.records)
-        self.batch_records.observe(report.records)
-        self.apply_seconds.observe(report.apply_seconds)
-        for table, ops in report.result.tables.items():
+        self.records.inc(records)
+        self.batch_records.observe(records)
+        self.apply_seconds.observe(apply_seconds)
+        for table, ops in result.tables.items():
             for op, n in ops.items():
                 if n:
                     self.events.labels(table=table, op=_OPS.get(op, op)).inc(n)
-        committed = report.committed_at
-        for ev in report.events:
+        for ev in events:
             ts = ev.source_ts
             if ts is None:
                 continue

@@ -7,9 +7,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+from streamer import state
+from streamer.core.events import parse_lsn
+from streamer.replicate import ReplicationProcess
+from streamer.settings import load_settings
+from streamer.sink import build_sink
 from streamer.stack import Stack
-from tests.integration.test_replicate import Replication, assert_same, execute, repl, run, stored_lsn
+from tests.integration.test_replicate import (
+    Replication,
+    assert_same,
+    execute,
+    repl,
+    run,
+    slot_row,
+    stored_lsn,
+)
 
 __all__ = ["repl"]  # the fixture, used by name
 
@@ -92,3 +106,75 @@ def test_transaction_larger_than_the_memory_bound_spills_and_lands_whole(
     assert_same(stack, schema, url, ("big", "side"))
     assert list(spill_dir.iterdir()) == []
     assert stored_lsn(url, slot, slot) > first
+
+
+def test_chunks_of_a_spilled_transaction_store_and_confirm_its_end_only_with_the_last(
+    stack: Stack, repl: Replication, tmp_path: Path
+) -> None:
+    """The runner's layout: the open batch before the spilled transaction is applied first, each chunk
+    is a batch of its own, and while chunks are left neither ``_streamer_offsets`` nor the slot's
+    confirmed position moves past the transaction before it; the last chunk stores its end LSN."""
+    schema = repl.schema()
+    s = f'"{schema}"'
+    execute(stack, f"CREATE SCHEMA {s}", f"CREATE TABLE {s}.big (id int PRIMARY KEY, note text)")
+    slot = repl.slot()
+    url = stack.settings.target_url
+    made = run(slot, schema, url, "--create", "--tables", f"{schema}.big", "--max-events", "0")
+    assert made.returncode == 0, made.stderr[-3000:]
+    execute(
+        stack,
+        f"INSERT INTO {s}.big VALUES (-1, 'before')",  # a small transaction: the open batch before it
+        f"BEGIN; INSERT INTO {s}.big SELECT g, 'row ' || g || repeat('y', 60) FROM generate_series(1, 20000) g; "
+        f"DELETE FROM {s}.big WHERE id % 7 = 0; COMMIT",
+        f"INSERT INTO {s}.big VALUES (-2, 'after')",
+    )
+    state_dir = tmp_path / "state"
+    settings = load_settings(
+        env={},
+        overrides={
+            "target_url": url,
+            "replicate": {"max_transaction_memory_bytes": 256 * 1024, "state_dir": str(state_dir)},
+            "consumer": {"batch_max_events": 3000},
+        },
+    )
+    sink = build_sink(settings)
+    state.upgrade(sink.engine)
+    seen: list[tuple[int, int, int, int]] = []  # (events, batch end LSN, stored LSN, confirmed LSN)
+
+    def on_batch(_result: Any, _elapsed: float, txns: Any) -> None:
+        row = slot_row(stack, slot)
+        assert row is not None
+        confirmed = parse_lsn(row[2])
+        events = sum(len(txn.events) for txn in txns)
+        seen.append((events, txns[-1].end_lsn, stored_lsn(url, slot, slot), confirmed))
+
+    proc = ReplicationProcess(
+        settings,
+        sink,
+        source_url=stack.settings.source_url,
+        slot=slot,
+        publication=schema,
+        until_idle=3,
+        on_batch=on_batch,
+    )
+    try:
+        stats = proc.run()
+    finally:
+        sink.engine.dispose()
+    assert stats.spilled_transactions == 1
+    deletes = 20000 // 7
+    chunks = seen[1:-1]
+    assert len(seen) == 1 + 8 + 1  # 20000 + 2857 events: 7 chunks of 3000, the last one the rest
+    assert chunks[-1][0] == 20000 + deletes - 7 * 3000
+    before = seen[0]
+    assert before[0] == 1 and before[2] == before[1]  # the small transaction first, alone, stored
+    spilled_end = chunks[-1][1]
+    for events, _end, stored, confirmed in chunks[:-1]:
+        assert events == 3000
+        assert stored == before[1]  # a chunk in the middle stores nothing
+        assert confirmed <= before[1]  # nor is anything of the transaction confirmed
+    assert chunks[-1][2] == spilled_end > before[1]  # the last chunk stores the transaction's end
+    assert seen[-1][0] == 1 and seen[-1][2] == seen[-1][1] > spilled_end  # then the stream goes on
+    assert stats.transactions == 3
+    assert_same(stack, schema, url, ("big",))
+    assert list((state_dir / "spill").iterdir()) == []

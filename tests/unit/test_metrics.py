@@ -119,3 +119,27 @@ def test_lag_of() -> None:
     # nothing committed yet: the consumer started at the log start
     assert lag_of({**_partition(True, -1, hi=30, ls=30, committed=-1001), "lo_offset": 0}) == 30
     assert lag_of({**_partition(True, -1, hi=-1001, ls=-1001, committed=-1001), "lo_offset": -1001}) is None
+
+
+def test_the_runner_observer_feeds_the_same_metrics() -> None:
+    """``replicate --metrics-port``: the one runner's batches, retries and dead letters."""
+    from streamer.core.checkpoint import Checkpoint
+    from streamer.sources.base import Batch, BatchDone
+
+    m = ConsumerMetrics("slot")
+    observer = m.observer()
+    committed = dt.datetime(2025, 5, 1, 12, 0, 10, tzinfo=dt.UTC).timestamp()
+    events = [_event(dt.datetime(2025, 5, 1, 12, 0, 9, tzinfo=dt.UTC)), _event(None)]
+    batch = Batch(events, Checkpoint({("pg:slot", 0): 0x500}), 0.0)
+    result = ApplyResult(events=2, tables={"public.items": {"c": 2}})
+    observer.on_batch(BatchDone(1, batch, result, 0.3, 0.02, committed))
+    observer.on_retry()
+    observer.on_dead_letter(3)
+    assert _value(m, "streamer_events_applied_total", table="public.items", op="create") == 2
+    assert _value(m, "streamer_batches_total") == 1
+    assert _value(m, "streamer_records_total") == 2
+    assert _value(m, "streamer_batch_apply_seconds_sum") == 0.02
+    assert _value(m, "streamer_end_to_end_delay_seconds_count") == 1
+    assert _value(m, "streamer_end_to_end_delay_seconds_sum") == 1.0
+    assert _value(m, "streamer_batch_retries_total") == 1
+    assert _value(m, "streamer_dead_letters_total") == 3

@@ -875,17 +875,18 @@ def test_transactions_not_beyond_the_target_position_are_skipped() -> None:
     proc = ReplicationProcess(
         load_settings(env={}), cast(Sink, None), source_url="postgresql://x/y", slot="s", publication="p"
     )
-    proc._applied_lsn = proc._skip_to = 0x500  # what _streamer_offsets held at start
+    source = proc.source
+    source._applied_lsn = source._skip_to = 0x500  # what _streamer_offsets held at start
 
     def txn(end: int) -> Transaction:
         return Transaction(1, end - 0x10, end, dt.datetime(2024, 1, 1, tzinfo=dt.UTC), [], 10)
 
     for end in (0x400, 0x500):  # resent by a slot that lags the target
-        proc._accept(txn(end))
-    assert proc.stats.skipped_transactions == 2 and proc._pending == []
-    proc._accept(txn(0x510))  # the next one (its commit record may start exactly at 0x500)
-    proc._accept(txn(0x510))  # the same one again (after a reconnect, while still pending)
-    assert [t.end_lsn for t in proc._pending] == [0x510] and proc.stats.skipped_transactions == 3
+        source._accept(txn(end))
+    assert proc.stats.skipped_transactions == 2 and source._pending == []
+    source._accept(txn(0x510))  # the next one (its commit record may start exactly at 0x500)
+    source._accept(txn(0x510))  # the same one again (after a reconnect, while still pending)
+    assert [t.end_lsn for t in source._pending] == [0x510] and proc.stats.skipped_transactions == 3
 
 
 def test_dead_letter_policy_needs_a_file() -> None:

@@ -1,0 +1,329 @@
+"""The one run loop: read a source into bounded batches, apply each with the error policy, ack.
+
+:class:`Runner` drives any :class:`~streamer.sources.base.Source`:
+
+1. read into the source's open batch (at most ``min(1000, what the bounds leave)`` records a read);
+2. close the batch when it reaches ``batch_max_events`` (the source's count: records or events),
+   ``batch_max_bytes`` or ``batch_max_ms``, when the source is caught up after a short read
+   (``close_batch_when_caught_up``), when ``--max-events`` is reached, or when the source says it
+   must (a lost connection, a change that stops the run);
+3. hold it while ``streamer load`` writes one of its tables (:mod:`streamer.holds`: the loading
+   set is read before the batch is applied, and checked again inside its transaction);
+4. apply it in one target transaction with :func:`~streamer.pipeline.policy.apply_with_policy`
+   (retry transient errors with backoff, isolate a rejected event, dead-letter it inside the same
+   transaction under error policy ``dlq``);
+5. only after that commit, :meth:`~streamer.sources.base.Source.ack`; a batch that failed, was
+   refused or was left while holding is never acknowledged; a batch fenced in some streams
+   (:class:`~streamer.sink.FencedBatchError`: another owner applied past it) is handed back to the
+   source, which drops those streams (:meth:`~streamer.sources.base.Source.fenced`), and the rest
+   is applied again;
+6. count it (stats, ``--max-events``), tell the observers, log it.
+
+Between reads it writes the progress line every 5 s and the member's heartbeat in
+``_streamer_members``, and stops for ``--until-idle`` once the source has read nothing for that
+long and is drained. A clean stop (signal, ``--until-idle``, ``--max-events``) applies the open
+batch first; an error leaves it (it is read again by the next run).
+
+Batches are applied one at a time in the caller's thread: every batch applied after the loading
+set was read was filtered with it, so the member acknowledges a hold generation as soon as it
+reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import tenacity
+from sqlalchemy.engine import Connection
+
+from streamer.core.events import ChangeEvent
+from streamer.holds import HoldView, check_batch
+from streamer.pipeline.policy import BatchNotIsolatedError, RetryPolicy, apply_with_policy, sink_apply
+from streamer.sink import ApplyResult, EventRejectedError, FencedBatchError, Sink
+from streamer.sources.base import Batch, BatchDone, BatchObserver, Source
+
+PROGRESS_EVERY_S = 5.0
+HOLD_RECHECK_S = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchBounds:
+    """``consumer.batch_max_events|bytes|ms`` and ``consumer.close_batch_when_caught_up``."""
+
+    max_events: int
+    max_bytes: int
+    max_ms: int
+    close_when_caught_up: bool = True
+
+
+class RunCounters(Protocol):
+    """The counters the runner keeps (a source's stats class adds its own)."""
+
+    events_applied: int
+    batches: int
+    dead_lettered: int
+    retries: int
+    started: float
+    last_batch_at: float | None
+
+
+@dataclasses.dataclass
+class RunStats:
+    """The runner's counters alone (for callers without a stats class of their own)."""
+
+    events_applied: int = 0
+    batches: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    last_batch_at: float | None = None
+
+
+class Runner:
+    """One run of one source into one sink (see the module docstring)."""
+
+    def __init__(
+        self,
+        source: Source,
+        sink: Sink,
+        *,
+        bounds: BatchBounds,
+        retry: RetryPolicy,
+        dead_letter: bool,
+        stop: threading.Event,
+        stats: RunCounters,
+        log: Any,
+        until_idle: float | None = None,
+        max_events: int | None = None,
+        observers: Sequence[BatchObserver] = (),
+        keepalive_interval: float = 10.0,
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self.bounds = bounds
+        self.retry = retry
+        self.dead_letter = dead_letter
+        self.stop = stop
+        self.stats = stats
+        self.log = log
+        self.until_idle = until_idle
+        self.max_events = max_events
+        self.observers = list(observers)
+        self.keepalive_interval = keepalive_interval
+        self.holds = HoldView(sink.engine, source.member_kind, source.member_group)
+        self.counted = 0  # what --max-events counts, applied so far
+        self._holds_read = False
+
+    # ------------------------------------------------------------ the loop
+    def run(self) -> None:
+        """Run until stopped, idle (``until_idle``) or ``max_events``; then leave ``_streamer_members``."""
+        try:
+            if self._loop():
+                self._flush()  # a clean stop: the open batch is applied and acknowledged
+        finally:
+            try:
+                self.holds.leave()
+            except Exception as exc:  # the row expires by itself (load.member_expiry_s)
+                self.log.warning("could not remove this member from _streamer_members", error=str(exc)[:300])
+
+    def _loop(self) -> bool:
+        """The loop; True when it ended cleanly (the open batch is still to be applied)."""
+        source, bounds = self.source, self.bounds
+        last_progress = time.monotonic()
+        while not self.stop.is_set():
+            pending = source.pending()
+            budget = bounds.max_events - pending.count
+            if self.max_events is not None:
+                budget = min(budget, self.max_events - self.counted - pending.count)
+            wanted = max(1, min(budget, 1000))
+            got = source.read(wanted) if budget > 0 else 0
+            now = time.monotonic()
+            pending = source.pending()
+            if source.must_close() or (
+                pending.items
+                and (
+                    pending.count >= bounds.max_events
+                    or pending.bytes >= bounds.max_bytes
+                    or (now - pending.started) * 1000 >= bounds.max_ms
+                    or (bounds.close_when_caught_up and got < wanted and source.caught_up())
+                    or (self.max_events is not None and self.counted + pending.count >= self.max_events)
+                )
+            ):
+                self._flush()
+            if self.max_events is not None and self.counted + source.pending().count >= self.max_events:
+                self.log.info("max events reached, stopping", max_events=self.max_events)
+                return True
+            if now - last_progress >= PROGRESS_EVERY_S:
+                last_progress = now
+                elapsed = max(now - self.stats.started, 1e-9)
+                self.log.info(
+                    "progress",
+                    events_applied=self.stats.events_applied,
+                    rate=round(self.stats.events_applied / elapsed, 1),
+                    **source.progress_fields(),
+                )
+            if not self._holds_read:  # registers the member first
+                self._holds_read = True
+                self.holds.tables(self._can_ack)
+            else:  # heartbeat in _streamer_members, and see a new load even when idle
+                self.holds.heartbeat(self._can_ack, self.log)
+            if got or self.until_idle is None or source.pending().items:
+                continue
+            idle = source.idle_seconds(now)
+            if idle is not None and idle >= self.until_idle and source.drained():
+                self.log.info("idle, stopping", idle_seconds=self.until_idle)
+                return True
+        return True
+
+    @staticmethod
+    def _can_ack(_generation: int) -> bool:
+        """Batches are applied in this thread, each checked against the loading set just before:
+        once the set is read, no batch filtered with an older one is left to apply."""
+        return True
+
+    # ------------------------------------------------------------ one batch
+    def _flush(self) -> None:
+        batch = self.source.take()
+        if batch is None:
+            return
+        if not batch.empty:
+            self._apply(batch)
+        if batch.stop_error is not None:
+            raise batch.stop_error
+
+    def _apply(self, batch: Batch) -> None:
+        started = time.monotonic()
+        held = self._wait_for_loads(batch)
+        if held is None:
+            return  # stopped while a load ran: nothing applied nor acknowledged, read again next run
+        batch = held
+        apply_started = time.monotonic()
+        while True:
+            try:
+                result = self._apply_with_policy(batch)
+                break
+            except FencedBatchError as fenced:
+                rest = self.source.fenced(batch, fenced)
+                if rest is None:
+                    return  # every stream of it was fenced: nothing applied nor acknowledged
+                batch = rest
+        committed_at = time.time()
+        apply_seconds = time.monotonic() - apply_started
+        self.source.ack(batch)
+        self.stats.events_applied += result.events
+        self.stats.batches += 1
+        self.stats.last_batch_at = time.perf_counter()
+        self.counted += batch.units if batch.units is not None else result.events
+        elapsed = time.monotonic() - started
+        done = BatchDone(self.stats.batches, batch, result, elapsed, apply_seconds, committed_at)
+        for observer in self.observers:
+            observer.on_batch(done)
+        line = self.log.info if self.source.batch_log_level == "info" else self.log.debug
+        line(
+            "batch applied",
+            batch=self.stats.batches,
+            events=result.events,
+            tables=result.tables,
+            seconds=round(elapsed, 4),
+            apply_seconds=round(apply_seconds, 4),
+            **self.source.batch_fields(batch),
+        )
+
+    def _touched(self, events: Sequence[ChangeEvent]) -> set[str]:
+        route = self.sink.router.route
+        return {route(ev.table).qualified for ev in events}
+
+    def _wait_for_loads(self, batch: Batch) -> Batch | None:
+        """The part of ``batch`` that may be applied while ``streamer load`` writes tables of it: a
+        delete applied before the load's snapshot row is written would be undone by it. The source
+        decides (:meth:`~streamer.sources.base.Source.hold`); when it holds the whole batch, the
+        loading set is re-read every second while the source is kept alive. None if stopped."""
+        if not self.holds.tables(self._can_ack):
+            return batch
+        tables = self._touched(batch.events)
+        held = False
+        while True:
+            busy = tables & self.holds.tables(self._can_ack, fresh=held)
+            if not busy:
+                if held:
+                    self.log.info("load finished: resuming the stream")
+                return batch
+            part = self.source.hold(batch, busy)
+            if part is not None:
+                return part
+            if not held:
+                held = True
+                self.log.info("holding the stream while tables are loaded", tables=sorted(busy))
+            if self.stop.wait(HOLD_RECHECK_S):
+                return None
+            self.source.keepalive()
+
+    def _apply_with_policy(self, batch: Batch) -> ApplyResult:
+        source = self.source
+        generation = self.holds.generation
+        member_id = self.holds.member.member_id
+        touched = self._touched(batch.events)
+
+        def check_hold(conn: Connection) -> None:
+            check_batch(conn, member_id, generation, touched)  # see streamer.holds
+
+        def before_commit(result: ApplyResult) -> None:
+            count = source.dead_letter(batch, result.failed)
+            if count:
+                self.stats.dead_lettered += count
+                for observer in self.observers:
+                    observer.on_dead_letter(count)
+
+        kw: dict[str, Any] = {}
+        if batch.checkpoint.first:
+            kw["first"] = batch.checkpoint.first
+        if batch.checkpoint.identities:
+            kw["identities"] = batch.checkpoint.identities
+        apply = sink_apply(
+            self.sink,
+            batch.events,
+            batch.checkpoint.positions,
+            source.group,
+            dead_letter=self.dead_letter,
+            before_commit=before_commit,
+            in_transaction=check_hold,
+            **kw,
+        )
+        try:
+            return apply_with_policy(
+                apply,
+                retry=self.retry,
+                transient=source.transient,
+                permanent=source.permanent,
+                passthrough=source.passthrough,
+                isolate_passthrough=source.isolate_passthrough,
+                before_sleep=self._before_retry,
+                sleep=self._sleep,
+                unavailable_hint=source.unavailable_hint,
+            )
+        except (BatchNotIsolatedError, EventRejectedError) as failed:
+            raise source.rejected(batch, failed) from None
+
+    def _before_retry(self, state: tenacity.RetryCallState) -> None:
+        self.stats.retries += 1
+        for observer in self.observers:
+            observer.on_retry()
+        exc = state.outcome.exception() if state.outcome else None
+        self.log.warning(
+            "transient database error, retrying batch", attempt=state.attempt_number, error=str(exc)[:300]
+        )
+        self.source.keepalive()
+
+    def _sleep(self, seconds: float) -> None:
+        """A retry's backoff, keeping the source alive at least every ``keepalive_interval``."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, self.keepalive_interval))
+            self.source.keepalive()
