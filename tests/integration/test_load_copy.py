@@ -54,6 +54,16 @@ def _text_columns(names: str) -> str:
     return ", ".join(f"{c.strip()}::text" for c in names.split(","))
 
 
+def _plain(stack: Stack, schema: str, rows: int, *more: str) -> None:
+    """A source table ``plain`` of built-in types with ``rows`` rows, then ``more`` statements."""
+    run_on_source(
+        stack,
+        f'CREATE TABLE "{schema}".plain ({BUILTIN_COLUMNS})',
+        f'INSERT INTO "{schema}".plain ' + BUILTIN_ROWS.format(n=rows),
+        *more,
+    )
+
+
 @pytest.fixture
 def tables(stack: Stack, unique: str) -> Iterator[str]:
     run_on_source(stack, f'CREATE SCHEMA "{unique}"')
@@ -71,10 +81,10 @@ def test_builtin_types_go_binary_and_user_types_go_text_both_equal_to_the_source
     stack: Stack, sink: Sink, tables: str
 ) -> None:
     schema = tables
-    run_on_source(
+    _plain(
         stack,
-        f'CREATE TABLE "{schema}".plain ({BUILTIN_COLUMNS})',
-        f'INSERT INTO "{schema}".plain ' + BUILTIN_ROWS.format(n=25_000),
+        schema,
+        25_000,
         f"CREATE TYPE \"{schema}\".mood AS ENUM ('sad', 'ok', 'happy')",
         f'CREATE TABLE "{schema}".moods (id int PRIMARY KEY, m "{schema}".mood, t text)',
         f"INSERT INTO \"{schema}\".moods SELECT g, (ARRAY['sad', 'ok', 'happy'])[1 + g % 3]::\"{schema}\".mood, "
@@ -109,11 +119,7 @@ def test_a_row_written_after_the_empty_check_turns_the_copy_into_a_merge_and_a_s
     and merged, and since a merge happened the sweep runs: a row the source never had goes.
     """
     schema = tables
-    run_on_source(
-        stack,
-        f'CREATE TABLE "{schema}".plain ({BUILTIN_COLUMNS})',
-        f'INSERT INTO "{schema}".plain ' + BUILTIN_ROWS.format(n=9_000),
-    )
+    _plain(stack, schema, 9_000)
     target = _target(stack)
     with target.cursor() as cur:
         cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
@@ -180,12 +186,7 @@ def test_fresh_statistics_plan_the_chunks_without_a_scan_and_stale_ones_do_not(
     stack: Stack, sink: Sink, tables: str
 ) -> None:
     schema = tables
-    run_on_source(
-        stack,
-        f'CREATE TABLE "{schema}".plain ({BUILTIN_COLUMNS})',
-        f'INSERT INTO "{schema}".plain ' + BUILTIN_ROWS.format(n=30_000),
-        f'ANALYZE "{schema}".plain',
-    )
+    _plain(stack, schema, 30_000, f'ANALYZE "{schema}".plain')
     src = source_connection(stack)
     try:
         with src.cursor() as cur:
