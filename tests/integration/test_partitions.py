@@ -198,3 +198,41 @@ def test_connectors_apply_creates_the_publication_via_partition_root(
         assert leaf_topics == []
     finally:
         drop_connector(stack, schema, schema)
+
+
+def test_replicate_create_publishes_a_partitioned_table_via_its_root(stack: Stack, unique: str) -> None:
+    """`replicate --create --tables schema.p` (the partitioned root): the publication it creates has
+    publish_via_partition_root, so the stream names the root, as `connectors apply` makes it for Debezium."""
+    repl = Replication(stack, unique)
+    url = stack.settings.target_url
+    try:
+        schema = repl.schema()
+        slot = repl.slot()
+        _create(stack, schema)
+        made = run(slot, schema, url, "--create", "--tables", f"{schema}.p", "--max-events", "0")
+        assert made.returncode == 0, made.stderr[-3000:]
+        conn = psycopg2.connect(stack.settings.source_url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT p.pubviaroot, t.schemaname, t.tablename FROM pg_publication p "
+                    "JOIN pg_publication_tables t ON t.pubname = p.pubname WHERE p.pubname = %s",
+                    (schema,),
+                )
+                assert cur.fetchall() == [(True, schema, "p")]
+        finally:
+            conn.close()
+        load = subprocess.run(
+            [*consume_cmd("x", "x")[:3], "load", f"--table={schema}.p"],
+            env=consumer_env(url),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert load.returncode == 0, load.stderr[-3000:]
+        _changes(stack, schema)
+        done = run(slot, schema, url, "--until-idle", "4", timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        _assert_same(stack, url, schema)
+    finally:
+        repl.cleanup()

@@ -236,23 +236,41 @@ class SourceCatalog:
                 f"cannot publish tables that do not exist: {', '.join(missing_tables)}"
             )
         idents = {(s, t): f"{quote_ident(s)}.{quote_ident(t)}" for s, t in wanted}
+        # a partitioned table publishes its changes as its own (one relation, as `connectors apply`
+        # makes Debezium's publication): publish_via_partition_root
+        partitioned = [
+            k
+            for k, ident in idents.items()
+            if self.scalar("SELECT relkind FROM pg_class WHERE oid = %s::regclass", (ident,)) == "p"
+        ]
+        via_root = " WITH (publish_via_partition_root = true)" if partitioned else ""
         if not self.publication(name):
             if not wanted:
                 raise PublicationNotFoundError(
                     f"publication {name!r} does not exist: give --tables schema.t1,schema.t2 with --create"
                 )
             try:
-                self.query(f"CREATE PUBLICATION {quote_ident(name)} FOR TABLE {', '.join(idents.values())}")
+                self.query(
+                    f"CREATE PUBLICATION {quote_ident(name)} FOR TABLE {', '.join(idents.values())}{via_root}"
+                )
             except psycopg2.errors.DuplicateObject:
                 pass  # created by a concurrent --create: add what is missing below
             else:
-                return [f"created publication {name} for {', '.join(f'{s}.{t}' for s, t in wanted)}"]
+                return [
+                    f"created publication {name}{via_root} for {', '.join(f'{s}.{t}' for s, t in wanted)}"
+                ]
+        done: list[str] = []
+        if partitioned and not self.scalar(
+            "SELECT pubviaroot FROM pg_publication WHERE pubname = %s", (name,)
+        ):
+            self.query(f"ALTER PUBLICATION {quote_ident(name)} SET (publish_via_partition_root = true)")
+            done.append(f"turned publish_via_partition_root on in publication {name}")
         have = set(self.published_tables(name))
         add = [(s, t) for s, t in wanted if (s, t) not in have]
         if add:
             self.query(f"ALTER PUBLICATION {quote_ident(name)} ADD TABLE {', '.join(idents[k] for k in add)}")
-            return [f"added {', '.join(f'{s}.{t}' for s, t in add)} to publication {name}"]
-        return [f"publication {name} exists"]
+            done.append(f"added {', '.join(f'{s}.{t}' for s, t in add)} to publication {name}")
+        return done or [f"publication {name} exists"]
 
     def check_identities(self, publication: str) -> None:
         rows = self.query(
