@@ -106,16 +106,39 @@ def test_consume_lands_leaf_partition_topics_in_the_root_table(
     _assert_same(stack, url, schema)
 
 
-def test_replicate_lands_leaf_partitions_in_the_root_table(stack: Stack, unique: str) -> None:
+def _published(stack: Stack, publication: str) -> list[tuple[bool, str, str]]:
+    """``(pubviaroot, schema, table)`` of every table the publication publishes."""
+    conn = psycopg2.connect(stack.settings.source_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT p.pubviaroot, t.schemaname, t.tablename FROM pg_publication p "
+                "JOIN pg_publication_tables t ON t.pubname = p.pubname WHERE p.pubname = %s",
+                (publication,),
+            )
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("listed", ["leaves", "root"])
+def test_replicate_lands_partitions_in_the_root_table(stack: Stack, unique: str, listed: str) -> None:
+    """``replicate --create`` given the leaf partitions (published per leaf: the sink routes each as
+    its root) or the partitioned root (the publication it creates has publish_via_partition_root, so
+    the stream names the root, as ``connectors apply`` makes it for Debezium)."""
     repl = Replication(stack, unique)
     url = stack.settings.target_url
     try:
         schema = repl.schema()
         slot = repl.slot()
         _create(stack, schema)
-        leaves = ",".join(f"{schema}.{leaf}" for leaf in LEAVES)
-        made = run(slot, schema, url, "--create", "--tables", leaves, "--max-events", "0")
+        tables = ",".join(f"{schema}.{leaf}" for leaf in LEAVES) if listed == "leaves" else f"{schema}.p"
+        made = run(slot, schema, url, "--create", "--tables", tables, "--max-events", "0")
         assert made.returncode == 0, made.stderr[-3000:]
+        if listed == "root":
+            assert _published(stack, schema) == [(True, schema, "p")]
+        else:
+            assert sorted(_published(stack, schema)) == [(False, schema, leaf) for leaf in LEAVES]
         load = subprocess.run(
             [*consume_cmd("x", "x")[:3], "load", f"--table={schema}.p"],
             env=consumer_env(url),
@@ -158,17 +181,7 @@ def test_connectors_apply_creates_the_publication_via_partition_root(
         ) in plan.stdout.splitlines(), plan.stdout
         applied = connectors("apply", "--wait", "90")
         assert applied.returncode == 0, applied.stdout + applied.stderr
-        conn = psycopg2.connect(stack.settings.source_url)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT p.pubviaroot, t.schemaname, t.tablename FROM pg_publication p "
-                    "JOIN pg_publication_tables t ON t.pubname = p.pubname WHERE p.pubname = %s",
-                    (f"{schema}_pub",),
-                )
-                assert cur.fetchall() == [(True, schema, "p")]
-        finally:
-            conn.close()
+        assert _published(stack, f"{schema}_pub") == [(True, schema, "p")]
         again = connectors("plan")
         assert f"= publication {schema}_pub ({schema}): publish_via_partition_root already on" in again.stdout
 
@@ -198,41 +211,3 @@ def test_connectors_apply_creates_the_publication_via_partition_root(
         assert leaf_topics == []
     finally:
         drop_connector(stack, schema, schema)
-
-
-def test_replicate_create_publishes_a_partitioned_table_via_its_root(stack: Stack, unique: str) -> None:
-    """`replicate --create --tables schema.p` (the partitioned root): the publication it creates has
-    publish_via_partition_root, so the stream names the root, as `connectors apply` makes it for Debezium."""
-    repl = Replication(stack, unique)
-    url = stack.settings.target_url
-    try:
-        schema = repl.schema()
-        slot = repl.slot()
-        _create(stack, schema)
-        made = run(slot, schema, url, "--create", "--tables", f"{schema}.p", "--max-events", "0")
-        assert made.returncode == 0, made.stderr[-3000:]
-        conn = psycopg2.connect(stack.settings.source_url)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT p.pubviaroot, t.schemaname, t.tablename FROM pg_publication p "
-                    "JOIN pg_publication_tables t ON t.pubname = p.pubname WHERE p.pubname = %s",
-                    (schema,),
-                )
-                assert cur.fetchall() == [(True, schema, "p")]
-        finally:
-            conn.close()
-        load = subprocess.run(
-            [*consume_cmd("x", "x")[:3], "load", f"--table={schema}.p"],
-            env=consumer_env(url),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert load.returncode == 0, load.stderr[-3000:]
-        _changes(stack, schema)
-        done = run(slot, schema, url, "--until-idle", "4", timeout=180)
-        assert done.returncode == 0, done.stderr[-3000:]
-        _assert_same(stack, url, schema)
-    finally:
-        repl.cleanup()
