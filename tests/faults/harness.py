@@ -557,6 +557,97 @@ def differences(
     return out
 
 
+def _json(raw: bytes | None) -> Any:
+    if raw is None:
+        return None
+    doc = json.loads(raw)
+    return doc["payload"] if isinstance(doc, dict) and "payload" in doc and "schema" in doc else doc
+
+
+def key_history(
+    settings: Mapping[str, str],
+    topics: str,
+    url: str,
+    database: str,
+    schema: str,
+    diffs: Sequence[Difference],
+    limit: int = 12,
+) -> str:
+    """What the topics and the target hold for the keys that differ: every record of each such key
+    (offset, op, before/after id, source LSN, txId, snapshot flag) and the target row's version.
+
+    A failing drain then tells a change the capture never sent (no record) from one the consumer
+    skipped or undid (a record whose effect the target does not show)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from streamer.settings import load_settings
+
+    bootstrap = settings.get("STREAMER_BOOTSTRAP_SERVERS") or load_settings().bootstrap_servers
+    wanted = {
+        d.table: {*d.missing[:limit], *d.extra[:limit], *(k for k, _ in d.changed[:limit])} for d in diffs
+    }
+    lines: list[str] = []
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"history-{os.getpid()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    target = create_target_engine(url)
+    try:
+        import re
+
+        pattern = re.compile(topics)
+        names = [t for t in consumer.list_topics(timeout=20).topics if pattern.search(t)]
+        for table, keys in wanted.items():
+            for topic in (t for t in names if t.endswith(f".{table}")):
+                parts = consumer.list_topics(topic, timeout=20).topics[topic].partitions
+                tps = [TopicPartition(topic, p, 0) for p in parts]
+                ends = {
+                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=20)[1] for p in parts
+                }
+                consumer.assign(tps)
+                left = {p for p, end in ends.items() if end > 0}
+                while left:
+                    msg = consumer.poll(5.0)
+                    if msg is None:
+                        break
+                    if msg.error():
+                        continue
+                    part, offset = msg.partition(), msg.offset() or 0
+                    if offset + 1 >= ends[part]:
+                        left.discard(part)
+                    key = _json(msg.key())
+                    if not isinstance(key, dict) or key.get("id") not in keys:
+                        continue
+                    value = _json(msg.value())
+                    if value is None:
+                        lines.append(f"  {topic}[{part}]@{offset} key {key.get('id')}: tombstone")
+                        continue
+                    src = value.get("source") or {}
+                    ids = [(value.get(side) or {}).get("id") for side in ("before", "after")]
+                    lines.append(
+                        f"  {topic}[{part}]@{offset} key {key.get('id')}: op={value.get('op')} "
+                        f"before.id={ids[0]} after.id={ids[1]} lsn={src.get('lsn')} txId={src.get('txId')} "
+                        f"snapshot={src.get('snapshot')}"
+                    )
+                consumer.unassign()
+            where = target_table(url, database, schema, table)
+            with contextlib.suppress(sa.exc.SQLAlchemyError), target.connect() as conn:
+                t = sa.Table(where[1], sa.MetaData(), schema=where[0], autoload_with=conn)
+                if VERSION_COLUMN in t.c:
+                    for row in conn.execute(sa.select(t.c.id, t.c[VERSION_COLUMN]).where(t.c.id.in_(keys))):
+                        lines.append(f"  target {table} id={row[0]}: {VERSION_COLUMN}={row[1]}")
+    except Exception as exc:  # a diagnostic: its own failure must not hide the assertion
+        lines.append(f"  (history incomplete: {type(exc).__name__}: {exc})")
+    finally:
+        consumer.close()
+        target.dispose()
+    return "what the topics and the target hold for those keys:\n" + ("\n".join(lines) or "  nothing")
+
+
 def assert_equal(
     source_url: str, url: str, database: str, schema: str, tables: Sequence[str] = TABLES
 ) -> None:
@@ -645,7 +736,10 @@ def drain_and_compare(
         last = text
         if time.monotonic() >= deadline or stuck >= 2:
             why = f"; unchanged over the last {stuck + 1} runs" if stuck >= 2 else ""
-            raise AssertionError(f"target still differs from source after {runs} drain runs{why}:\n{text}")
+            history = key_history(settings or {}, topics, url, database, schema, diffs)
+            raise AssertionError(
+                f"target still differs from source after {runs} drain runs{why}:\n{text}\n{history}"
+            )
         say(f"drain run {runs}: still differs ({'; '.join(str(d) for d in diffs)[:300]}), draining again")
     assert_equal(source_url, url, database, schema, tables)
     say(
