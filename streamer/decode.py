@@ -226,6 +226,7 @@ from streamer.core.events import (
     TableId,
     mysql_version,
     pg_version,
+    read_version,
 )
 
 __all__ = [
@@ -1531,7 +1532,7 @@ class Decoder:
         key_values, key_columns = self._key(key) if op is not Op.TRUNCATE else ({}, ())
         if partial_before:
             before = dict(key_values)
-        position, txid, source_ts = self._position(source, payload.get("transaction"))
+        position, txid, source_ts = self._position(source, payload.get("transaction"), read=op is Op.READ)
         return _new_change_event(
             op=op,
             table=self._table(source.get("db"), source.get("schema"), source.get("table"), source, origin),
@@ -1597,7 +1598,7 @@ class Decoder:
         if hint is not None and key_values:
             key_values = self._hint_key(key_values, hint)
         transaction = groups["transaction"] or None
-        position, txid, source_ts = self._position(source, transaction, flattened=True)
+        position, txid, source_ts = self._position(source, transaction, flattened=True, read=op is Op.READ)
         return _new_change_event(
             op=op,
             table=self._table(source.get("db"), source.get("schema"), source.get("table"), source, origin),
@@ -1641,7 +1642,7 @@ class Decoder:
             key_values, key_columns = self._key(key) if op is not Op.TRUNCATE else ({}, ())
             if hint is not None and key_values:
                 key_values = self._hint_key(key_values, hint)
-            position, txid, source_ts = self._position(source, payload.get("transaction"))
+            position, txid, source_ts = self._position(source, payload.get("transaction"), read=op is Op.READ)
             return _new_change_event(
                 op=op,
                 table=table,
@@ -1751,9 +1752,13 @@ class Decoder:
         return found
 
     def _position(
-        self, source: Mapping[str, Any], transaction: Any, *, flattened: bool = False
+        self, source: Mapping[str, Any], transaction: Any, *, flattened: bool = False, read: bool = False
     ) -> tuple[SourcePosition, str | None, dt.datetime | None]:
-        """Position, transaction id and source time of a change; :class:`MissingPositionError` without a position."""
+        """Position, transaction id and source time of a change; :class:`MissingPositionError` without a position.
+
+        ``read``: the change is a snapshot row, whose version carries the read mark
+        (:func:`streamer.core.events.read_version`, why in that module's docstring).
+        """
         snapshot = source.get("snapshot") not in _SNAPSHOT_FALSE
         lsn = source.get("lsn")
         txid: str | None = None
@@ -1769,7 +1774,10 @@ class Decoder:
                 except (orjson.JSONDecodeError, ValueError, TypeError):
                     raise DecodeError(f"bad source.sequence {seq!r}") from None
             position = _new_position(
-                version=pg_version(lsn), lsn=lsn, commit_lsn=commit_lsn, snapshot=snapshot
+                version=read_version(pg_version(lsn)) if read else pg_version(lsn),
+                lsn=lsn,
+                commit_lsn=commit_lsn,
+                snapshot=snapshot,
             )
             tx = source.get("txId")
             txid = None if tx is None else str(tx)
@@ -1782,7 +1790,9 @@ class Decoder:
             row = int(source.get("row") or 0)
             gtid = source.get("gtid")
             position = _new_position(
-                version=mysql_version(int(number), pos, row),
+                version=read_version(mysql_version(int(number), pos, row))
+                if read
+                else mysql_version(int(number), pos, row),
                 binlog_file=file,
                 binlog_pos=pos,
                 row=row,

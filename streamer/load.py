@@ -102,7 +102,7 @@ from streamer.pgtypes import (
     type_from_row,
 )
 from streamer.schema import Route, TargetTable, cast_type
-from streamer.sink import Sink
+from streamer.sink import Sink, newer_sql
 
 LOWEST_VERSION = pg_version(0)
 _COPY_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{1,2}|[0-7]{1,3}|.)")
@@ -1016,7 +1016,8 @@ class Loader:
                 )
                 cur.execute(
                     f"INSERT INTO {table} AS t ({cols}) SELECT {cols} FROM {stage} "  # noqa: S608
-                    f"ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE t.{ver} IS NULL OR t.{ver} < EXCLUDED.{ver}"
+                    f"ON CONFLICT ({key}) DO UPDATE SET {updates} "
+                    f"WHERE {newer_sql(f't.{ver}', f'EXCLUDED.{ver}')}"
                 )
             self._checkpoint(conn, route, chunk, rows)
             return rows

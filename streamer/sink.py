@@ -42,7 +42,7 @@ import io
 import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -51,7 +51,17 @@ from streamer import state
 from streamer.apply.dialects import Dialect, dialect_for
 from streamer.core.checkpoint import OffsetIdentity
 from streamer.core.errors import StreamerError
-from streamer.core.events import UNAVAILABLE, ChangeEvent, EndOfDay, InfiniteDate, InfiniteDatetime, Op
+from streamer.core.events import (
+    READ_MARK,
+    UNAVAILABLE,
+    ChangeEvent,
+    EndOfDay,
+    InfiniteDate,
+    InfiniteDatetime,
+    Op,
+    is_read_version,
+    supersedes,
+)
 from streamer.db import is_transient
 from streamer.fetch import RowCompleter, SourceFetcher, build_fetcher
 from streamer.pgcopy import copy_rows
@@ -222,7 +232,7 @@ def coalesce(events: Iterable[ChangeEvent], router: Router) -> dict[tuple[str | 
         key_row = _row(route, ev.key)
         key = tuple(key_row.values())
         prev = plan.upserts.get(key)
-        if prev is not None and prev[1] >= version:
+        if prev is not None and not supersedes(prev[1], version):
             continue  # after an upsert the row is at least that new: an older change does nothing
         if ev.op is Op.DELETE:
             # [delete d?, upsert u, delete v > u] has the effect of one delete at max(d, v)
@@ -246,7 +256,62 @@ def coalesce(events: Iterable[ChangeEvent], router: Router) -> dict[tuple[str | 
     return plans
 
 
+def coalesce_rounds(
+    events: Sequence[ChangeEvent], router: Router
+) -> list[dict[tuple[str | None, str], TablePlan]]:
+    """:func:`coalesce` of a batch cut where one key passes between snapshot rows and the stream.
+
+    The version guard is not a total order (a streamed change replaces a snapshot row at a higher
+    position, :func:`streamer.core.events.supersedes`), so a snapshot row and a streamed change of
+    one key cannot be folded into one upsert: ``[read at 9, update at 5]`` over a row at 7 writes
+    the read, then the update, where one upsert at 5 would be refused. Each run of events in which
+    no key has both is coalesced on its own (the guard is plain ``<`` within it); the plans are
+    applied in order, in the batch's one transaction. A batch without snapshot rows is one run.
+    """
+    rounds: list[list[ChangeEvent]] = []
+    current: list[ChangeEvent] = []
+    kinds: dict[tuple[Any, ...], bool] = {}
+    for ev in events:
+        if ev.op is not Op.TRUNCATE:
+            route = router.route(ev.table)
+            key = (route.target_schema, route.target_table, *_row(route, ev.key).values())
+            read = is_read_version(ev.position.version)
+            if kinds.setdefault(key, read) is not read:
+                rounds.append(current)
+                current, kinds = [], {key: read}
+        current.append(ev)
+    if current:
+        rounds.append(current)
+    return [coalesce(r, router) for r in rounds]
+
+
 # ---------------------------------------------------------------- statements
+_READ_PATTERN: Final = "%" + READ_MARK
+
+
+def newer(stored: Any, incoming: Any) -> Any:
+    """The version guard as a SQL expression: :func:`streamer.core.events.supersedes` of two columns.
+
+    Missing, older, or a snapshot row (read mark) replaced by a streamed change.
+    """
+    # the pattern as a literal, not a parameter: PyMySQL's executemany formats the statement's
+    # ON DUPLICATE KEY part without parameters (the compiler doubles the literal's percent sign)
+    pattern: sa.ColumnClause[str] = sa.literal_column(f"'{_READ_PATTERN}'", sa.String())
+    return sa.or_(
+        stored.is_(None),
+        stored < incoming,
+        sa.and_(stored.like(pattern), incoming.not_like(pattern)),
+    )
+
+
+def newer_sql(stored: str, incoming: str) -> str:
+    """:func:`newer` as SQL text over two quoted column references (``t."v"``, ``s."v"``)."""
+    return (
+        f"({stored} IS NULL OR {stored} < {incoming} OR "
+        f"({stored} LIKE '{_READ_PATTERN}' AND {incoming} NOT LIKE '{_READ_PATTERN}'))"
+    )
+
+
 def _light_table(table: TargetTable, columns: Iterable[str]) -> sa.TableClause:
     return sa.table(
         table.route.target_table, *(sa.column(c) for c in columns), schema=table.route.target_schema
@@ -262,7 +327,7 @@ def _upsert_statement(dialect: Dialect, table: TargetTable, columns: Sequence[st
         t,
         list(table.key),
         [*update_cols, ver],  # the version last: MySQL assigns left to right
-        guard=lambda new: sa.or_(t.c[ver].is_(None), t.c[ver] < new[ver]),
+        guard=lambda new: newer(t.c[ver], new[ver]),
     )
 
 
@@ -279,9 +344,10 @@ def _partial_statements(table: TargetTable, columns: Sequence[str]) -> tuple[Any
     same_key = [t.c[k] == params[k] for k in table.key]
     missing = ~sa.exists(sa.select(sa.literal(1)).select_from(t).where(*same_key))
     insert = sa.insert(t).from_select(list(columns), sa.select(*params.values()).where(missing))
-    newer = sa.or_(t.c[ver].is_(None), t.c[ver] < params[ver])
     update = (
-        sa.update(t).where(*same_key, newer).values({c: params[c] for c in columns if c not in table.key})
+        sa.update(t)
+        .where(*same_key, newer(t.c[ver], params[ver]))
+        .values({c: params[c] for c in columns if c not in table.key})
     )
     return insert, update
 
@@ -290,8 +356,7 @@ def _delete_statement(table: TargetTable) -> Any:
     ver = table.version_column
     t = _light_table(table, [*table.key, ver])
     cond = [t.c[k] == sa.bindparam(f"k_{i}") for i, k in enumerate(table.key)]
-    newer = sa.or_(t.c[ver].is_(None), t.c[ver] < sa.bindparam("v_version"))
-    return sa.delete(t).where(*cond, newer)
+    return sa.delete(t).where(*cond, newer(t.c[ver], sa.bindparam("v_version")))
 
 
 @dataclasses.dataclass
@@ -451,7 +516,10 @@ class Sink:
                     raise FencedBatchError(group, ahead, first)
             truncated = state.truncate_versions(conn, [t.route.qualified for t in tables.values()])
             if not isolate:
-                self._apply_plans(conn, coalesce(events, self.router), tables, truncated, result)
+                for plans in coalesce_rounds(events, self.router):
+                    self._apply_plans(conn, plans, tables, truncated, result)
+                    for name, v in result.truncates.items():  # a round's truncate holds for the next
+                        truncated[name] = max(v, truncated.get(name, ""))
             else:
                 for ev in events:
                     route = self.router.route(ev.table)
@@ -611,7 +679,7 @@ class Sink:
         ver = q(table.version_column)
         key = ", ".join(q(k) for k in table.key)
         match = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in table.key)
-        older = f"(t.{ver} IS NULL OR t.{ver} < s.{ver})"
+        older = newer_sql(f"t.{ver}", f"s.{ver}")
         dbapi: Any = conn.connection.dbapi_connection
         base_error: type[Exception] = conn.dialect.loaded_dbapi.Error
         cur = dbapi.cursor()
@@ -643,7 +711,7 @@ class Sink:
                     cur.execute(  # identifiers quoted by the dialect's preparer above
                         f"INSERT INTO {target} AS t ({collist}) SELECT {collist} FROM {s} "  # noqa: S608
                         f"ON CONFLICT ({key}) DO UPDATE SET {excluded} "
-                        f"WHERE t.{ver} IS NULL OR t.{ver} < EXCLUDED.{ver}"
+                        f"WHERE {newer_sql(f't.{ver}', f'EXCLUDED.{ver}')}"
                     )
                 else:
                     # ON CONFLICT DO NOTHING waits for a concurrent inserter of a key, so the update

@@ -15,6 +15,28 @@ changes of one primary key strictly increasing, which is what the sink's version
 relies on.  Being a string of fixed width, it compares the same in Python and in every
 target database (``VARCHAR`` comparison), so the guard can run inside the upsert
 statement itself.
+
+Snapshot rows and the stream that follows them
+----------------------------------------------
+A row read by a Debezium snapshot (``op`` ``r``) carries the log position the snapshot started
+at, S. That position does not order it against every change: a source transaction open when the
+snapshot began wrote its changes *before* S (smaller LSNs) and commits after it, so the snapshot
+does not see them, and Debezium streams them after the snapshot's rows. Ordered by LSN alone the
+snapshot row would win and the update or delete would be refused for good (Debezium does not say
+when such a transaction commits: ``source.sequence[0]`` is the commit of the *previous*
+transaction). Debezium snapshots with an open transaction like that whenever it snapshots with a
+slot that exists: after Kafka Connect was killed before it stored a finished snapshot's offsets,
+with ``snapshot.mode=always``, and after a new slot's consistent point.
+
+So the version of a snapshot row carries a mark (:func:`read_version`, ``pg:<S>:r``), and the
+guard is :func:`supersedes`: a change from the stream replaces a snapshot row whatever their
+positions (Debezium streams after its snapshot only transactions that commit after it, so a
+streamed change that follows a snapshot row in the topic is the newer one), and a snapshot row
+replaces what is older than S (a stream row that a lost slot left stale included). Replaying a
+topic from before a snapshot can move a row back to an older streamed state for a moment; the
+replay's own snapshot rows and later changes bring it forward again, so the drained target is the
+same. The mark keeps the order of plain comparison among snapshot rows (``pg:<S>`` < ``pg:<S>:r``
+< ``pg:<S+1>``) and fits the version column (40 characters).
 """
 
 from __future__ import annotations
@@ -50,7 +72,10 @@ __all__ = [
     "format_lsn",
     "mysql_version",
     "parse_lsn",
+    "is_read_version",
     "pg_version",
+    "read_version",
+    "supersedes",
 ]
 
 
@@ -198,6 +223,30 @@ Decoded = ChangeEvent | OtherRecord
 def pg_version(lsn: int) -> str:
     """Sortable version string of a PostgreSQL LSN."""
     return f"pg:{lsn:016x}"
+
+
+READ_MARK: Final = ":r"
+
+
+def read_version(version: str) -> str:
+    """The version of a snapshot row read at ``version`` (see "Snapshot rows" above)."""
+    return version + READ_MARK
+
+
+def is_read_version(version: str) -> bool:
+    """Whether ``version`` is a snapshot row's (:func:`read_version`)."""
+    return version.endswith(READ_MARK)
+
+
+def supersedes(stored: str | None, incoming: str) -> bool:
+    """Whether a change at ``incoming`` replaces a row at ``stored``: the one version guard.
+
+    A row without a version is replaced; a streamed change replaces a snapshot row whatever the
+    positions; otherwise the higher version wins (the SQL form is ``streamer.sink.newer_sql``).
+    """
+    if stored is None or stored < incoming:
+        return True
+    return is_read_version(stored) and not is_read_version(incoming)
 
 
 def mysql_version(file_number: int, pos: int, row: int) -> str:

@@ -20,6 +20,7 @@ from streamer.core.events import (
     SourcePosition,
     TableId,
     pg_version,
+    read_version,
 )
 from streamer.db import is_transient
 from streamer.schema import Router, SchemaManager
@@ -66,7 +67,10 @@ class Events:
         self.table = TableId("inventory", "public", table)
         self.offset = 0
 
-    def __call__(self, op: Op, key: int | None, after: dict[str, Any] | None, lsn: int) -> ChangeEvent:
+    def __call__(
+        self, op: Op, key: int | None, after: dict[str, Any] | None, lsn: int, *, read: bool = False
+    ) -> ChangeEvent:
+        """An event at ``lsn``; ``read``: a snapshot row (its version carries the read mark)."""
         self.offset += 1
         return ChangeEvent(
             op=op,
@@ -76,7 +80,9 @@ class Events:
             after=after,
             columns=COLUMNS,
             key_columns=("id",),
-            position=SourcePosition(version=pg_version(lsn), lsn=lsn),
+            position=SourcePosition(
+                version=read_version(pg_version(lsn)) if read else pg_version(lsn), lsn=lsn, snapshot=read
+            ),
             txid=None,
             source_ts=None,
             event_ts=None,
@@ -141,6 +147,66 @@ def test_apply_coalesce_guard_toast_truncate(target, unique: str) -> None:
     assert sorted(_rows(engine, sink, ev.table)) == [5]
     with engine.connect() as conn:
         assert state.load_offsets(conn, "g1", ["topic"]) == {("topic", 0): 15}
+
+
+def test_streamed_changes_replace_snapshot_rows_whatever_their_positions(target, unique: str) -> None:
+    """A snapshot at 200 did not see a transaction open across it (changes at 150-180, committed
+    after): its changes follow the snapshot's rows and must replace them, in later batches and in
+    the same batch; a snapshot row still replaces older streamed rows, and replays stay refused."""
+    _url, engine = target
+    sink = _sink(engine)
+    ev = Events(unique)
+    stale = [ev(Op.CREATE, k, _row(k, "stale"), 100) for k in (1, 2, 3)]
+    sink.apply([*stale, ev(Op.CREATE, 4, _row(4, "newer than the snapshot"), 300)], {("topic", 0): 5}, "g1")
+    reads = [ev(Op.READ, k, _row(k, "snap"), 200, read=True) for k in (1, 2, 3, 4, 5)]
+    sink.apply(reads, {("topic", 0): 10}, "g1")
+    rows = _rows(engine, sink, ev.table)
+    assert {k: r["name"] for k, r in rows.items()} == {
+        1: "snap",
+        2: "snap",
+        3: "snap",
+        4: "newer than the snapshot",
+        5: "snap",
+    }
+    assert rows[1][VERSION] == read_version(pg_version(200)) and rows[4][VERSION] == pg_version(300)
+    # the open transaction's changes, below the snapshot's position, in a later batch ...
+    sink.apply(
+        [
+            ev(Op.UPDATE, 1, _row(1, "open tx"), 150),
+            ev(Op.DELETE, 2, None, 160),
+            ev(Op.UPDATE, 5, _row(5, "open tx, toast unchanged", big=UNAVAILABLE), 180),
+        ],
+        {("topic", 0): 13},
+        "g1",
+    )
+    # ... and in the batch of the snapshot row itself
+    sink.apply(
+        [ev(Op.READ, 6, _row(6, "snap"), 200, read=True), ev(Op.UPDATE, 6, _row(6, "open tx"), 170)],
+        {("topic", 0): 15},
+        "g1",
+    )
+    # a replay: an older streamed change and the snapshot row itself change nothing
+    sink.apply(
+        [ev(Op.UPDATE, 1, _row(1, "replayed, older"), 120), ev(Op.READ, 4, _row(4, "snap"), 200, read=True)],
+        {("topic", 0): 17},
+        "g1",
+    )
+    rows = _rows(engine, sink, ev.table)
+    assert {k: r["name"] for k, r in rows.items()} == {
+        1: "open tx",
+        3: "snap",
+        4: "newer than the snapshot",
+        5: "open tx, toast unchanged",
+        6: "open tx",
+    }
+    assert rows[5]["big"] == "x" * 10
+    assert {k: r[VERSION] for k, r in rows.items()} == {
+        1: pg_version(150),
+        3: read_version(pg_version(200)),
+        4: pg_version(300),
+        5: pg_version(180),
+        6: pg_version(170),
+    }
 
 
 def test_insert_then_toast_update_in_one_batch_keeps_value(target, unique: str) -> None:

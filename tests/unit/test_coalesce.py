@@ -1,7 +1,8 @@
 """Coalescing a batch gives the same target rows as applying its events one by one with the guard.
 
 The reference model is the sink's documented semantics, event by event in arrival order: an upsert
-replaces a row whose version is lower (or NULL) and leaves unavailable (unchanged TOAST) columns as
+replaces a row it supersedes (a lower or NULL version, or a snapshot row replaced by a streamed
+change: `streamer.core.events.supersedes`) and leaves unavailable (unchanged TOAST) columns as
 they are; on a missing row it inserts, with NULL for unavailable columns; a delete removes a row
 whose version is lower (or NULL). Positions of one key need not increase with arrival: a
 deferrable primary key lets a transaction committed later insert a key at a smaller LSN than the
@@ -26,9 +27,11 @@ from streamer.core.events import (
     SourcePosition,
     TableId,
     pg_version,
+    read_version,
+    supersedes,
 )
 from streamer.schema import Router
-from streamer.sink import MissingVersionError, TablePlan, coalesce
+from streamer.sink import MissingVersionError, TablePlan, coalesce, coalesce_rounds
 
 T = TableId("db", "public", "items")
 COLUMNS = ("id", "a", "b")
@@ -61,7 +64,7 @@ def plan_of(events: list[ChangeEvent]) -> TablePlan:
 
 # ---------------------------------------------------------------- the model
 def _newer(current: str | None, version: str) -> bool:
-    return current is None or current < version
+    return supersedes(current, version)
 
 
 def model_upsert(state: State, key: int, row: Mapping[str, Any], version: str) -> None:
@@ -172,13 +175,15 @@ KEYS = st.integers(min_value=1, max_value=3)
 def events_and_state(draw: st.DrawFn) -> tuple[State, list[ChangeEvent]]:
     state: State = {}
     for key in draw(st.sets(KEYS)):
-        version = draw(st.one_of(st.none(), VERSIONS))
+        version = draw(st.one_of(st.none(), VERSIONS, VERSIONS.map(read_version)))
         state[key] = ({"id": key, "a": draw(st.sampled_from(["p", "q", None])), "b": "old"}, version)
     events = []
     for i in range(draw(st.integers(min_value=0, max_value=8))):
         key = draw(KEYS)
         op = draw(st.sampled_from([Op.CREATE, Op.UPDATE, Op.DELETE, Op.READ]))
         version = draw(VERSIONS)
+        if op is Op.READ:
+            version = read_version(version)
         after = None if op is Op.DELETE else {"id": key, "a": draw(VALUES), "b": draw(VALUES)}
         events.append(event(op, key, after, version, offset=i))
     return state, events
@@ -208,9 +213,38 @@ def test_coalesced_plan_equals_one_by_one_application(case: tuple[State, list[Ch
     state, events = case
     if _impossible_target(state, events):
         return
-    plans = coalesce(events, Router("postgresql"))
     expected = one_by_one(state, events)
-    if not plans:
-        assert expected == state
-        return
-    assert apply_plan(state, next(iter(plans.values()))) == expected
+    got = state
+    for plans in coalesce_rounds(events, Router("postgresql")):
+        assert len(plans) == 1
+        got = apply_plan(got, next(iter(plans.values())))
+    assert got == expected
+
+
+def test_a_streamed_change_after_a_snapshot_row_of_its_key_is_its_own_round() -> None:
+    """A transaction open across the snapshot updated k at 5; the snapshot read k at 9 without it."""
+    events = [
+        event(Op.READ, 1, {"id": 1, "a": "snap", "b": "x"}, read_version(pg_version(9))),
+        event(Op.UPDATE, 1, {"id": 1, "a": "open tx", "b": "x"}, pg_version(5)),
+    ]
+    rounds = coalesce_rounds(events, Router("postgresql"))
+    assert len(rounds) == 2
+    before: State = {1: ({"id": 1, "a": "old", "b": "x"}, pg_version(7))}
+    expected = {1: ({"id": 1, "a": "open tx", "b": "x"}, pg_version(5))}
+    got = before
+    for plans in rounds:
+        got = apply_plan(got, next(iter(plans.values())))
+    assert one_by_one(before, events) == expected == got
+    # one coalesced plan would keep the update alone and lose it against the row at 7
+    assert apply_plan(before, plan_of(events)) == before
+
+
+def test_supersedes() -> None:
+    read9, read7 = read_version(pg_version(9)), read_version(pg_version(7))
+    assert supersedes(None, read9) and supersedes(pg_version(7), read9)  # a snapshot row over older
+    assert not supersedes(pg_version(10), read9)  # ... not over a newer streamed change
+    assert supersedes(read9, pg_version(5))  # a streamed change replaces a snapshot row
+    assert supersedes(read7, read9) and not supersedes(read9, read7)  # snapshots among themselves
+    assert not supersedes(read9, read9) and not supersedes(pg_version(5), pg_version(5))
+    assert supersedes(pg_version(9), read9)  # a snapshot at 9 holds the change at 9
+    assert pg_version(9) < read9 < pg_version(10)

@@ -24,8 +24,10 @@ from streamer.core.events import (
     OtherRecord,
     RecordKind,
     TableId,
+    is_read_version,
     mysql_version,
     pg_version,
+    read_version,
 )
 from streamer.decode import Decoder, MissingPositionError
 from tests.unit.decode_helpers import FORMATS, ID_COLUMN, TOPIC, Records, decode_one, source, value_payload
@@ -236,14 +238,20 @@ def test_envelope_without_a_log_position_is_refused(fmt: str, op: str, snapshot:
     assert "lsn" in str(info.value) and "file" in str(info.value)
 
 
-def test_snapshot_rows_carry_their_lsn() -> None:
+def test_snapshot_rows_carry_their_lsn_with_the_read_mark() -> None:
     rec = Records("json", COLUMNS)
     src = source(snapshot="first")
     event = decode_one(
         rec, {"id": 1}, value_payload("r", after={"id": 1, "name": None, "price": None}, src=src)
     )
     assert isinstance(event, ChangeEvent)
-    assert event.position.snapshot and event.position.version == pg_version(src["lsn"])
+    assert event.position.snapshot and event.position.version == read_version(pg_version(src["lsn"]))
+    assert is_read_version(event.position.version)
+    # a streamed change at the same position carries no mark
+    streamed = decode_one(
+        rec, {"id": 1}, value_payload("u", after={"id": 1, "name": None, "price": None}, src=source())
+    )
+    assert isinstance(streamed, ChangeEvent) and not is_read_version(streamed.position.version)
 
 
 def test_transaction_block_gives_txid_when_source_has_none() -> None:
