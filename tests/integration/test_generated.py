@@ -141,3 +141,68 @@ def test_load_and_consume_a_table_with_generated_columns(
         _assert_same(stack, url, schema)
     finally:
         run_on_source(stack, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _target_rows(url: str, schema: str) -> set[tuple[Any, ...]]:
+    engine = create_target_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {
+                tuple(r)
+                for r in conn.execute(
+                    sa.text(f'SELECT id, a, label, doubled, tag, _streamer_version FROM "{schema}".g')
+                )
+            }
+    finally:
+        engine.dispose()
+
+
+def test_generated_values_the_source_refuses_stop_by_name(
+    stack: Stack, debezium: Any, unique: str, tmp_path: Path
+) -> None:
+    """Auto mode, and the consumer's source role may read the catalog but not the table: the
+    generated values cannot be read, so the batch stops with GeneratedColumnError (no traceback)
+    and commits nothing; with a source it can read, the same records apply and the tables match."""
+    schema, role = unique, f"{unique}_nosel"
+    url = stack.settings.target_url
+    env = {"STREAMER_CONSUMER__SCHEMA_MODE": "auto", "STREAMER_CONNECTORS_DIR": str(tmp_path / "none")}
+    s = stack.settings.stack
+    try:
+        _create(stack, schema)
+        run_on_source(
+            stack,
+            f"CREATE ROLE \"{role}\" LOGIN PASSWORD 'nosel'",
+            f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"',  # the catalog yes, the rows no
+        )
+        debezium(unique, f"{schema}.g", **{"snapshot.mode": "no_data", "column.propagate.source.type": ".*"})
+        _load(stack, url, schema, env)
+        _assert_same(stack, url, schema)
+        loaded = _target_rows(url, schema)
+        _changes(stack, schema)
+        cmd = consume_cmd(f"{unique}-gen", rf"^{unique}\.{schema}\.g$", "--until-idle", "6")
+        refused = subprocess.run(
+            cmd,
+            env=consumer_env(
+                url,
+                STREAMER_SOURCE_URL=f"postgresql://{role}:nosel@{s.host}:{s.source_port}/{s.source_database}",
+                **env,
+            ),
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert refused.returncode == 1, refused.stderr[-3000:]
+        last = refused.stderr.strip().splitlines()[-1]  # the one line for the terminal
+        assert last.startswith("streamer: stopped on a record: "), refused.stderr[-3000:]
+        for part in ("GeneratedColumnError", f"{schema}.g", "doubled, tag", "permission denied", "next: "):
+            assert part in last, last
+        assert _target_rows(url, schema) == loaded  # the stopped batch wrote nothing
+        done = subprocess.run(cmd, env=consumer_env(url, **env), capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
+        _assert_same(stack, url, schema)
+    finally:
+        run_on_source(
+            stack,
+            f'DROP SCHEMA IF EXISTS "{schema}" CASCADE',
+            f'DROP ROLE IF EXISTS "{role}"',
+        )
