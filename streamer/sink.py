@@ -268,6 +268,8 @@ def coalesce_rounds(
     no key has both is coalesced on its own (the guard is plain ``<`` within it); the plans are
     applied in order, in the batch's one transaction. A batch without snapshot rows is one run.
     """
+    if not events:
+        return []
     if not any(ev.position.version.endswith(READ_MARK) for ev in events):
         return [coalesce(events, router)]  # the stream alone: one run (no per-key bookkeeping)
     rounds: list[list[ChangeEvent]] = []
