@@ -18,7 +18,7 @@ from rich.text import Text
 
 from streamer import connectors
 from streamer.connect import ConnectClient
-from streamer.errors import (
+from streamer.core.errors import (
     ConnectError,
     ConnectorFailedError,
     ConnectorFileError,
@@ -161,8 +161,8 @@ def db_prepare(
     go to stderr. A missing table or primary key is an error naming the table.
     """
     from streamer.apply.prepare import prepare
+    from streamer.core.events import TableId
     from streamer.db import create_target_engine
-    from streamer.events import TableId
     from streamer.sink import build_router
 
     settings = settings_of(ctx)
@@ -210,8 +210,8 @@ def _upgrade_target(engine: object) -> None:
     import sqlalchemy as sa
 
     from streamer import logs, state
+    from streamer.core.errors import TargetUnavailableError, one_line
     from streamer.db import is_transient
-    from streamer.errors import TargetUnavailableError, one_line
 
     assert isinstance(engine, sa.engine.Engine)
     locked_until = time.monotonic() + LOCKED_TARGET_WAIT_S
@@ -465,8 +465,8 @@ def validate(
     import json as _json
     import time as _time
 
+    from streamer.core.events import TableId
     from streamer.db import create_target_engine
-    from streamer.events import TableId
     from streamer.fetch import incomplete_rows, incomplete_text
     from streamer.load import tables_from_connectors
     from streamer.sink import build_router
@@ -1214,8 +1214,8 @@ def classify(exc: BaseException) -> tuple[int, str, str]:
     import sqlalchemy as sa
     from confluent_kafka import KafkaException
 
+    from streamer.core.errors import EXIT_INTERNAL, EXIT_UNAVAILABLE, one_line
     from streamer.db import is_transient
-    from streamer.errors import EXIT_INTERNAL, EXIT_UNAVAILABLE, one_line
 
     if isinstance(exc, KafkaException):
         return (

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from streamer.connect import ConnectClient, ConnectorPlugin, ConnectorStatus
-from streamer.errors import (
+from streamer.core.errors import (
     ConnectorFailedError,
     ConnectorFileError,
     ConnectorNotFoundError,

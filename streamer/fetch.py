@@ -2,7 +2,7 @@
 
 With ``REPLICA IDENTITY DEFAULT`` PostgreSQL leaves an unchanged out-of-line (TOASTed) value out
 of an update; Debezium sends ``__debezium_unavailable_value`` in its place and pgoutput an
-"unchanged" marker, both decoded to :data:`~streamer.events.UNAVAILABLE`. When the target has
+"unchanged" marker, both decoded to :data:`~streamer.core.events.UNAVAILABLE`. When the target has
 the row, the sink leaves such a column out of its update and the target keeps its value. When it
 does not (the row was never loaded, or the event is the create half of a primary-key update,
 which Debezium and pgoutput send as delete old key + create new key, with the TOAST columns
@@ -51,7 +51,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from streamer import logs, state
-from streamer.events import UNAVAILABLE, TableId
+from streamer.core.events import UNAVAILABLE, TableId
 from streamer.schema import SchemaMismatchError
 
 if TYPE_CHECKING:

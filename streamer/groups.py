@@ -46,7 +46,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec
 from confluent_kafka.admin._metadata import ClusterMetadata
 
-from streamer.errors import StreamerError
+from streamer.core.errors import StreamerError
 from streamer.settings import Settings
 
 TP = tuple[str, int]

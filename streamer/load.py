@@ -79,12 +79,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from streamer import holds, logs, state
-from streamer.errors import StreamerError
-from streamer.events import (
+from streamer.core.checkpoint import KafkaOrigin
+from streamer.core.errors import StreamerError
+from streamer.core.events import (
     ChangeEvent,
     ColumnType,
     Op,
-    Origin,
     SourcePosition,
     TableId,
     format_lsn,
@@ -744,7 +744,7 @@ class Loader:
             txid=None,
             source_ts=None,
             event_ts=None,
-            origin=Origin("", 0, 0),
+            origin=KafkaOrigin("", 0, 0),
         )
         return self.sink.schema.ensure(route, sample, allow_no_key=self.no_key)
 
@@ -1037,7 +1037,7 @@ class Loader:
         table = TableId(self.database, src.schema, src.table)
         columns = src.column_types
         position = SourcePosition(version, snapshot=True)
-        origin = Origin("", 0, 0)
+        origin = KafkaOrigin("", 0, 0)
         events = []
         for values in parse_copy_text(text, converters):
             after = {c.name: v for c, v in zip(kept, values, strict=False)}

@@ -60,7 +60,7 @@ from prometheus_client.registry import Collector
 
 from streamer import logs
 from streamer.consume import BatchReport, Hooks
-from streamer.events import ChangeEvent, Op
+from streamer.core.events import ChangeEvent, Op
 from streamer.settings import Settings
 from streamer.sink import ApplyResult
 from streamer.sources.base import BatchDone, Observers

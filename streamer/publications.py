@@ -26,7 +26,7 @@ from typing import Any
 import psycopg2
 
 from streamer.connectors import ConnectorFile
-from streamer.errors import StreamerError
+from streamer.core.errors import StreamerError
 from streamer.fetch import _resolve
 from streamer.load import _dsn_params
 

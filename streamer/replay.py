@@ -71,8 +71,8 @@ import sqlalchemy as sa
 from rich.table import Table
 
 from streamer import groups, logs, state
+from streamer.core.errors import StreamerError
 from streamer.db import create_target_engine
-from streamer.errors import StreamerError
 from streamer.groups import TP, Watermarks
 from streamer.settings import Settings
 

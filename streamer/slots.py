@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from streamer.errors import SlotStillActiveError, SourceUnavailableError
+from streamer.core.errors import SlotStillActiveError, SourceUnavailableError
 
 POSTGRES_CONNECTOR_SUFFIX = "PostgresConnector"
 DEBEZIUM_DEFAULT_SLOT = "debezium"  # Debezium's slot.name default

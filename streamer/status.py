@@ -83,8 +83,8 @@ from rich.text import Text
 
 from streamer import connectors, groups, slots, state
 from streamer.connect import ConnectClient
+from streamer.core.errors import StreamerError
 from streamer.db import create_target_engine
-from streamer.errors import StreamerError
 from streamer.fetch import incomplete_rows, incomplete_text
 from streamer.groups import TP
 from streamer.settings import Settings

@@ -16,7 +16,7 @@ Restart policy (:class:`RestartPolicy`, pure, unit-tested):
   exits with that code;
 * a child that exits otherwise (3 unavailable, 4 internal error) or is killed is restarted after a
   backoff of 1, 2, 4, ... seconds (at most 30), logged with its exit code and its meaning (the
-  words of :data:`~streamer.errors.EXIT_REASONS`, as in the README's table) or signal;
+  words of :data:`~streamer.core.errors.EXIT_REASONS`, as in the README's table) or signal;
 * a child that ran ``stable_after`` seconds (60) before failing starts its count anew; after
   ``max_failures`` (5) failures in a row without such a run, the supervisor gives up: it stops
   every child and exits with the child's code (1 if it was killed by a signal).
@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 from streamer import logs
-from streamer.errors import EXIT_SETTINGS, EXIT_STOPPED_ON_RECORD, exit_reason
+from streamer.core.errors import EXIT_SETTINGS, EXIT_STOPPED_ON_RECORD, exit_reason
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,8 +35,8 @@ import sqlalchemy as sa
 
 from streamer import logs, state
 from streamer.bench.load import make_source, streamer_load
+from streamer.core.events import TableId
 from streamer.db import create_target_engine
-from streamer.events import TableId
 from streamer.load import Loader
 from streamer.settings import load_settings
 from streamer.sink import build_sink

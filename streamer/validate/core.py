@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Engine
 
-from streamer.errors import EXIT_SETTINGS, StreamerError
+from streamer.core.errors import EXIT_SETTINGS, StreamerError
 
 
 class ValidationSetupError(StreamerError):

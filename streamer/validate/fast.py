@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
-from streamer.errors import EXIT_SETTINGS, StreamerError
+from streamer.core.errors import EXIT_SETTINGS, StreamerError
 from streamer.validate.core import SourceColumn
 
 

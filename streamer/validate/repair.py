@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from streamer.errors import EXIT_SETTINGS, StreamerError
+from streamer.core.errors import EXIT_SETTINGS, StreamerError
 from streamer.validate.core import TableDiff
 from streamer.validate.fast import Range
 

@@ -22,8 +22,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from streamer.core.events import TableId
 from streamer.db import create_target_engine
-from streamer.events import TableId
 from streamer.settings import load_settings
 from streamer.sink import build_router
 from streamer.stack import Stack

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.errors import PrerequisiteError, StackError
+from streamer.core.errors import PrerequisiteError, StackError
 from streamer.settings import load_settings
 from streamer.stack import MARIADB_GRANTS, Stack
 
