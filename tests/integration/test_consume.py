@@ -55,17 +55,21 @@ def run_consumer(
     )
 
 
-def assert_same(stack: Stack, schema: str, url: str) -> None:
+def assert_same(
+    stack: Stack, schema: str, url: str, tables: tuple[str, ...] = SAMPLE_TABLES, detail: str = ""
+) -> None:
+    """Whole-table equality of ``tables`` between the source's and the target's ``schema``;
+    ``detail`` (what explains a difference) goes into the failure message."""
     source = create_target_engine(stack.settings.source_url)
     target = create_target_engine(url)
     try:
         router = Router(target.dialect.name)
-        for table in SAMPLE_TABLES:
+        for table in tables:
             route = router.route(TableId(stack.cfg.source_database, schema, table))
             diff = compare_tables(source, (schema, table), target, (route.target_schema, route.target_table))
             assert diff.source_rows > 0
             assert diff.equal, (
-                f"{table}: missing {diff.missing[:5]} extra {diff.extra[:5]} changed {diff.changed[:5]}"
+                f"{table}: missing {diff.missing[:5]} extra {diff.extra[:5]} changed {diff.changed[:5]}\n{detail}"
             )
     finally:
         source.dispose()
