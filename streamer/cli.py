@@ -134,7 +134,7 @@ app.add_typer(db_app, name="db")
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context) -> None:
     """Create or upgrade streamer's state tables in the target (Alembic migrations)."""
-    from streamer import state
+    from streamer.apply import state
     from streamer.db import create_target_engine
 
     engine = create_target_engine(settings_of(ctx).target_url)
@@ -161,9 +161,9 @@ def db_prepare(
     go to stderr. A missing table or primary key is an error naming the table.
     """
     from streamer.apply.prepare import prepare
+    from streamer.apply.sink import build_router
     from streamer.core.events import TableId
     from streamer.db import create_target_engine
-    from streamer.sink import build_router
 
     settings = settings_of(ctx)
     engine = create_target_engine(settings.target_url)
@@ -209,7 +209,8 @@ def _upgrade_target(engine: object) -> None:
     """
     import sqlalchemy as sa
 
-    from streamer import logs, state
+    from streamer import logs
+    from streamer.apply import state
     from streamer.core.errors import TargetUnavailableError, one_line
     from streamer.db import is_transient
 
@@ -276,8 +277,8 @@ def consume(
 ) -> None:
     """Read change events as a member of a consumer group and apply them to the target."""
     from streamer import logs
+    from streamer.apply.sink import build_sink
     from streamer.consume import ConsumerProcess, build_decoder
-    from streamer.sink import build_sink
 
     settings = settings_of(ctx)
     if error_policy is not None:
@@ -352,8 +353,8 @@ def load(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from streamer import logs
+    from streamer.apply.sink import build_sink
     from streamer.load import Loader, tables_from_connectors
-    from streamer.sink import build_sink
 
     settings = settings_of(ctx)
     logs.configure(settings.log_format, "warning" if sys.stderr.isatty() else settings.log_level)
@@ -465,11 +466,11 @@ def validate(
     import json as _json
     import time as _time
 
+    from streamer.apply.sink import build_router
     from streamer.core.events import TableId
     from streamer.db import create_target_engine
     from streamer.fetch import incomplete_rows, incomplete_text
     from streamer.load import tables_from_connectors
-    from streamer.sink import build_router
     from streamer.validate import repair as repairing
     from streamer.validate import validate_table
     from streamer.validate.report import TableResult, print_plain, print_terminal
@@ -565,7 +566,7 @@ def _repair(
     import time as _time
 
     from streamer import logs
-    from streamer.sink import build_sink
+    from streamer.apply.sink import build_sink
     from streamer.validate import repair as repairing
     from streamer.validate import validate_table
 
@@ -1052,8 +1053,8 @@ def replicate(
 ) -> None:
     """Stream a PostgreSQL logical replication slot (pgoutput) into the target, without Kafka."""
     from streamer import logs
+    from streamer.apply.sink import build_sink
     from streamer.replicate import ReplicationProcess
-    from streamer.sink import build_sink
 
     settings = settings_of(ctx)
     if error_policy is not None:

@@ -6,7 +6,7 @@ Records are read with confluent-kafka (classic group protocol, ``cooperative-sti
 auto-commit off), subscribed by topic regex so a new table's topic is picked up without a
 restart (``topic.metadata.refresh.interval.ms``). They are gathered into batches bounded by
 count, bytes and time (``consumer.batch_max_events|bytes|ms``), so memory stays bounded
-whatever the backlog. Each batch is decoded, applied by :class:`~streamer.sink.Sink` in one
+whatever the backlog. Each batch is decoded, applied by :class:`~streamer.apply.sink.Sink` in one
 database transaction that also records the batch's next offsets in ``_streamer_offsets``, and
 only after that commit are the offsets committed to Kafka.
 
@@ -23,7 +23,7 @@ topic, of another cluster, or past the partition's end is not used: the partitio
 from its start, with a warning naming topic, partition, both offsets and the reason.
 
 Fencing: each batch transaction locks its partitions' stored offset rows and refuses the batch
-(:class:`~streamer.sink.FencedBatchError`) when one is already past the batch's first offset: a
+(:class:`~streamer.apply.sink.FencedBatchError`) when one is already past the batch's first offset: a
 member that lost the partition while its batch was in flight cannot write over the new owner's
 work. Such partitions are treated as lost (their pending records dropped, nothing committed for
 them); the rest of the batch is applied again.
@@ -81,6 +81,14 @@ from confluent_kafka.admin import AdminClient
 from sqlalchemy.engine import Connection
 
 from streamer import logs
+from streamer.apply.sink import (
+    ApplyResult,
+    EventRejectedError,
+    FencedBatchError,
+    Sink,
+    is_permanent,
+)
+from streamer.apply.state import StoredOffset, forget_offset, load_offset_rows
 from streamer.core.checkpoint import OffsetIdentity, Origin
 from streamer.core.errors import (
     BrokerUnavailableError,
@@ -98,14 +106,6 @@ from streamer.holds import HoldChangedError, HoldView, check_batch
 from streamer.offsetcheck import check_starts, fingerprint
 from streamer.pipeline.policy import RetryPolicy, apply_with_policy, sink_apply
 from streamer.settings import Settings
-from streamer.sink import (
-    ApplyResult,
-    EventRejectedError,
-    FencedBatchError,
-    Sink,
-    is_permanent,
-)
-from streamer.state import StoredOffset, forget_offset, load_offset_rows
 
 
 class PoisonRecordError(RecordStoppedError):

@@ -38,7 +38,9 @@ from confluent_kafka.cimpl import NewTopic
 from rich.console import Console
 from rich.table import Table
 
-from streamer import logs, state
+from streamer import logs
+from streamer.apply import state
+from streamer.apply.sink import build_sink
 from streamer.consume import BatchReport, ConsumerProcess, Hooks, build_decoder
 from streamer.core.errors import StreamerError
 from streamer.core.events import TableId
@@ -46,7 +48,6 @@ from streamer.db import create_target_engine
 from streamer.groups import BrokerError, describe_group
 from streamer.load import Loader
 from streamer.settings import Settings
-from streamer.sink import build_sink
 from streamer.validate import TableDiff, validate_table
 from streamer.workload import SAMPLE_TABLES, create_sample, run_workload
 

@@ -50,14 +50,15 @@ import psycopg2
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from streamer import logs, state
+from streamer import logs
+from streamer.apply import state
+from streamer.apply.schema import SchemaMismatchError
 from streamer.core.events import UNAVAILABLE, TableId
-from streamer.schema import SchemaMismatchError
 
 if TYPE_CHECKING:
-    from streamer.schema import Router, TargetTable
+    from streamer.apply.schema import Router, TargetTable
+    from streamer.apply.sink import TablePlan
     from streamer.settings import Settings
-    from streamer.sink import TablePlan
 
 KeyTuple = tuple[Any, ...]
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -523,7 +524,7 @@ def table_key(table: TargetTable, row: Mapping[str, Any]) -> KeyTuple:
 
 
 def _adapter(conn: Connection) -> Any:
-    from streamer.sink import value_adapter
+    from streamer.apply.sink import value_adapter
 
     return value_adapter(conn.dialect.name)
 

@@ -50,7 +50,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from streamer import state
+from streamer.apply import state
 from streamer.core.errors import StreamerError
 from streamer.db import is_transient
 

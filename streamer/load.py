@@ -78,7 +78,10 @@ import psycopg2.extras
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from streamer import holds, logs, state
+from streamer import holds, logs
+from streamer.apply import state
+from streamer.apply.schema import Route, TargetTable, cast_type
+from streamer.apply.sink import Sink, newer_sql
 from streamer.core.checkpoint import KafkaOrigin
 from streamer.core.errors import StreamerError
 from streamer.core.events import (
@@ -101,8 +104,6 @@ from streamer.pgtypes import (
     reported_type_name,
     type_from_row,
 )
-from streamer.schema import Route, TargetTable, cast_type
-from streamer.sink import Sink, newer_sql
 
 LOWEST_VERSION = pg_version(0)
 _COPY_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{1,2}|[0-7]{1,3}|.)")

@@ -59,10 +59,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from streamer import logs
+from streamer.apply.sink import ApplyResult
 from streamer.consume import BatchReport, Hooks
 from streamer.core.events import ChangeEvent, Op
 from streamer.settings import Settings
-from streamer.sink import ApplyResult
 from streamer.sources.base import BatchDone, Observers
 
 DEFAULT_STATISTICS_INTERVAL_MS = 5000

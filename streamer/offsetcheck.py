@@ -34,8 +34,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from confluent_kafka.admin import AdminClient
 
 from streamer import groups
+from streamer.apply.state import StoredOffset
 from streamer.core.checkpoint import OffsetIdentity
-from streamer.state import StoredOffset
 
 TP = tuple[str, int]
 _ZERO_ID = base64.b64encode(bytes(16)).decode().rstrip("=")

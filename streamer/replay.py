@@ -70,7 +70,8 @@ from collections.abc import Mapping, Sequence
 import sqlalchemy as sa
 from rich.table import Table
 
-from streamer import groups, logs, state
+from streamer import groups, logs
+from streamer.apply import state
 from streamer.core.errors import StreamerError
 from streamer.db import create_target_engine
 from streamer.groups import TP, Watermarks

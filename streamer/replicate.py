@@ -5,7 +5,7 @@ No broker, no Kafka Connect: one process reads the source's replication slot wit
 ``streaming 'on'`` from PostgreSQL 14, else 1), parses the messages itself
 (:mod:`streamer.pgoutput`), converts the text values into the same Python values the Debezium
 path gives (:mod:`streamer.pgtypes`), and applies them through the same
-:class:`~streamer.sink.Sink` as ``streamer consume``: same routing, coalescing, version guard
+:class:`~streamer.apply.sink.Sink` as ``streamer consume``: same routing, coalescing, version guard
 (the version column holds the change's LSN, as with Debezium) and state tables.
 
 Batches and positions
@@ -116,13 +116,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from streamer import logs
+from streamer.apply.sink import ApplyResult, Sink
 from streamer.core.errors import SettingsError
 from streamer.core.events import format_lsn
 from streamer.pgoutput import Transaction
 from streamer.pipeline.policy import RetryPolicy
 from streamer.pipeline.runner import BatchBounds, Runner
 from streamer.settings import Settings
-from streamer.sink import ApplyResult, Sink
 from streamer.sources.base import BatchDone, BatchObserver, Observers
 from streamer.sources.pgoutput.catalog import SourceCatalog, origin_topic, quote_ident
 from streamer.sources.pgoutput.source import PgoutputSource, ReplicateStats, SlotReport

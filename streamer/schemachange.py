@@ -1,7 +1,7 @@
 """Source schema changes mid-stream: the pure classification of a column's type change.
 
 A column's target type (as reflected) is compared with the type the newest change event asks for
-(:func:`streamer.schema.sql_type`). Both are reduced to a :class:`TypeShape` (a family and its
+(:func:`streamer.apply.schema.sql_type`). Both are reduced to a :class:`TypeShape` (a family and its
 size), and :func:`classify` says what the change is, seen from the target:
 
 * ``same``: the target column holds the new type as it is (or the types are not comparable:
@@ -57,7 +57,7 @@ OTHER = TypeShape("other")
 
 
 def shape_of(t: sa.types.TypeEngine[Any]) -> TypeShape:
-    """The shape of a SQLAlchemy type (compiled by :func:`streamer.schema.sql_type` or reflected)."""
+    """The shape of a SQLAlchemy type (compiled by :func:`streamer.apply.schema.sql_type` or reflected)."""
     if isinstance(t, sa.Boolean | sa.Enum):
         return OTHER
     if isinstance(t, sa.Integer):

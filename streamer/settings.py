@@ -140,7 +140,7 @@ class StatusSettings(_Section):
 class SchemaChangeSettings(_Section):
     """``[schema_changes]``: what the apply engine does when a source table's columns change mid-stream.
 
-    See the README, "Schema changes", and :class:`streamer.schema.SchemaManager`.
+    See the README, "Schema changes", and :class:`streamer.apply.schema.SchemaManager`.
     """
 
     add_column: Literal["propagate", "ignore", "stop"] = "propagate"

@@ -81,7 +81,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from streamer import connectors, groups, slots, state
+from streamer import connectors, groups, slots
+from streamer.apply import state
 from streamer.connect import ConnectClient
 from streamer.core.errors import StreamerError
 from streamer.db import create_target_engine

@@ -7,7 +7,7 @@ What a managed table needs (``consumer.schema_mode = "managed"``; see README "Ma
   and the guarded deletes match rows by it; a unique index alone is not read);
 * every routed source column (the user's migration makes them);
 * the version column (``consumer.version_column``, ``_streamer_version``) as a nullable string of
-  at least :data:`~streamer.schema.VERSION_TYPE_LENGTH` characters: positions are compared as text.
+  at least :data:`~streamer.apply.schema.VERSION_TYPE_LENGTH` characters: positions are compared as text.
 
 This module only adds the version column: the table, its key and its columns are the user's
 schema. A missing table or key is :class:`PrepareError` naming the table and what to do. The DDL is
@@ -31,8 +31,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import DDLElement
 from sqlalchemy.sql.compiler import DDLCompiler
 
+from streamer.apply.schema import VERSION_TYPE_LENGTH, Route
 from streamer.core.errors import StreamerError
-from streamer.schema import VERSION_TYPE_LENGTH, Route
 
 
 class PrepareError(StreamerError):

@@ -27,13 +27,14 @@ import psycopg2
 import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
 
-from streamer import logs, state
+from streamer import logs
+from streamer.apply import state
+from streamer.apply.sink import build_sink
 from streamer.bench.report import Figure, run_module
 from streamer.consume import ConsumerProcess, build_decoder, headers_of
 from streamer.core.events import ChangeEvent
 from streamer.db import create_target_engine
 from streamer.settings import Settings, load_settings
-from streamer.sink import build_sink
 from streamer.stack import Stack, running_stack
 
 COLUMNS = """

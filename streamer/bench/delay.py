@@ -26,13 +26,14 @@ import httpx
 import psycopg2
 import sqlalchemy as sa
 
-from streamer import logs, state
+from streamer import logs
+from streamer.apply import state
+from streamer.apply.sink import build_sink
 from streamer.bench.report import Figure, run_module
 from streamer.consume import BatchReport, ConsumerProcess, Hooks, build_decoder
 from streamer.demo import Delays, create_topics, wait_joined
 from streamer.load import Loader
 from streamer.settings import Settings, load_settings
-from streamer.sink import build_sink
 from streamer.stack import running_stack
 from streamer.workload import SAMPLE_TABLES, create_sample, run_workload
 

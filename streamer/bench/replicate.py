@@ -30,13 +30,14 @@ import httpx
 import psycopg2
 import sqlalchemy as sa
 
-from streamer import logs, state
+from streamer import logs
+from streamer.apply import state
+from streamer.apply.sink import build_sink
 from streamer.bench.consume import _cleanup, apply_consumer, produce_records
 from streamer.bench.report import Figure, run_module
 from streamer.db import create_target_engine
 from streamer.replicate import ReplicationProcess
 from streamer.settings import load_settings
-from streamer.sink import build_sink
 from streamer.stack import Stack, running_stack
 
 

@@ -33,13 +33,14 @@ from collections.abc import Sequence
 import psycopg2
 import sqlalchemy as sa
 
-from streamer import logs, state
+from streamer import logs
+from streamer.apply import state
+from streamer.apply.sink import build_sink
 from streamer.bench.load import make_source, streamer_load
 from streamer.core.events import TableId
 from streamer.db import create_target_engine
 from streamer.load import Loader
 from streamer.settings import load_settings
-from streamer.sink import build_sink
 from streamer.stack import running_stack
 
 FLOORS = {"postgresql": 200_000.0, "mariadb": 100_000.0}

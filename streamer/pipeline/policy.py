@@ -5,7 +5,7 @@ transient error (lost connection, deadlock, serialization failure, ``database is
 retried with exponential backoff, ``attempts`` times in all. A permanent one (constraint,
 bad value, schema mismatch) makes it apply the batch again with ``isolate=True``: each event on
 its own savepoint, so the events the target rejects are found (and dead-lettered, or refused by
-:func:`~streamer.sink.refuse_failures` with :class:`~streamer.sink.EventRejectedError`). When that
+:func:`~streamer.apply.sink.refuse_failures` with :class:`~streamer.apply.sink.EventRejectedError`). When that
 too fails with a permanent error no event could be blamed for, :class:`BatchNotIsolatedError`
 carries it. Transient errors through every attempt become
 :class:`~streamer.core.errors.TargetUnavailableError` (exit 3).
@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 import tenacity
 
+from streamer.apply.sink import ApplyResult, Sink, refuse_failures
 from streamer.core.errors import RecordStoppedError, TargetUnavailableError, one_line
 from streamer.core.events import ChangeEvent
-from streamer.sink import ApplyResult, Sink, refuse_failures
 
 R = TypeVar("R")
 Classifier = Callable[[BaseException], bool]
@@ -70,7 +70,7 @@ def sink_apply(
 
     ``before_commit`` (dead letters) runs in the batch transaction; on the event-by-event pass
     it does only under error policy ``dlq`` (``dead_letter``), else a rejected event is refused
-    (:func:`~streamer.sink.refuse_failures`). ``kw`` goes to :meth:`~streamer.sink.Sink.apply`.
+    (:func:`~streamer.apply.sink.refuse_failures`). ``kw`` goes to :meth:`~streamer.apply.sink.Sink.apply`.
     """
 
     def apply(isolate: bool) -> ApplyResult:

@@ -14,7 +14,7 @@
    transaction under error policy ``dlq``);
 5. only after that commit, :meth:`~streamer.sources.base.Source.ack`; a batch that failed, was
    refused or was left while holding is never acknowledged; a batch fenced in some streams
-   (:class:`~streamer.sink.FencedBatchError`: another owner applied past it) is handed back to the
+   (:class:`~streamer.apply.sink.FencedBatchError`: another owner applied past it) is handed back to the
    source, which drops those streams (:meth:`~streamer.sources.base.Source.fenced`), and the rest
    is applied again;
 6. count it (stats, ``--max-events``), tell the observers, log it.
@@ -40,10 +40,10 @@ from typing import Any, Protocol
 import tenacity
 from sqlalchemy.engine import Connection
 
+from streamer.apply.sink import ApplyResult, EventRejectedError, FencedBatchError, Sink
 from streamer.core.events import ChangeEvent
 from streamer.holds import HoldView, check_batch
 from streamer.pipeline.policy import BatchNotIsolatedError, RetryPolicy, apply_with_policy, sink_apply
-from streamer.sink import ApplyResult, EventRejectedError, FencedBatchError, Sink
 from streamer.sources.base import Batch, BatchDone, BatchObserver, Source
 
 PROGRESS_EVERY_S = 5.0

@@ -29,9 +29,9 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from streamer.apply.sink import ApplyResult, FencedBatchError
 from streamer.core.checkpoint import Checkpoint
 from streamer.core.events import ChangeEvent
-from streamer.sink import ApplyResult, FencedBatchError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,9 +44,9 @@ import psycopg2.extras
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from streamer.apply.schema import Router
 from streamer.core.events import TableId
 from streamer.db import create_target_engine
-from streamer.schema import Router
 from streamer.stack import reachable_by_postgres
 from streamer.validate import compare_tables, describe, normalize
 

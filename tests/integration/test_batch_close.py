@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from streamer import state
+from streamer.apply import state
+from streamer.apply.sink import build_sink
 from streamer.consume import BatchReport, ConsumerProcess, Hooks, build_decoder
 from streamer.settings import load_settings
-from streamer.sink import build_sink
 from streamer.stack import Stack
 from tests.integration.test_exit_paths import Topic, checked_target, rows_of, stored_offset
 

@@ -19,9 +19,9 @@ import sqlalchemy as sa
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from streamer.apply.schema import Router
 from streamer.core.events import TableId
 from streamer.db import create_target_engine
-from streamer.schema import Router
 from streamer.stack import Stack
 from streamer.validate import compare_tables
 from streamer.workload import SAMPLE_TABLES, create_sample, run_workload

@@ -17,11 +17,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from streamer import state
+from streamer.apply import state
+from streamer.apply.schema import Router, SchemaManager
+from streamer.apply.sink import Sink
 from streamer.core.checkpoint import KafkaOrigin
 from streamer.core.events import ChangeEvent, ColumnType, Op, SourcePosition, TableId, pg_version
-from streamer.schema import Router, SchemaManager
-from streamer.sink import Sink
 
 VERSION = "_streamer_version"
 COLUMNS = {

@@ -195,7 +195,7 @@ def test_consumer_holds_a_table_while_it_is_loading(stack: Stack, captured: str,
     url = target_url("postgresql", stack, tmp_path)
     run_workload(stack.settings.source_url, schema, transactions=60, seed=8)
     target = create_target_engine(url)
-    from streamer import state
+    from streamer.apply import state
 
     state.upgrade(target)
     with target.begin() as conn:
@@ -244,9 +244,9 @@ def test_delete_during_a_multi_table_load_stays_deleted(stack: Stack, captured: 
     """`load --table a --table b` with a consumer running: a row of b deleted at the source after
     the snapshot, while a is being loaded, must stay deleted (b's partitions are held from the
     start of the load, not from b's turn). The loader is paused before b by a hook."""
+    from streamer.apply.sink import build_sink
     from streamer.load import Loader
     from streamer.settings import load_settings
-    from streamer.sink import build_sink
     from streamer.validate import compare_tables
     from tests.integration.test_operations import per_partition, read_topics, stored_by_sql
 
@@ -351,7 +351,7 @@ def test_load_respects_a_stored_truncate_position(
 ) -> None:
     """Rows older than the table's recorded truncate are not written, on the COPY path (PostgreSQL)
     as on the upsert path (other targets): the target table stays empty."""
-    from streamer import state
+    from streamer.apply import state
 
     schema = unique
     create_sample(stack.settings.source_url, schema, rows=300)
@@ -389,7 +389,8 @@ def test_a_batch_filtered_before_a_load_marked_its_table_is_refused(target, uniq
     """holds.check_batch, on every target kind: a batch filtered with an older hold generation is
     refused only when it touches a table the newer load marked; the mark waits for a batch holding
     the generation row (PostgreSQL, MariaDB: FOR SHARE)."""
-    from streamer import holds, state
+    from streamer import holds
+    from streamer.apply import state
 
     _url, engine = target
     state.upgrade(engine)
@@ -456,7 +457,8 @@ def test_load_stops_when_a_live_consumer_does_not_acknowledge(
     and unmarks its tables; a member silent past the expiry is taken as stopped."""
     import datetime as dt
 
-    from streamer import holds, state
+    from streamer import holds
+    from streamer.apply import state
 
     schema = unique
     create_sample(stack.settings.source_url, schema, rows=100)

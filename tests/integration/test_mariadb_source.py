@@ -25,9 +25,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from streamer.apply.schema import Router
 from streamer.core.events import TableId
 from streamer.db import create_target_engine
-from streamer.schema import Router
 from streamer.stack import Stack
 from streamer.validate import compare_tables
 from tests.conftest import wait_running

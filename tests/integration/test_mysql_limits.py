@@ -21,11 +21,11 @@ from typing import Any
 import sqlalchemy as sa
 from confluent_kafka import Consumer
 
+from streamer.apply.schema import Router, RouteSpec, SchemaManager
+from streamer.apply.sink import Sink
 from streamer.core.checkpoint import KafkaOrigin
 from streamer.core.events import ChangeEvent, ColumnType, Op, SourcePosition, TableId
 from streamer.db import create_target_engine
-from streamer.schema import Router, RouteSpec, SchemaManager
-from streamer.sink import Sink
 from streamer.stack import Stack
 from streamer.validate import compare_tables
 from tests.conftest import kafka_consumer_config, run_on_source

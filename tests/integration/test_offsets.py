@@ -22,11 +22,11 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from streamer import groups, offsetcheck
+from streamer.apply.state import StoredOffset, load_offsets
+from streamer.apply.state import upgrade as state_upgrade
 from streamer.core.checkpoint import OffsetIdentity
 from streamer.settings import Settings
 from streamer.stack import Stack
-from streamer.state import StoredOffset, load_offsets
-from streamer.state import upgrade as state_upgrade
 from streamer.workload import SAMPLE_TABLES, create_sample, run_workload
 from tests.conftest import debezium_config, drop_connector, source_connection, wait_running
 from tests.integration.conftest import target_url
@@ -183,8 +183,8 @@ def test_fenced_batch_drops_its_partition_and_goes_on(
     past the batch's first offset: the batch is refused for that partition (FencedBatchError),
     the rest of it is applied, the partition continues from the other owner's offset, and the
     target ends equal to the source."""
+    from streamer.apply.sink import Sink, build_sink
     from streamer.consume import ConsumerProcess, build_decoder
-    from streamer.sink import Sink, build_sink
 
     schema, topics = pipeline["schema"], pipeline["topics"]
     url = target_url("sqlite", stack, tmp_path)

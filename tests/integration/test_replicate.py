@@ -23,7 +23,9 @@ import psycopg2
 import pytest
 import sqlalchemy as sa
 
-from streamer import state
+from streamer.apply import state
+from streamer.apply.schema import Router
+from streamer.apply.sink import build_sink
 from streamer.core.errors import (
     PublicationNotFoundError,
     ReplicationPrivilegeError,
@@ -33,9 +35,7 @@ from streamer.core.errors import (
 from streamer.core.events import UNAVAILABLE, TableId, format_lsn, parse_lsn
 from streamer.db import create_target_engine
 from streamer.replicate import ReplicationProcess, origin_topic
-from streamer.schema import Router
 from streamer.settings import load_settings
-from streamer.sink import build_sink
 from streamer.stack import Stack
 from streamer.validate import compare_tables
 from streamer.workload import SAMPLE_TABLES, create_sample, ddl, run_workload

@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from streamer import state
+from streamer.apply import state
+from streamer.apply.sink import build_sink
 from streamer.core.events import parse_lsn
 from streamer.replicate import ReplicationProcess
 from streamer.settings import load_settings
-from streamer.sink import build_sink
 from streamer.stack import Stack
 from tests.integration.test_replicate import (
     Replication,

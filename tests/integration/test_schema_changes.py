@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from streamer import state
+from streamer.apply import state
+from streamer.apply.schema import Router, SchemaManager
+from streamer.apply.sink import Sink
 from streamer.core.events import Op
 from streamer.db import create_target_engine
-from streamer.schema import Router, SchemaManager
 from streamer.schemachange import SchemaChangeStoppedError
 from streamer.settings import SchemaChangeSettings
-from streamer.sink import Sink
 from streamer.stack import Stack
 from tests.conftest import run_on_source
 from tests.integration.conftest import TARGET_KINDS, _mariadb_engine, target_url

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from streamer import state
+from streamer.apply import state
+from streamer.apply.schema import Router, SchemaManager
+from streamer.apply.sink import EventRejectedError, Sink, is_permanent, refuse_failures
 from streamer.core.checkpoint import KafkaOrigin
 from streamer.core.events import (
     UNAVAILABLE,
@@ -23,8 +25,6 @@ from streamer.core.events import (
     read_version,
 )
 from streamer.db import is_transient
-from streamer.schema import Router, SchemaManager
-from streamer.sink import EventRejectedError, Sink, is_permanent, refuse_failures
 
 COLUMNS = {
     "id": ColumnType("int64", optional=False),
@@ -316,7 +316,7 @@ def test_refused_isolated_batch_commits_nothing(target, unique: str) -> None:
 def test_zombie_batch_is_fenced(target, unique: str) -> None:
     """Owner B applied [10..20) with a delete of key k; zombie A's older batch starting at 5 with an
     insert of k is refused with FencedBatchError: k stays deleted, the stored offset stays 20."""
-    from streamer.sink import FencedBatchError
+    from streamer.apply.sink import FencedBatchError
 
     _url, engine = target
     sink = _sink(engine)
@@ -351,7 +351,7 @@ def test_first_batches_of_two_owners_are_fenced_too(target, unique: str) -> None
     starts. A must wait for B and then be fenced: key 2 stays deleted, the stored offset stays 20."""
     import threading
 
-    from streamer.sink import FencedBatchError
+    from streamer.apply.sink import FencedBatchError
 
     _url, engine = target
     sink = _sink(engine)

@@ -12,7 +12,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from streamer import state
+from streamer.apply import state
+from streamer.apply.schema import Router, SchemaManager
+from streamer.apply.sink import Sink
 from streamer.core.checkpoint import KafkaOrigin
 from streamer.core.events import (
     UNAVAILABLE,
@@ -26,8 +28,6 @@ from streamer.core.events import (
 from streamer.db import create_target_engine
 from streamer.fetch import incomplete_rows
 from streamer.load import Loader
-from streamer.schema import Router, SchemaManager
-from streamer.sink import Sink
 from streamer.stack import Stack
 
 VERSION = "_streamer_version"

@@ -22,10 +22,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from streamer.apply.sink import build_router
 from streamer.core.events import TableId
 from streamer.db import create_target_engine
 from streamer.settings import load_settings
-from streamer.sink import build_router
 from streamer.stack import Stack
 from streamer.validate import validate_table
 

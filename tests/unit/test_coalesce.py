@@ -18,6 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamer.apply.schema import Router
+from streamer.apply.sink import MissingVersionError, TablePlan, coalesce, coalesce_rounds
 from streamer.core.checkpoint import KafkaOrigin
 from streamer.core.events import (
     UNAVAILABLE,
@@ -30,8 +32,6 @@ from streamer.core.events import (
     read_version,
     supersedes,
 )
-from streamer.schema import Router
-from streamer.sink import MissingVersionError, TablePlan, coalesce, coalesce_rounds
 
 T = TableId("db", "public", "items")
 COLUMNS = ("id", "a", "b")

@@ -56,7 +56,8 @@ def test_member_registers_before_reading_and_acks_only_when_allowed(tmp_path: Pa
     """HoldView on a real (SQLite) target: registration, heartbeat, the ack rule, leaving."""
     import sqlalchemy as sa
 
-    from streamer import holds, state
+    from streamer import holds
+    from streamer.apply import state
     from streamer.db import create_target_engine
 
     engine = create_target_engine(f"sqlite:///{tmp_path / 't.db'}")

@@ -7,10 +7,10 @@ import datetime as dt
 import json
 from typing import Any
 
+from streamer.apply.sink import ApplyResult
 from streamer.consume import BatchReport
 from streamer.core.events import ChangeEvent
 from streamer.metrics import ConsumerMetrics, lag_of
-from streamer.sink import ApplyResult
 from tests.unit.decode_helpers import ID_COLUMN, Records, decode_one, value_payload
 
 NAME = {"type": "string", "optional": True, "field": "name"}

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from streamer.apply.state import StoredOffset
 from streamer.core.checkpoint import OffsetIdentity
 from streamer.offsetcheck import Probe, judge
-from streamer.state import StoredOffset
 
 
 def row(offset: int, topic_id: str | None = "id-1", fp: str | None = "fp") -> StoredOffset:

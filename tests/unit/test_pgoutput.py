@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from streamer.apply.schema import sql_type
 from streamer.core.checkpoint import WalOrigin
 from streamer.core.errors import TableIdentityError
 from streamer.core.events import (
@@ -59,7 +60,6 @@ from streamer.pgoutput import (
     pg_timestamp,
 )
 from streamer.pgtypes import PgType, PgValueError, builtin_type, column_plan, interval_micros, parse_array
-from streamer.schema import sql_type
 from tests.unit.decode_helpers import ID_COLUMN, TOPIC, Records, value_payload
 
 # --------------------------------------------------------------------------- message builders
@@ -867,10 +867,10 @@ def test_decimal_context_is_not_limited_to_28_digits() -> None:
 def test_transactions_not_beyond_the_target_position_are_skipped() -> None:
     from typing import cast
 
+    from streamer.apply.sink import Sink
     from streamer.pgoutput import Transaction
     from streamer.replicate import ReplicationProcess
     from streamer.settings import load_settings
-    from streamer.sink import Sink
 
     proc = ReplicationProcess(
         load_settings(env={}), cast(Sink, None), source_url="postgresql://x/y", slot="s", publication="p"
@@ -892,10 +892,10 @@ def test_transactions_not_beyond_the_target_position_are_skipped() -> None:
 def test_dead_letter_policy_needs_a_file() -> None:
     from typing import cast
 
+    from streamer.apply.sink import Sink
     from streamer.core.errors import SettingsError
     from streamer.replicate import ReplicationProcess
     from streamer.settings import load_settings
-    from streamer.sink import Sink
 
     settings = load_settings(env={}, overrides={"consumer": {"error_policy": "dlq"}})
     with pytest.raises(SettingsError, match="--dlq-file"):

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from streamer.apply.prepare import _version_ok, version_column_ddl
-from streamer.schema import Route
+from streamer.apply.schema import Route
 
 DIALECTS: dict[str, sa.engine.Dialect] = {
     "postgresql": postgresql.dialect(),  # type: ignore[no-untyped-call]

@@ -1,7 +1,7 @@
 """The one run loop (:mod:`streamer.pipeline.runner`) over an in-memory source, into a SQLite target.
 
 The source is a fake (a list of records, Kafka-like streams ``("t", partition)``); the target is
-real: a :class:`~streamer.sink.Sink` on a SQLite file with streamer's state tables, so a batch's
+real: a :class:`~streamer.apply.sink.Sink` on a SQLite file with streamer's state tables, so a batch's
 rows and its offsets are committed, or not, together. Every test compares the whole target table.
 """
 
@@ -18,7 +18,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from streamer import logs, state
+from streamer import logs
+from streamer.apply import state
+from streamer.apply.sink import (
+    ApplyResult,
+    EventRejectedError,
+    FencedBatchError,
+    Sink,
+    build_sink,
+    is_permanent,
+)
 from streamer.core.checkpoint import Checkpoint, KafkaOrigin, OffsetIdentity, StreamKey
 from streamer.core.errors import TargetUnavailableError
 from streamer.core.events import ChangeEvent, ColumnType, Op, SourcePosition, TableId, pg_version
@@ -27,7 +36,6 @@ from streamer.holds import HoldChangedError, raise_generation
 from streamer.pipeline.policy import BatchNotIsolatedError, RetryPolicy
 from streamer.pipeline.runner import BatchBounds, Runner, RunStats
 from streamer.settings import load_settings
-from streamer.sink import ApplyResult, EventRejectedError, FencedBatchError, Sink, build_sink, is_permanent
 from streamer.sources.base import Batch, BatchDone, Observers, Pending
 
 T = TableId("db", "public", "items")

@@ -6,8 +6,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 
+from streamer.apply.schema import sql_type
 from streamer.core.events import ColumnType
-from streamer.schema import sql_type
 from streamer.schemachange import TypeChange, TypeShape, classify, mysql_shape, shape_of
 from streamer.settings import load_settings
 

@@ -11,6 +11,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 
+from streamer.apply.schema import Router, RouteSpec, SchemaMismatchError, cast_type, sql_type
+from streamer.apply.sink import coalesce, value_adapter
 from streamer.core.checkpoint import KafkaOrigin
 from streamer.core.events import (
     UNAVAILABLE,
@@ -21,8 +23,6 @@ from streamer.core.events import (
     TableId,
     pg_version,
 )
-from streamer.schema import Router, RouteSpec, SchemaMismatchError, cast_type, sql_type
-from streamer.sink import coalesce, value_adapter
 
 T = TableId("db", "public", "items")
 

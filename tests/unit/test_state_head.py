@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamer import state
+from streamer.apply import state
 
 
 def test_head_revision_constant_is_the_newest_migration() -> None:

@@ -60,6 +60,8 @@ import psycopg2.extras
 import sqlalchemy as sa
 
 from streamer import logs
+from streamer.apply.sink import EventRejectedError, FencedBatchError, Sink, is_permanent
+from streamer.apply.state import load_offsets, save_offsets
 from streamer.core.checkpoint import Checkpoint
 from streamer.core.errors import (
     PublicationNotFoundError,
@@ -85,10 +87,8 @@ from streamer.pgoutput import (
 from streamer.pgtypes import PgValueError
 from streamer.pipeline.policy import BatchNotIsolatedError
 from streamer.settings import ConsumerSettings
-from streamer.sink import EventRejectedError, FencedBatchError, Sink, is_permanent
 from streamer.sources.base import Batch, Pending
 from streamer.sources.pgoutput.catalog import SourceCatalog, _session_options, origin_topic, quote_ident
-from streamer.state import load_offsets, save_offsets
 from streamer.walstream import WalStream, WalStreamEnded, WalStreamLost
 
 SLOT_BUSY_GRACE_S = 5.0  # how long a slot still held by another process is waited for at start
@@ -132,7 +132,7 @@ class _StreamLost(Exception):
 
 def _as_dbapi_error(exc: BaseException) -> BaseException:
     """A raw psycopg2 error (the sink's COPY path uses the DBAPI cursor) as SQLAlchemy would wrap it,
-    so that :func:`~streamer.db.is_transient` and :func:`~streamer.sink.is_permanent` can judge it."""
+    so that :func:`~streamer.db.is_transient` and :func:`~streamer.apply.sink.is_permanent` can judge it."""
     if isinstance(exc, psycopg2.Error):
         wrapped: BaseException = sa.exc.DBAPIError.instance(None, None, exc, psycopg2.Error)
         return wrapped

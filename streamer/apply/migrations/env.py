@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from streamer.state import VERSION_TABLE
+from streamer.apply.state import VERSION_TABLE
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=None, version_table=VERSION_TABLE)

@@ -47,8 +47,9 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from streamer import state
+from streamer.apply import state
 from streamer.apply.dialects import Dialect, dialect_for
+from streamer.apply.schema import Route, Router, SchemaManager, TargetTable
 from streamer.core.checkpoint import OffsetIdentity
 from streamer.core.errors import StreamerError
 from streamer.core.events import (
@@ -65,7 +66,6 @@ from streamer.core.events import (
 from streamer.db import is_transient
 from streamer.fetch import RowCompleter, SourceFetcher, build_fetcher
 from streamer.pgcopy import copy_rows
-from streamer.schema import Route, Router, SchemaManager, TargetTable
 from streamer.schemachange import SchemaChangeStoppedError
 from streamer.settings import Settings
 
@@ -483,7 +483,7 @@ class Sink:
         anything is written the partitions' stored offset rows are locked, and when one already
         holds an offset past the batch's first offset (another owner applied past it) the whole
         batch is refused with :class:`FencedBatchError`. ``identities`` are stored with the offsets
-        (see :func:`streamer.state.save_offsets`; a stored offset never moves backwards).
+        (see :func:`streamer.apply.state.save_offsets`; a stored offset never moves backwards).
         """
         result = ApplyResult()
         self.completer.route_partitions(events, self.router)  # leaf partitions -> root (streamer.fetch)
@@ -752,7 +752,7 @@ def _digest(*parts: str) -> str:
 
 def build_router(settings: Settings, dialect: str) -> Router:
     """The router for a target dialect with the settings' ``[routes]``."""
-    from streamer.schema import RouteSpec
+    from streamer.apply.schema import RouteSpec
 
     routes = {
         name: RouteSpec(r.target, dict(r.rename), tuple(r.drop), dict(r.cast))

@@ -17,7 +17,7 @@
   event left values out (unchanged TOAST) and the source could not be read for them (see
   :mod:`streamer.fetch`); removed when a later change writes the key whole.
 
-The tables are created and upgraded by the Alembic migrations in ``streamer/migrations``
+The tables are created and upgraded by the Alembic migrations in ``streamer/apply/migrations``
 (``streamer db upgrade``; every command that writes to a target runs it first). Alembic's own
 version table is ``_streamer_alembic_version`` so it never meets a user's ``alembic_version``.
 """
