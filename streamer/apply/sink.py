@@ -259,33 +259,42 @@ def coalesce(events: Iterable[ChangeEvent], router: Router) -> dict[tuple[str | 
 def coalesce_rounds(
     events: Sequence[ChangeEvent], router: Router
 ) -> list[dict[tuple[str | None, str], TablePlan]]:
-    """:func:`coalesce` of a batch cut where one key passes between snapshot rows and the stream.
+    """:func:`coalesce` of a batch in rounds, applied in order in the batch's one transaction.
 
     The version guard is not a total order (a streamed change replaces a snapshot row at a higher
     position, :func:`streamer.core.events.supersedes`), so a snapshot row and a streamed change of
     one key cannot be folded into one upsert: ``[read at 9, update at 5]`` over a row at 7 writes
-    the read, then the update, where one upsert at 5 would be refused. Each run of events in which
-    no key has both is coalesced on its own (the guard is plain ``<`` within it); the plans are
-    applied in order, in the batch's one transaction. A batch without snapshot rows is one run.
+    the read, then the update, where one upsert at 5 would be refused. So a key with both snapshot
+    rows and streamed changes in the batch (rare: a snapshot's end) is not coalesced: its i-th
+    event goes to round i, each guarded against what the rounds before it left. Every other key
+    is coalesced in round 0 as usual. Truncates go to round 0: a truncate removes the rows older
+    than it whatever their round, and later rounds skip rows older than a truncate applied before
+    them. A batch without snapshot rows is one round.
     """
     if not events:
         return []
     if not any(ev.position.version.endswith(READ_MARK) for ev in events):
-        return [coalesce(events, router)]  # the stream alone: one run (no per-key bookkeeping)
-    rounds: list[list[ChangeEvent]] = []
-    current: list[ChangeEvent] = []
-    kinds: dict[tuple[Any, ...], bool] = {}
+        return [coalesce(events, router)]  # the stream alone: one round (no per-key bookkeeping)
+    keyed: list[tuple[ChangeEvent, tuple[Any, ...] | None]] = []
+    kinds: dict[tuple[Any, ...], set[bool]] = {}
     for ev in events:
-        if ev.op is not Op.TRUNCATE:
-            route = router.route(ev.table)
-            key = (route.target_schema, route.target_table, *_row(route, ev.key).values())
-            read = is_read_version(ev.position.version)
-            if kinds.setdefault(key, read) is not read:
-                rounds.append(current)
-                current, kinds = [], {key: read}
-        current.append(ev)
-    if current:
-        rounds.append(current)
+        if ev.op is Op.TRUNCATE:
+            keyed.append((ev, None))
+            continue
+        route = router.route(ev.table)
+        key = (route.target_schema, route.target_table, *_row(route, ev.key).values())
+        kinds.setdefault(key, set()).add(is_read_version(ev.position.version))
+        keyed.append((ev, key))
+    rounds: list[list[ChangeEvent]] = [[]]
+    count: dict[tuple[Any, ...], int] = {}
+    for ev, k in keyed:
+        n = 0
+        if k is not None and len(kinds[k]) == 2:
+            n = count.get(k, 0)
+            count[k] = n + 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(ev)
     return [coalesce(r, router) for r in rounds]
 
 

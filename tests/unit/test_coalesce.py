@@ -239,6 +239,27 @@ def test_a_streamed_change_after_a_snapshot_row_of_its_key_is_its_own_round() ->
     assert apply_plan(before, plan_of(events)) == before
 
 
+def test_only_the_key_with_both_kinds_is_split_into_rounds() -> None:
+    """Key 2's unchanged-TOAST fill comes from its earlier upsert of the batch, as without rounds;
+    key 1 passes from a snapshot row to the stream, so each of its events is a round of its own."""
+    events = [
+        event(Op.CREATE, 2, {"id": 2, "a": "p", "b": "kept"}, pg_version(2)),
+        event(Op.READ, 1, {"id": 1, "a": "snap", "b": "x"}, read_version(pg_version(9))),
+        event(Op.UPDATE, 1, {"id": 1, "a": "open tx", "b": UNAVAILABLE}, pg_version(5)),
+        event(Op.UPDATE, 2, {"id": 2, "a": "q", "b": UNAVAILABLE}, pg_version(3)),
+    ]
+    rounds = coalesce_rounds(events, Router("postgresql"))
+    assert len(rounds) == 2
+    first = next(iter(rounds[0].values()))
+    assert first.upserts[(2,)] == ({"id": 2, "a": "q", "b": "kept"}, pg_version(3))
+    assert set(first.upserts) == {(1,), (2,)} and set(next(iter(rounds[1].values())).upserts) == {(1,)}
+    got: State = {}
+    for plans in rounds:
+        got = apply_plan(got, next(iter(plans.values())))
+    assert got == one_by_one({}, events)
+    assert got[1] == ({"id": 1, "a": "open tx", "b": "x"}, pg_version(5))
+
+
 def test_supersedes() -> None:
     read9, read7 = read_version(pg_version(9)), read_version(pg_version(7))
     assert supersedes(None, read9) and supersedes(pg_version(7), read9)  # a snapshot row over older
