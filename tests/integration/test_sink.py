@@ -156,10 +156,11 @@ def test_streamed_changes_replace_snapshot_rows_whatever_their_positions(target,
     _url, engine = target
     sink = _sink(engine)
     ev = Events(unique)
+    group = f"g-{unique}"  # the shared target keeps every group's offsets: its own group
     stale = [ev(Op.CREATE, k, _row(k, "stale"), 100) for k in (1, 2, 3)]
-    sink.apply([*stale, ev(Op.CREATE, 4, _row(4, "newer than the snapshot"), 300)], {("topic", 0): 5}, "g1")
+    sink.apply([*stale, ev(Op.CREATE, 4, _row(4, "newer than the snapshot"), 300)], {("topic", 0): 5}, group)
     reads = [ev(Op.READ, k, _row(k, "snap"), 200, read=True) for k in (1, 2, 3, 4, 5)]
-    sink.apply(reads, {("topic", 0): 10}, "g1")
+    sink.apply(reads, {("topic", 0): 10}, group)
     rows = _rows(engine, sink, ev.table)
     names = {k: r["name"] for k, r in rows.items()}
     assert names == {1: "snap", 2: "snap", 3: "snap", 4: "newer than the snapshot", 5: "snap"}
@@ -172,19 +173,19 @@ def test_streamed_changes_replace_snapshot_rows_whatever_their_positions(target,
             ev(Op.UPDATE, 5, _row(5, "open tx, toast unchanged", big=UNAVAILABLE), 180),
         ],
         {("topic", 0): 13},
-        "g1",
+        group,
     )
     # ... and in the batch of the snapshot row itself
     sink.apply(
         [ev(Op.READ, 6, _row(6, "snap"), 200, read=True), ev(Op.UPDATE, 6, _row(6, "open tx"), 170)],
         {("topic", 0): 15},
-        "g1",
+        group,
     )
     # a replay: an older streamed change and the snapshot row itself change nothing
     sink.apply(
         [ev(Op.UPDATE, 1, _row(1, "replayed, older"), 120), ev(Op.READ, 4, _row(4, "snap"), 200, read=True)],
         {("topic", 0): 17},
-        "g1",
+        group,
     )
     rows = _rows(engine, sink, ev.table)
     assert {k: r["name"] for k, r in rows.items()} == {
