@@ -557,13 +557,6 @@ def differences(
     return out
 
 
-def _json(raw: bytes | None) -> Any:
-    if raw is None:
-        return None
-    doc = json.loads(raw)
-    return doc["payload"] if isinstance(doc, dict) and "payload" in doc and "schema" in doc else doc
-
-
 def key_history(
     settings: Mapping[str, str],
     topics: str,
@@ -578,51 +571,28 @@ def key_history(
 
     A failing drain then tells a change the capture never sent (no record) from one the consumer
     skipped or undid (a record whose effect the target does not show)."""
-    from confluent_kafka import Consumer, TopicPartition
-
     from streamer.settings import load_settings
+    from tests.topic_records import read_topic
 
     bootstrap = settings.get("STREAMER_BOOTSTRAP_SERVERS") or load_settings().bootstrap_servers
     wanted = {
         d.table: {*d.missing[:limit], *d.extra[:limit], *(k for k, _ in d.changed[:limit])} for d in diffs
     }
     lines: list[str] = []
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"history-{os.getpid()}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
     target = create_target_engine(url)
     try:
         import re
 
+        from confluent_kafka.admin import AdminClient
+
         pattern = re.compile(topics)
-        names = [t for t in consumer.list_topics(timeout=20).topics if pattern.search(t)]
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        names = [t for t in admin.list_topics(timeout=20).topics if pattern.search(t)]
         for table, keys in wanted.items():
             for topic in (t for t in names if t.endswith(f".{table}")):
-                parts = consumer.list_topics(topic, timeout=20).topics[topic].partitions
-                tps = [TopicPartition(topic, p, 0) for p in parts]
-                ends = {
-                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=20)[1] for p in parts
-                }
-                consumer.assign(tps)
-                left = {p for p, end in ends.items() if end > 0}
-                while left:
-                    msg = consumer.poll(5.0)
-                    if msg is None:
-                        break
-                    if msg.error():
-                        continue
-                    part, offset = msg.partition(), msg.offset() or 0
-                    if offset + 1 >= ends[part]:
-                        left.discard(part)
-                    key = _json(msg.key())
+                for part, offset, key, value in read_topic(bootstrap, topic):
                     if not isinstance(key, dict) or key.get("id") not in keys:
                         continue
-                    value = _json(msg.value())
                     if value is None:
                         lines.append(f"  {topic}[{part}]@{offset} key {key.get('id')}: tombstone")
                         continue
@@ -633,7 +603,6 @@ def key_history(
                         f"before.id={ids[0]} after.id={ids[1]} lsn={src.get('lsn')} txId={src.get('txId')} "
                         f"snapshot={src.get('snapshot')}"
                     )
-                consumer.unassign()
             where = target_table(url, database, schema, table)
             with contextlib.suppress(sa.exc.SQLAlchemyError), target.connect() as conn:
                 t = sa.Table(where[1], sa.MetaData(), schema=where[0], autoload_with=conn)
@@ -643,7 +612,6 @@ def key_history(
     except Exception as exc:  # a diagnostic: its own failure must not hide the assertion
         lines.append(f"  (history incomplete: {type(exc).__name__}: {exc})")
     finally:
-        consumer.close()
         target.dispose()
     return "what the topics and the target hold for those keys:\n" + ("\n".join(lines) or "  nothing")
 

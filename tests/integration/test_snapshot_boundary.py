@@ -14,58 +14,26 @@ so: extra rows 6 and 7, row 5 with the snapshot's values.
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg2
-from confluent_kafka import Consumer, TopicPartition
 
 from streamer.stack import Stack
-from tests.conftest import kafka_consumer_config, run_on_source, source_connection, wait_running
+from tests.conftest import run_on_source, wait_running
+from tests.faults.harness import wait_until
 from tests.integration.test_consume import assert_same, run_consumer
+from tests.topic_records import read_topic
 
 
-def _read(stack: Stack, topic: str) -> list[tuple[int, int, dict[str, Any]]]:
-    """Every record value of ``topic`` as (partition, offset, payload), read until 3 s bring none.
-
-    Read rather than counted from watermarks: the local broker's ListOffsets "latest" is the base
-    offset of the newest batch + 1, not the end (shared notes), so a count from it is wrong.
-    """
-    consumer = Consumer(kafka_consumer_config(stack, f"read-{time.monotonic_ns()}"))
-    out: list[tuple[int, int, dict[str, Any]]] = []
-    try:
-        meta = consumer.list_topics(topic, timeout=20).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return out
-        consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
-        quiet = time.monotonic() + 3.0
-        while time.monotonic() < quiet:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            quiet = time.monotonic() + 3.0
-            raw = msg.value()
-            if raw is not None:
-                doc = json.loads(raw)
-                out.append((msg.partition() or 0, msg.offset() or 0, doc.get("payload", doc)))
-    finally:
-        consumer.close()
-    return out
+def _values(stack: Stack, topic: str) -> list[dict[str, Any]]:
+    """The change events of ``topic`` in each partition's order (tombstones left out)."""
+    return [r.value for r in read_topic(stack.settings.bootstrap_servers, topic) if r.value is not None]
 
 
 def _reads(stack: Stack, topic: str) -> int:
-    return sum(1 for _, _, value in _read(stack, topic) if value.get("op") == "r")
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
+    return sum(1 for value in _values(stack, topic) if value.get("op") == "r")
 
 
 def test_changes_open_across_a_resnapshot_win_over_its_rows(
@@ -84,7 +52,7 @@ def test_changes_open_across_a_resnapshot_win_over_its_rows(
         url = stack.settings.target_url
         group = f"{unique}-g"
         topics = rf"^{unique}\.{unique}\.[^.]+$"
-        _wait(lambda: _reads(stack, topic) >= 20, 120, "the first snapshot's 20 rows")
+        wait_until(lambda: _reads(stack, topic) >= 20, 120, "the first snapshot's 20 rows")
         first = run_consumer(group, topics, url, "--until-idle", "8")
         assert first.returncode == 0, first.stderr[-3000:]
         assert_same(stack, schema, url, ("t",))
@@ -102,15 +70,15 @@ def test_changes_open_across_a_resnapshot_win_over_its_rows(
             resp = httpx.post(f"{stack.settings.connect_url}/connectors/{unique}/tasks/0/restart", timeout=30)
             assert resp.status_code in (200, 202, 204), resp.text
             wait_running(stack.settings.connect_url, unique, timeout=120)
-            _wait(lambda: _reads(stack, topic) >= 40, 120, "the second snapshot's 20 rows")
+            wait_until(lambda: _reads(stack, topic) >= 40, 120, "the second snapshot's 20 rows")
             open_tx.commit()
         finally:
             open_tx.close()
         run_on_source(stack, f"UPDATE \"{schema}\".t SET label = 'after' WHERE id = 9")
-        _wait(
+        wait_until(
             lambda: any(
                 v.get("op") == "u" and (v.get("after") or {}).get("label") == "after"
-                for _, _, v in _read(stack, topic)
+                for v in _values(stack, topic)
             ),
             120,
             "the update after the commit",
@@ -119,18 +87,15 @@ def test_changes_open_across_a_resnapshot_win_over_its_rows(
         assert second.returncode == 0, second.stderr[-3000:]
         assert_same(stack, schema, url, ("t",), _history(stack, topic, {5, 6, 7, 100, 107}))
     finally:
-        conn = source_connection(stack)
-        with conn.cursor() as cur:
-            cur.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        conn.close()
+        run_on_source(stack, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def _history(stack: Stack, topic: str, keys: set[int]) -> str:
     """The topic's records of ``keys``: op, LSN, sequence and snapshot flag, in topic order."""
     lines = []
-    for partition, offset, value in _read(stack, topic):
-        row = value.get("after") or value.get("before") or {}
-        if row.get("id") in keys:
+    for partition, offset, _key, value in read_topic(stack.settings.bootstrap_servers, topic):
+        row = (value or {}).get("after") or (value or {}).get("before") or {}
+        if value is not None and row.get("id") in keys:
             src = value["source"]
             lines.append(
                 f"[{partition}]@{offset} id={row.get('id')} op={value['op']} "
