@@ -1760,6 +1760,7 @@ class Decoder:
         (:func:`streamer.core.events.read_version`, why in that module's docstring).
         """
         snapshot = source.get("snapshot") not in _SNAPSHOT_FALSE
+        marked = read_version if read else str  # a snapshot row's version carries the read mark
         lsn = source.get("lsn")
         txid: str | None = None
         if lsn is not None:
@@ -1774,7 +1775,7 @@ class Decoder:
                 except (orjson.JSONDecodeError, ValueError, TypeError):
                     raise DecodeError(f"bad source.sequence {seq!r}") from None
             position = _new_position(
-                version=read_version(pg_version(lsn)) if read else pg_version(lsn),
+                version=marked(pg_version(lsn)),
                 lsn=lsn,
                 commit_lsn=commit_lsn,
                 snapshot=snapshot,
@@ -1790,9 +1791,7 @@ class Decoder:
             row = int(source.get("row") or 0)
             gtid = source.get("gtid")
             position = _new_position(
-                version=read_version(mysql_version(int(number), pos, row))
-                if read
-                else mysql_version(int(number), pos, row),
+                version=marked(mysql_version(int(number), pos, row)),
                 binlog_file=file,
                 binlog_pos=pos,
                 row=row,

@@ -273,7 +273,7 @@ def coalesce_rounds(
     """
     if not events:
         return []
-    if not any(ev.position.version.endswith(READ_MARK) for ev in events):
+    if not any(is_read_version(ev.position.version) for ev in events):
         return [coalesce(events, router)]  # the stream alone: one round (no per-key bookkeeping)
     keyed: list[tuple[ChangeEvent, tuple[Any, ...] | None]] = []
     kinds: dict[tuple[Any, ...], set[bool]] = {}
