@@ -184,7 +184,7 @@ class FromGroup:
     For a group the broker cannot rebalance any more (the local broker keeps a member that is gone as
     the group's leader), or to rename a group. Kafka gets that group's committed offsets, the target
     that group's ``_streamer_offsets`` rows with their topic identities, verbatim: so the start-offset
-    checks of :mod:`streamer.offsetcheck` run for the new group exactly as they would for the old one,
+    checks of :mod:`streamer.sources.kafka.offsetcheck` run for the new group exactly as they would for the old one,
     and nothing is skipped that the old group had not read.
     """
 

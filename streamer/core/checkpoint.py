@@ -5,7 +5,7 @@ Every source keeps its progress in ``_streamer_offsets`` under a :data:`StreamKe
 
 * the Kafka source: ``(topic, partition) -> next offset``, plus an :class:`OffsetIdentity` per
   partition (the topic's id and a fingerprint of the record before that offset), checked on
-  every assignment (:mod:`streamer.offsetcheck`);
+  every assignment (:mod:`streamer.sources.kafka.offsetcheck`);
 * the pgoutput source: ``("pg:<slot>", 0) -> end LSN`` of the last transaction applied.
 
 A :class:`ChangeEvent <streamer.core.events.ChangeEvent>` carries an :class:`Origin`: a

@@ -24,13 +24,31 @@ Between reads it writes the progress line every 5 s and the member's heartbeat i
 long and is drained. A clean stop (signal, ``--until-idle``, ``--max-events``) applies the open
 batch first; an error leaves it (it is read again by the next run).
 
-Batches are applied one at a time in the caller's thread: every batch applied after the loading
-set was read was filtered with it, so the member acknowledges a hold generation as soon as it
-reads it.
+Two ways to apply, chosen by the source (:attr:`~streamer.sources.base.Source.pipelined`):
+
+* in the caller's thread, one batch at a time (the pgoutput source: one ordered stream, whose
+  feedback and hold waits belong to the reading thread);
+* *pipelined* (the Kafka source): one batch in flight on an apply thread while the next is read
+  and decoded, so decoding (Python) and the target's round trips (no GIL held) overlap. Batches
+  still commit strictly in order: a batch is handed to the apply thread only after the one
+  before it was committed and acknowledged (:meth:`Runner.flush`: take the open batch, finish
+  the one in flight, drop from the taken batch the streams that one found fenced, hold, submit).
+
+Either way a hold generation is acknowledged only once no batch filtered with an older loading
+set is still to be applied: the generation a batch was filtered with is captured when it is
+handed over, and :meth:`Runner._can_ack` compares it with the batch in flight.
+
+The source may call back into the runner (:meth:`~streamer.sources.base.Source.attach`): the
+Kafka source applies its open batch before partitions are revoked (:meth:`Runner.flush` with
+``wait``) and settles the batch in flight when they are lost (:meth:`Runner.finish_inflight`).
+
+An error ends the run without applying the open batch (it is read again by the next run); the
+batch in flight is settled first: acknowledged if the target committed it, else not.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import threading
 import time
@@ -41,6 +59,8 @@ import tenacity
 from sqlalchemy.engine import Connection
 
 from streamer.apply.sink import ApplyResult, EventRejectedError, FencedBatchError, Sink
+from streamer.core.checkpoint import StreamKey
+from streamer.core.errors import one_line
 from streamer.core.events import ChangeEvent
 from streamer.holds import HoldView, check_batch
 from streamer.pipeline.policy import BatchNotIsolatedError, RetryPolicy, apply_with_policy, sink_apply
@@ -83,6 +103,19 @@ class RunStats:
     last_batch_at: float | None = None
 
 
+@dataclasses.dataclass
+class _InFlight:
+    """A batch handed to the apply thread (or applied in the caller's), not yet acknowledged."""
+
+    future: concurrent.futures.Future[ApplyResult]
+    batch: Batch
+    generation: int  # the hold generation of the loading set it was filtered with
+    started: float  # time.monotonic() when it was taken
+    apply_started: float = 0.0
+    apply_seconds: float = 0.0
+    committed_at: float = 0.0
+
+
 class Runner:
     """One run of one source into one sink (see the module docstring)."""
 
@@ -117,18 +150,50 @@ class Runner:
         self.holds = HoldView(sink.engine, source.member_kind, source.member_group)
         self.counted = 0  # what --max-events counts, applied so far
         self._holds_read = False
+        self._inflight: _InFlight | None = None
+        self._fenced: set[StreamKey] = set()  # streams the batch in flight found fenced (see flush)
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        if source.pipelined:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="streamer-apply"
+            )
+        source.attach(self)
 
     # ------------------------------------------------------------ the loop
     def run(self) -> None:
         """Run until stopped, idle (``until_idle``) or ``max_events``; then leave ``_streamer_members``."""
+        clean = False
         try:
             if self._loop():
-                self._flush()  # a clean stop: the open batch is applied and acknowledged
+                self.flush(wait=True)  # a clean stop: the open batch is applied and acknowledged
+            clean = True
         finally:
             try:
-                self.holds.leave()
-            except Exception as exc:  # the row expires by itself (load.member_expiry_s)
-                self.log.warning("could not remove this member from _streamer_members", error=str(exc)[:300])
+                if not clean:
+                    self._abandon()
+            finally:
+                if self._executor is not None:
+                    self._executor.shutdown(wait=True)
+                try:
+                    self.holds.leave()
+                except Exception as exc:  # the row expires by itself (load.member_expiry_s)
+                    self.log.warning(
+                        "could not remove this member from _streamer_members", error=str(exc)[:300]
+                    )
+
+    def _abandon(self) -> None:
+        """An error ends the run: the open batch is left (read again next run), the batch in flight
+        is settled (acknowledged only if the target committed it); errors here are logged only."""
+        pending = self.source.pending()
+        if pending.items:
+            self.log.warning(
+                "abandoning records read but not applied (read again on the next run)", records=pending.count
+            )
+        if self._inflight is not None:
+            try:
+                self.finish_inflight()
+            except Exception as exc:
+                self.log.warning("the batch in flight was not committed", error=one_line(str(exc))[:300])
 
     def _loop(self) -> bool:
         """The loop; True when it ended cleanly (the open batch is still to be applied)."""
@@ -138,10 +203,12 @@ class Runner:
             pending = source.pending()
             budget = bounds.max_events - pending.count
             if self.max_events is not None:
-                budget = min(budget, self.max_events - self.counted - pending.count)
+                budget = min(budget, self.max_events - self._accounted() - pending.count)
             wanted = max(1, min(budget, 1000))
             got = source.read(wanted) if budget > 0 else 0
             now = time.monotonic()
+            if self._inflight is not None and self._inflight.future.done():
+                self.finish_inflight()  # a quiet stream: acknowledge and count now, not at the next batch
             pending = source.pending()
             if source.must_close() or (
                 pending.items
@@ -150,11 +217,11 @@ class Runner:
                     or pending.bytes >= bounds.max_bytes
                     or (now - pending.started) * 1000 >= bounds.max_ms
                     or (bounds.close_when_caught_up and got < wanted and source.caught_up())
-                    or (self.max_events is not None and self.counted + pending.count >= self.max_events)
+                    or (self.max_events is not None and self._accounted() + pending.count >= self.max_events)
                 )
             ):
-                self._flush()
-            if self.max_events is not None and self.counted + source.pending().count >= self.max_events:
+                self.flush()
+            if self.max_events is not None and self._accounted() + source.pending().count >= self.max_events:
                 self.log.info("max events reached, stopping", max_events=self.max_events)
                 return True
             if now - last_progress >= PROGRESS_EVERY_S:
@@ -171,6 +238,7 @@ class Runner:
                 self.holds.tables(self._can_ack)
             else:  # heartbeat in _streamer_members, and see a new load even when idle
                 self.holds.heartbeat(self._can_ack, self.log)
+            source.release(self.holds.loading)  # held streams whose load is done go on
             if got or self.until_idle is None or source.pending().items:
                 continue
             idle = source.idle_seconds(now)
@@ -179,47 +247,102 @@ class Runner:
                 return True
         return True
 
-    @staticmethod
-    def _can_ack(_generation: int) -> bool:
-        """Batches are applied in this thread, each checked against the loading set just before:
-        once the set is read, no batch filtered with an older one is left to apply."""
-        return True
+    def _accounted(self) -> int:
+        """What ``--max-events`` counts so far: applied, and in flight."""
+        inflight = self._inflight
+        if inflight is None:
+            return self.counted
+        return self.counted + (
+            inflight.batch.units if inflight.batch.units is not None else len(inflight.batch.events)
+        )
+
+    def _can_ack(self, generation: int) -> bool:
+        """No batch filtered with a loading set older than ``generation`` is still to be applied (the
+        open batch is filtered when it is taken, with the set read then)."""
+        return self._inflight is None or self._inflight.generation >= generation
 
     # ------------------------------------------------------------ one batch
-    def _flush(self) -> None:
+    def flush(self, wait: bool = False) -> None:
+        """Close the open batch and hand it over; ``wait`` (or a source that is not pipelined) also
+        finishes it. The batch in flight is finished first, so batches commit in order."""
         batch = self.source.take()
+        started = time.monotonic()
+        self._fenced = set()
+        self.finish_inflight()
         if batch is None:
             return
-        if not batch.empty:
-            self._apply(batch)
-        if batch.stop_error is not None:
-            raise batch.stop_error
-
-    def _apply(self, batch: Batch) -> None:
-        started = time.monotonic()
+        if self._fenced:  # read before the fenced streams were sought back: they are read again
+            rest = self.source.without(batch, self._fenced)
+            if rest is None:
+                return
+            batch = rest
+        if batch.empty:
+            if batch.stop_error is not None:
+                raise batch.stop_error
+            return
         held = self._wait_for_loads(batch)
-        if held is None:
-            return  # stopped while a load ran: nothing applied nor acknowledged, read again next run
-        batch = held
-        apply_started = time.monotonic()
+        if held is None:  # stopped while a load ran: nothing applied nor acknowledged, read again next run
+            if batch.stop_error is not None:
+                raise batch.stop_error
+            return
+        self._submit(held, started)
+        if wait or self._executor is None or held.stop_error is not None:
+            self.finish_inflight()
+
+    def _submit(self, batch: Batch, started: float) -> None:
+        flight = _InFlight(concurrent.futures.Future(), batch, self.holds.generation, started)
+        touched = self._touched(batch.events)
+        if self._executor is not None:
+            flight.future = self._executor.submit(self._apply_timed, flight, touched)
+        else:
+            try:
+                flight.future.set_result(self._apply_timed(flight, touched))
+            except BaseException as exc:
+                flight.future.set_exception(exc)
+        self._inflight = flight
+
+    def _apply_timed(self, flight: _InFlight, touched: set[str]) -> ApplyResult:
+        flight.apply_started = time.monotonic()
+        result = self._apply_with_policy(flight.batch, flight.generation, touched)
+        flight.committed_at = time.time()
+        flight.apply_seconds = time.monotonic() - flight.apply_started
+        return result
+
+    def finish_inflight(self) -> None:
+        """Wait for the batch in flight; a batch fenced in some streams is handed back to the source
+        and the rest applied again; then acknowledge it, count it, tell the observers; and raise
+        its :attr:`~streamer.sources.base.Batch.stop_error`, if any."""
+        flight = self._inflight
+        if flight is None:
+            return
+        self._inflight = None
         while True:
             try:
-                result = self._apply_with_policy(batch)
+                result = flight.future.result()
                 break
             except FencedBatchError as fenced:
-                rest = self.source.fenced(batch, fenced)
+                self._fenced |= set(fenced.partitions)
+                rest = self.source.fenced(flight.batch, fenced)
                 if rest is None:
                     return  # every stream of it was fenced: nothing applied nor acknowledged
-                batch = rest
-        committed_at = time.time()
-        apply_seconds = time.monotonic() - apply_started
+                flight = _InFlight(concurrent.futures.Future(), rest, flight.generation, flight.started)
+                try:
+                    flight.future.set_result(self._apply_timed(flight, self._touched(rest.events)))
+                except BaseException as exc:
+                    flight.future.set_exception(exc)
+        self._done(flight, result)
+
+    def _done(self, flight: _InFlight, result: ApplyResult) -> None:
+        batch = flight.batch
         self.source.ack(batch)
         self.stats.events_applied += result.events
         self.stats.batches += 1
         self.stats.last_batch_at = time.perf_counter()
         self.counted += batch.units if batch.units is not None else result.events
-        elapsed = time.monotonic() - started
-        done = BatchDone(self.stats.batches, batch, result, elapsed, apply_seconds, committed_at)
+        elapsed = time.monotonic() - flight.started
+        done = BatchDone(
+            self.stats.batches, batch, result, elapsed, flight.apply_seconds, flight.committed_at
+        )
         for observer in self.observers:
             observer.on_batch(done)
         line = self.log.info if self.source.batch_log_level == "info" else self.log.debug
@@ -229,9 +352,11 @@ class Runner:
             events=result.events,
             tables=result.tables,
             seconds=round(elapsed, 4),
-            apply_seconds=round(apply_seconds, 4),
+            apply_seconds=round(flight.apply_seconds, 4),
             **self.source.batch_fields(batch),
         )
+        if batch.stop_error is not None:
+            raise batch.stop_error
 
     def _touched(self, events: Sequence[ChangeEvent]) -> set[str]:
         route = self.sink.router.route
@@ -262,11 +387,9 @@ class Runner:
                 return None
             self.source.keepalive()
 
-    def _apply_with_policy(self, batch: Batch) -> ApplyResult:
+    def _apply_with_policy(self, batch: Batch, generation: int, touched: set[str]) -> ApplyResult:
         source = self.source
-        generation = self.holds.generation
         member_id = self.holds.member.member_id
-        touched = self._touched(batch.events)
 
         def check_hold(conn: Connection) -> None:
             check_batch(conn, member_id, generation, touched)  # see streamer.holds

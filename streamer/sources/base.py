@@ -18,6 +18,12 @@ Decisions where the issue was silent:
   applies the rest, the pgoutput stream has one order and waits whole. :meth:`Source.hold`
   returns the part of a batch that may be applied now, or ``None`` to wait (the runner waits,
   keeping the source alive with :meth:`Source.keepalive`).
+* Applying in the reading thread or on an apply thread with one batch in flight is the source's
+  choice (:attr:`Source.pipelined`): the Kafka source overlaps decoding with the target's round
+  trips; the pgoutput source's feedback belongs to its reading thread.
+* A source whose reads can call back into the loop (Kafka's rebalance callbacks run inside
+  ``consume()``) gets a :class:`RunHandle` (:meth:`Source.attach`): apply the open batch before
+  partitions are revoked, settle the batch in flight when they are lost.
 * A change the source cannot decode under error policy ``stop`` does not raise from
   :meth:`Source.read`: the source closes the open batch (:meth:`Source.must_close`), the runner
   applies and acknowledges what came before it, then raises the batch's :attr:`Batch.stop_error`.
@@ -70,6 +76,18 @@ class Batch:
     empty: bool = False
 
 
+class RunHandle(Protocol):
+    """What a source may ask of the loop that drives it, from inside :meth:`Source.read`."""
+
+    def flush(self, wait: bool = False) -> None:
+        """Close the open batch and apply it (``wait``: and finish it: committed and acknowledged)."""
+        ...
+
+    def finish_inflight(self) -> None:
+        """Wait for the batch being applied, then acknowledge it (if the target committed it)."""
+        ...
+
+
 class Source(Protocol):
     """What the runner needs of a source (see the module docstring for the order of calls)."""
 
@@ -80,6 +98,11 @@ class Source(Protocol):
     unavailable_hint: str  # the end of TargetUnavailableError's message: what was (not) acknowledged
     passthrough: tuple[type[BaseException], ...]  # errors of the batch transaction raised as they are
     isolate_passthrough: tuple[type[BaseException], ...]  # and of the event-by-event one
+    pipelined: bool  # apply on a thread of its own, one batch in flight (see the runner)
+
+    def attach(self, run: RunHandle) -> None:
+        """The loop that drives this source (called once, before the first read)."""
+        ...
 
     def read(self, wanted: int) -> int:
         """Read up to ``wanted`` records into the open batch, waiting briefly when none come;
@@ -115,8 +138,19 @@ class Source(Protocol):
         to wait until they are not."""
         ...
 
+    def release(self, loading: set[str]) -> None:
+        """Called every turn with the loading set last read: go on with what :meth:`hold` held back
+        for tables no longer in it (a source whose hold waits whole has nothing to do)."""
+        ...
+
+    def without(self, batch: Batch, streams: set[tuple[str, int]]) -> Batch | None:
+        """``batch`` minus what it holds of ``streams`` (fenced while it waited to be applied: the
+        source sought them back and reads them again), or None when nothing is left."""
+        ...
+
     def keepalive(self) -> None:
-        """Keep the source's session alive while the runner waits (a hold, a retry's backoff)."""
+        """Keep the source's session alive while the runner waits (a hold, a retry's backoff; a
+        pipelined source's retries wait on the apply thread, which calls it from there)."""
         ...
 
     def dead_letter(self, batch: Batch, failed: Sequence[tuple[ChangeEvent, Exception]]) -> int:

@@ -1,10 +1,10 @@
-"""The decision whether a start offset belongs to the assigned topic (streamer.offsetcheck.judge)."""
+"""The decision whether a start offset belongs to the assigned topic (streamer.sources.kafka.offsetcheck.judge)."""
 
 from __future__ import annotations
 
 from streamer.apply.state import StoredOffset
 from streamer.core.checkpoint import OffsetIdentity
-from streamer.offsetcheck import Probe, judge
+from streamer.sources.kafka.offsetcheck import Probe, judge
 
 
 def row(offset: int, topic_id: str | None = "id-1", fp: str | None = "fp") -> StoredOffset:

@@ -36,7 +36,7 @@ from streamer.holds import HoldChangedError, raise_generation
 from streamer.pipeline.policy import BatchNotIsolatedError, RetryPolicy
 from streamer.pipeline.runner import BatchBounds, Runner, RunStats
 from streamer.settings import load_settings
-from streamer.sources.base import Batch, BatchDone, Observers, Pending
+from streamer.sources.base import Batch, BatchDone, Observers, Pending, RunHandle
 
 T = TableId("db", "public", "items")
 TARGET = "public_items"  # SQLite has no schemas: the router joins them
@@ -96,6 +96,7 @@ class FakeSource:
     unavailable_hint = "nothing of this batch was acknowledged"
     passthrough: tuple[type[BaseException], ...] = (FencedBatchError, HoldChangedError)
     isolate_passthrough: tuple[type[BaseException], ...] = (Exception,)
+    pipelined = False
 
     def __init__(self, engine: sa.Engine, items: Sequence[Record], per_read: int = 1000) -> None:
         self.engine = engine
@@ -165,9 +166,19 @@ class FakeSource:
         events = [r.event for r in batch if r.event is not None]
         return Batch(events, Checkpoint(positions, first, identities), self.started, batch, stop_error=error)
 
+    def attach(self, run: RunHandle) -> None:
+        self.run = run
+
     # -- holding, keeping alive
     def hold(self, batch: Batch, loading: set[str]) -> Batch | None:
         return None
+
+    def release(self, loading: set[str]) -> None:
+        pass
+
+    def without(self, batch: Batch, streams: set[StreamKey]) -> Batch | None:
+        kept = [r for r in batch.token if r.stream not in streams]
+        return self._batch(kept, batch.stop_error) if kept else None
 
     def keepalive(self) -> None:
         self.keepalives += 1
@@ -224,6 +235,14 @@ def table(engine: sa.Engine) -> list[tuple[Any, ...]]:
 def offsets(engine: sa.Engine) -> dict[StreamKey, int]:
     with engine.connect() as conn:
         return state.load_offsets(conn, "g")
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["in-thread", "pipelined"])
+def pipelined(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Every test runs twice: batches applied in the reading thread, and on the apply thread with
+    one batch in flight (the Kafka source's way)."""
+    monkeypatch.setattr(FakeSource, "pipelined", request.param)
+    return bool(request.param)
 
 
 @pytest.fixture
@@ -467,3 +486,44 @@ def test_a_batch_fenced_in_every_stream_is_never_acked(sink: Sink) -> None:
     run.run()
     assert source.acked == [] and table(sink.engine) == [] and offsets(sink.engine) == {("t", 1): 100}
     assert run.stats.batches == 0
+
+
+def test_a_flush_from_inside_a_read_commits_everything_read_before_it_in_order(sink: Sink) -> None:
+    """What the Kafka source does before partitions are revoked: apply the open batch (and the one in
+    flight before it) from inside ``read``; when ``flush(wait=True)`` returns, all of it is committed."""
+    source = FakeSource(sink.engine, records(0, [(i, f"v{i}") for i in range(9)]), per_read=2)
+    read = source.read
+    seen: list[tuple[list[tuple[Any, ...]], dict[StreamKey, int]]] = []
+
+    def read_and_revoke(wanted: int) -> int:
+        got = read(wanted)
+        if source.reads == 3:  # 5 records read: 0-2 in a batch taken before, 3-4 open
+            source.run.flush(wait=True)
+            seen.append((table(sink.engine), offsets(sink.engine)))
+        return got
+
+    source.read = read_and_revoke  # type: ignore[method-assign]
+    runner(source, sink, max_batch=3).run()
+    rows = [(i, f"v{i}") for i in range(9)]
+    assert seen == [(rows[:5], {("t", 0): 5})]
+    assert [positions for positions, _ in source.acked] == [{("t", 0): n} for n in (3, 5, 8, 9)]
+    assert table(sink.engine) == rows and offsets(sink.engine) == {("t", 0): 9}
+
+
+def test_an_error_settles_the_batch_in_flight_and_leaves_the_open_one(sink: Sink) -> None:
+    """A read that fails ends the run: the batch handed over before it is acknowledged only once the
+    target committed it, the records read after it are neither applied nor acknowledged."""
+    source = FakeSource(sink.engine, records(0, [(i, f"v{i}") for i in range(5)]), per_read=2)
+    read = source.read
+
+    def read_then_fail(wanted: int) -> int:
+        if source.reads == 3:
+            raise RuntimeError("broker gone")
+        return read(wanted)
+
+    source.read = read_then_fail  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="broker gone"):
+        runner(source, sink, max_batch=3).run()
+    # records 0-2 closed the first batch at the second read; 3 was read, never applied
+    assert [positions for positions, _ in source.acked] == [{("t", 0): 3}]
+    assert table(sink.engine) == [(i, f"v{i}") for i in range(3)] and offsets(sink.engine) == {("t", 0): 3}

@@ -62,7 +62,7 @@ import sqlalchemy as sa
 from streamer import logs
 from streamer.apply.sink import EventRejectedError, FencedBatchError, Sink, is_permanent
 from streamer.apply.state import load_offsets, save_offsets
-from streamer.core.checkpoint import Checkpoint
+from streamer.core.checkpoint import Checkpoint, StreamKey
 from streamer.core.errors import (
     PublicationNotFoundError,
     ReplicationApplyError,
@@ -87,7 +87,7 @@ from streamer.pgoutput import (
 from streamer.pgtypes import PgValueError
 from streamer.pipeline.policy import BatchNotIsolatedError
 from streamer.settings import ConsumerSettings
-from streamer.sources.base import Batch, Pending
+from streamer.sources.base import Batch, Pending, RunHandle
 from streamer.sources.pgoutput.catalog import SourceCatalog, _session_options, origin_topic, quote_ident
 from streamer.walstream import WalStream, WalStreamEnded, WalStreamLost
 
@@ -176,6 +176,7 @@ class PgoutputSource:
     unavailable_hint = "nothing of this batch was applied nor confirmed; run again once the target is back"
     passthrough: tuple[type[BaseException], ...] = (HoldChangedError,)
     isolate_passthrough: tuple[type[BaseException], ...] = (EventRejectedError, HoldChangedError)
+    pipelined = False  # feedback, keep-alives and hold waits belong to the reading thread
 
     def __init__(
         self,
@@ -624,8 +625,17 @@ class PgoutputSource:
                 end_lsn=format_lsn(spilling.txn.end_lsn),
             )
 
+    def attach(self, run: RunHandle) -> None:
+        pass  # nothing in a read calls back into the loop
+
     def hold(self, batch: Batch, loading: set[str]) -> Batch | None:
         return None  # one stream, one order: the whole batch waits
+
+    def release(self, loading: set[str]) -> None:
+        pass  # nothing is held between batches: a held batch waits in the runner
+
+    def without(self, batch: Batch, streams: set[StreamKey]) -> Batch | None:
+        return None if (self.topic, 0) in streams else batch  # one stream: all of it or nothing
 
     def fenced(self, batch: Batch, error: FencedBatchError) -> Batch | None:
         raise error  # never: this source's batches carry no first positions (one reader per slot)
