@@ -161,7 +161,7 @@ def consumer_regex(settings: Settings) -> str | None:
     """The topic regex ``streamer consume`` subscribes to: ``consumer.topics``, else from the connector files."""
     if settings.consumer.topics:
         return settings.consumer.topics
-    from streamer.consume import default_topic_regex
+    from streamer.sources.kafka.source import default_topic_regex
 
     try:
         return default_topic_regex(settings.connectors_dir)

@@ -6,6 +6,7 @@
   errors with backoff, and on a permanent one apply event by event to isolate the culprit(s)
   (dead-lettered or stopped on, by ``consumer.error_policy``).
 
-``streamer.replicate.ReplicationProcess`` runs on the runner; ``streamer.consume.ConsumerProcess``
-still has its own loop (its apply thread keeps one batch in flight), to move next.
+Both sources run on the runner: ``streamer.consume.ConsumerProcess`` (the Kafka source, applied
+on an apply thread with one batch in flight) and ``streamer.replicate.ReplicationProcess`` (the
+pgoutput source, applied in its reading thread).
 """

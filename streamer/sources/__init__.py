@@ -4,10 +4,12 @@
   drives: read into an open batch, close it into a :class:`~streamer.sources.base.Batch` of
   decoded events with its checkpoint, acknowledge it only after the target commit, hold it
   while its tables are loaded, dead-letter what the target rejects.
+* :mod:`streamer.sources.kafka`: Debezium's topics read as a consumer-group member (rebalance,
+  start-offset checks, holds by partition, dead-letter topic).
 * :mod:`streamer.sources.pgoutput`: PostgreSQL logical replication read directly (the stream with
   its feedback and reconnect, the source catalog); the protocol parser and transaction assembler
   are still :mod:`streamer.pgoutput` and :mod:`streamer.pgtypes`.
 
-The Kafka source is still :class:`streamer.consume.ConsumerProcess` with its own loop (issue 12:
-moving it onto the runner is the next step).
+Both run on the one :class:`~streamer.pipeline.runner.Runner`; ``streamer.consume`` and
+``streamer.replicate`` are the commands' façades.
 """
