@@ -60,7 +60,6 @@ batch in flight, Kafka commit only after the target's) is the one
 from __future__ import annotations
 
 import dataclasses
-import signal
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
@@ -73,8 +72,7 @@ from streamer.core.errors import BrokerUnavailableError, TargetUnavailableError,
 from streamer.core.events import ChangeEvent
 from streamer.db import is_transient
 from streamer.decode import Decoder
-from streamer.pipeline.policy import RetryPolicy
-from streamer.pipeline.runner import BatchBounds, Runner
+from streamer.pipeline.runner import Runner, stopping_on_signals
 from streamer.settings import Settings
 from streamer.sources.base import BatchDone
 from streamer.sources.kafka.source import (
@@ -210,15 +208,10 @@ class ConsumerProcess:
         :class:`~streamer.core.errors.BrokerUnavailableError` and
         :class:`~streamer.core.errors.TargetUnavailableError` (exit 3).
         """
-        cfg = self.cfg
-        runner = Runner(
+        runner = Runner.configured(
             self.source,
             self.sink,
-            bounds=BatchBounds(
-                cfg.batch_max_events, cfg.batch_max_bytes, cfg.batch_max_ms, cfg.close_batch_when_caught_up
-            ),
-            retry=RetryPolicy(cfg.retry_attempts, cfg.retry_max_wait_s),
-            dead_letter=cfg.error_policy == "dlq",
+            self.cfg,
             stop=self._stop,
             stats=self.stats,
             log=self.log,
@@ -226,32 +219,24 @@ class ConsumerProcess:
             max_events=self.max_events,
             observers=[_HooksObserver(self.hooks)],
         )
-        previous = {
-            sig: signal.signal(sig, self.stop)
-            for sig in (signal.SIGTERM, signal.SIGINT)
-            if threading.current_thread() is threading.main_thread()
-        }
-        try:
-            self.source.open()
-            runner.run()
-        except KafkaException as exc:
-            raise BrokerUnavailableError(
-                f"the broker failed: {one_line(str(exc))} (every batch the target committed is committed "
-                "to Kafka too, or its offsets are in _streamer_offsets; run again once the broker is back)"
-            ) from exc
-        except sa.exc.DBAPIError as exc:
-            if not is_transient(exc) and not isinstance(exc, sa.exc.InterfaceError):
-                raise
-            raise TargetUnavailableError(
-                f"the target is unavailable: {type(exc.orig).__name__}: {one_line(str(exc.orig))[:500]} "
-                "(nothing after the last committed batch was applied; run again once the target is back)"
-            ) from exc
-        finally:
+        with stopping_on_signals(self.stop):
             try:
-                self.source.close()
+                self.source.open()
+                runner.run()
+            except KafkaException as exc:
+                raise BrokerUnavailableError(
+                    f"the broker failed: {one_line(str(exc))} (every batch the target committed is committed "
+                    "to Kafka too, or its offsets are in _streamer_offsets; run again once the broker is back)"
+                ) from exc
+            except sa.exc.DBAPIError as exc:
+                if not is_transient(exc) and not isinstance(exc, sa.exc.InterfaceError):
+                    raise
+                raise TargetUnavailableError(
+                    f"the target is unavailable: {type(exc.orig).__name__}: {one_line(str(exc.orig))[:500]} "
+                    "(nothing after the last committed batch was applied; run again once the target is back)"
+                ) from exc
             finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
+                self.source.close()
         self.log.info(
             "stopped",
             records=self.stats.records,

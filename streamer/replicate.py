@@ -110,7 +110,6 @@ target commit) is the one :class:`~streamer.pipeline.runner.Runner` every source
 
 from __future__ import annotations
 
-import signal
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -120,8 +119,7 @@ from streamer.apply.sink import ApplyResult, Sink
 from streamer.core.errors import SettingsError
 from streamer.core.events import format_lsn
 from streamer.pgoutput import Transaction
-from streamer.pipeline.policy import RetryPolicy
-from streamer.pipeline.runner import BatchBounds, Runner
+from streamer.pipeline.runner import Runner, stopping_on_signals
 from streamer.settings import Settings
 from streamer.sources.base import BatchDone, BatchObserver, Observers
 from streamer.sources.pgoutput.catalog import SourceCatalog, origin_topic, quote_ident
@@ -208,35 +206,26 @@ class ReplicationProcess:
 
     def run(self) -> ReplicateStats:
         """Stream until stopped (signal, ``until_idle``, ``max_events``); returns the counters."""
-        previous = {
-            sig: signal.signal(sig, self.stop)
-            for sig in (signal.SIGTERM, signal.SIGINT)
-            if threading.current_thread() is threading.main_thread()
-        }
-        try:
-            self.source.prepare()
-            if self.max_events is not None and self.max_events <= 0:
-                self.source.create_slot_only()
-                return self.stats
-            cfg = self.cfg
-            Runner(
-                self.source,
-                self.sink,
-                bounds=BatchBounds(cfg.batch_max_events, cfg.batch_max_bytes, cfg.batch_max_ms),
-                retry=RetryPolicy(cfg.retry_attempts, cfg.retry_max_wait_s),
-                dead_letter=cfg.error_policy == "dlq",
-                stop=self._stop,
-                stats=self.stats,
-                log=self.log,
-                until_idle=self.until_idle,
-                max_events=self.max_events,
-                observers=self.observers,
-                keepalive_interval=self.source.status_interval,
-            ).run()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            self.source.close()
+        with stopping_on_signals(self.stop):
+            try:
+                self.source.prepare()
+                if self.max_events is not None and self.max_events <= 0:
+                    self.source.create_slot_only()
+                    return self.stats
+                Runner.configured(
+                    self.source,
+                    self.sink,
+                    self.cfg,
+                    stop=self._stop,
+                    stats=self.stats,
+                    log=self.log,
+                    until_idle=self.until_idle,
+                    max_events=self.max_events,
+                    observers=self.observers,
+                    keepalive_interval=self.source.status_interval,
+                ).run()
+            finally:
+                self.source.close()
         self.log.info(
             "stopped",
             transactions=self.stats.transactions,

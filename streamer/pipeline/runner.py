@@ -49,11 +49,13 @@ batch in flight is settled first: acknowledged if the target committed it, else 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import signal
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import tenacity
 from sqlalchemy.engine import Connection
@@ -64,6 +66,7 @@ from streamer.core.errors import one_line
 from streamer.core.events import ChangeEvent
 from streamer.holds import HoldView, check_batch
 from streamer.pipeline.policy import BatchNotIsolatedError, RetryPolicy, apply_with_policy, sink_apply
+from streamer.settings import ConsumerSettings
 from streamer.sources.base import Batch, BatchDone, BatchObserver, Source
 
 PROGRESS_EVERY_S = 5.0
@@ -80,27 +83,32 @@ class BatchBounds:
     close_when_caught_up: bool = True
 
 
-class RunCounters(Protocol):
-    """The counters the runner keeps (a source's stats class adds its own)."""
-
-    events_applied: int
-    batches: int
-    dead_lettered: int
-    retries: int
-    started: float
-    last_batch_at: float | None
-
-
 @dataclasses.dataclass
 class RunStats:
-    """The runner's counters alone (for callers without a stats class of their own)."""
+    """The counters the runner keeps; a source's stats class adds its own (records, transactions)."""
 
     events_applied: int = 0
     batches: int = 0
     dead_lettered: int = 0
     retries: int = 0
     started: float = dataclasses.field(default_factory=time.monotonic)
-    last_batch_at: float | None = None
+    last_batch_at: float | None = None  # time.perf_counter() when the last batch was committed
+
+
+@contextlib.contextmanager
+def stopping_on_signals(stop: Callable[..., None]) -> Iterator[None]:
+    """SIGTERM and SIGINT call ``stop`` (a clean stop: the open batch is applied) while inside; the
+    handlers before come back after. Outside the main thread (tests, the demo) signals stay as they are."""
+    previous = {
+        sig: signal.signal(sig, stop)
+        for sig in (signal.SIGTERM, signal.SIGINT)
+        if threading.current_thread() is threading.main_thread()
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclasses.dataclass
@@ -119,6 +127,16 @@ class _InFlight:
 class Runner:
     """One run of one source into one sink (see the module docstring)."""
 
+    @classmethod
+    def configured(cls, source: Source, sink: Sink, cfg: ConsumerSettings, **kw: Any) -> Runner:
+        """A runner with the batch bounds, retries and error policy of ``cfg`` (the ``consumer``
+        section, which ``streamer replicate`` shares); ``kw`` as for the constructor."""
+        bounds = BatchBounds(
+            cfg.batch_max_events, cfg.batch_max_bytes, cfg.batch_max_ms, cfg.close_batch_when_caught_up
+        )
+        retry = RetryPolicy(cfg.retry_attempts, cfg.retry_max_wait_s)
+        return cls(source, sink, bounds=bounds, retry=retry, dead_letter=cfg.error_policy == "dlq", **kw)
+
     def __init__(
         self,
         source: Source,
@@ -128,7 +146,7 @@ class Runner:
         retry: RetryPolicy,
         dead_letter: bool,
         stop: threading.Event,
-        stats: RunCounters,
+        stats: RunStats,
         log: Any,
         until_idle: float | None = None,
         max_events: int | None = None,

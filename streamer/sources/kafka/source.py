@@ -69,6 +69,7 @@ from streamer.core.events import ChangeEvent
 from streamer.db import is_transient
 from streamer.decode import Decoder
 from streamer.holds import HoldChangedError
+from streamer.pipeline.runner import RunStats
 from streamer.settings import ConsumerSettings
 from streamer.sources.base import Batch, Pending, RunHandle
 from streamer.sources.kafka.offsetcheck import check_starts, fingerprint
@@ -115,17 +116,11 @@ def default_topic_regex(connectors_dir: Path) -> str:
 
 
 @dataclasses.dataclass
-class Stats:
+class Stats(RunStats):
     """Counters of one consumer process, for progress lines, metrics and tests."""
 
     records: int = 0
-    events_applied: int = 0
-    batches: int = 0
-    dead_lettered: int = 0
-    retries: int = 0
-    started: float = dataclasses.field(default_factory=time.monotonic)
     first_record_at: float | None = None  # time.perf_counter() of the first record read
-    last_batch_at: float | None = None  # time.perf_counter() when the last batch was committed
     last_positions: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
 
 

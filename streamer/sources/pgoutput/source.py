@@ -86,6 +86,7 @@ from streamer.pgoutput import (
 )
 from streamer.pgtypes import PgValueError
 from streamer.pipeline.policy import BatchNotIsolatedError
+from streamer.pipeline.runner import RunStats
 from streamer.settings import ConsumerSettings
 from streamer.sources.base import Batch, Pending, RunHandle
 from streamer.sources.pgoutput.catalog import SourceCatalog, _session_options, origin_topic, quote_ident
@@ -95,22 +96,16 @@ SLOT_BUSY_GRACE_S = 5.0  # how long a slot still held by another process is wait
 
 
 @dataclasses.dataclass
-class ReplicateStats:
+class ReplicateStats(RunStats):
     """Counters of one replicate process, for progress lines, tests and the benchmark."""
 
     transactions: int = 0
-    events_applied: int = 0
-    batches: int = 0
     skipped_transactions: int = 0  # already in the target (resent after a restart)
     streamed_transactions: int = 0  # arrived in stream blocks (protocol 2)
     spilled_transactions: int = 0  # larger than replicate.max_transaction_memory_bytes: applied in chunks
-    dead_lettered: int = 0
-    retries: int = 0
     reconnects: int = 0
     last_lsn: int = 0  # end LSN of the last transaction applied
-    started: float = dataclasses.field(default_factory=time.monotonic)
     first_message_at: float | None = None  # time.perf_counter() of the first replication message
-    last_batch_at: float | None = None  # time.perf_counter() when the last batch was committed
 
 
 @dataclasses.dataclass
