@@ -16,8 +16,8 @@ from rich.progress import ProgressColumn, Task
 from rich.table import Table
 from rich.text import Text
 
-from streamer import connectors
-from streamer.connect import ConnectClient
+from streamer.connect import files as connectors
+from streamer.connect.client import ConnectClient
 from streamer.core.errors import (
     ConnectError,
     ConnectorFailedError,
@@ -27,7 +27,7 @@ from streamer.core.errors import (
     StreamerError,
 )
 from streamer.settings import Settings, load_settings
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 
 app = typer.Typer(
     name="streamer",
@@ -287,7 +287,7 @@ def consume(
         )
     logs.configure(settings.log_format, settings.log_level)
     if processes is not None:  # issue 6: supervisor of N `streamer consume` children
-        from streamer.supervise import supervise_consume
+        from streamer.ops.supervise import supervise_consume
 
         options = {
             "group": group,
@@ -301,7 +301,7 @@ def consume(
         raise typer.Exit(supervise_consume(processes, _config_path(ctx), options, metrics_port))
     hooks = None
     if metrics_port is not None:  # issue 6: Prometheus metrics through ConsumerProcess's hooks
-        from streamer.metrics import start_metrics
+        from streamer.ops.metrics import start_metrics
 
         settings, hooks = start_metrics(settings, group or settings.consumer.group, metrics_port)
     sink = build_sink(settings)
@@ -354,7 +354,7 @@ def load(
 
     from streamer import logs
     from streamer.apply.sink import build_sink
-    from streamer.load import Loader, tables_from_connectors
+    from streamer.load.loader import Loader, tables_from_connectors
 
     settings = settings_of(ctx)
     logs.configure(settings.log_format, "warning" if sys.stderr.isatty() else settings.log_level)
@@ -466,11 +466,11 @@ def validate(
     import json as _json
     import time as _time
 
+    from streamer.apply.fetch import incomplete_rows, incomplete_text
     from streamer.apply.sink import build_router
     from streamer.core.events import TableId
     from streamer.db import create_target_engine
-    from streamer.fetch import incomplete_rows, incomplete_text
-    from streamer.load import tables_from_connectors
+    from streamer.load.loader import tables_from_connectors
     from streamer.validate import repair as repairing
     from streamer.validate import validate_table
     from streamer.validate.report import TableResult, print_plain, print_terminal
@@ -522,7 +522,7 @@ def validate(
                         settings, result.repaired, source, (schema, tbl), route, settle, workers
                     )
             results.append(result)
-        with target.connect() as tconn:  # rows the stream left incomplete (streamer.fetch)
+        with target.connect() as tconn:  # rows the stream left incomplete (streamer.apply.fetch)
             names = {r.target for r in results}
             incomplete = [row.to_json() for row in incomplete_rows(tconn) if row.table in names]
     finally:
@@ -613,7 +613,7 @@ def demo(
     consumers: Annotated[int, typer.Option(help="Consumers in the group.")] = 2,
 ) -> None:
     """The whole pipeline on sample data (needs the stack: `make up`); exit 1 unless validation passes."""
-    from streamer.demo import run
+    from streamer.stack.demo import run
 
     if not run(settings_of(ctx), rows=rows, seconds=seconds, consumers=consumers):
         raise typer.Exit(1)
@@ -723,8 +723,8 @@ def connectors_validate(
 
 
 def _say_dropped_columns(files: Sequence[connectors.ConnectorFile], source_url: str) -> None:
-    """Issue 13: captured columns whose type the connector drops (streamer.publications)."""
-    from streamer.publications import dropped_columns
+    """Issue 13: captured columns whose type the connector drops (streamer.connect.publications)."""
+    from streamer.connect.publications import dropped_columns
 
     for item in dropped_columns(files, source_url):
         _say(item if isinstance(item, str) else item.line())
@@ -747,7 +747,7 @@ def connectors_plan(
         plan = connectors.make_plan(files, client.configs(), connectors.scope_of(directory), prune)
     for line in plan.render():
         _say(line)
-    from streamer.publications import plan_publications  # issue 13: partitioned tables
+    from streamer.connect.publications import plan_publications  # issue 13: partitioned tables
 
     for step in plan_publications(files, settings_of(ctx).source_url):
         _say(step if isinstance(step, str) else step.line())
@@ -786,7 +786,9 @@ def connectors_apply(
         changed = {a.name for a in plan.actions if a.writes}
         try:
             before = connectors.failed_traces(client, [a.name for a in plan.of("update")])
-            from streamer.publications import apply_publications  # issue 13: before the connectors start
+            from streamer.connect.publications import (
+                apply_publications,  # issue 13: before the connectors start
+            )
 
             apply_publications(files, settings_of(ctx).source_url, _say)
             if plan.changes_anything:
@@ -950,7 +952,7 @@ def connectors_delete(
     ] = 30.0,
 ) -> None:
     """Delete a connector from the worker (its file, if any, stays: the next apply creates it again)."""
-    from streamer import slots
+    from streamer.ops import slots
 
     settings = settings_of(ctx)
     directory, client = _connectors_setup(ctx, directory, connect_url, connect_timeout)
@@ -1063,8 +1065,8 @@ def replicate(
         )
     logs.configure(settings.log_format, settings.log_level)
     observers = []
-    if metrics_port is not None:  # the runner's batches, retries and dead letters (streamer.metrics)
-        from streamer.metrics import ConsumerMetrics
+    if metrics_port is not None:  # the runner's batches, retries and dead letters (streamer.ops.metrics)
+        from streamer.ops.metrics import ConsumerMetrics
 
         metrics = ConsumerMetrics(group or slot)
         metrics.serve(metrics_port)
@@ -1125,7 +1127,7 @@ def replay(
     as_json: Annotated[bool, typer.Option("--json", help="Print the moves as JSON.")] = False,
 ) -> None:
     """Move a group's committed Kafka offsets and the target's stored offsets together; refused while it has members."""
-    from streamer import replay as rp
+    from streamer.ops import replay as rp
 
     settings = settings_of(ctx)
     target = rp.parse_to([*to, *(positions or [])])
@@ -1153,7 +1155,9 @@ def _ops_console() -> Console:
 @app.command("status")
 def status(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (schema: streamer/status.py).")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON (schema: streamer/ops/status.py).")
+    ] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh in place until Ctrl-C.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
     group: Annotated[str | None, typer.Option(help="Consumer group (default: consumer.group).")] = None,
@@ -1174,11 +1178,11 @@ def status(
     Exit 1 when a part cannot be read, a connector is not RUNNING, or a slot is inactive or retains more WAL
     than status.max_retained_wal_bytes (not with --watch or --metrics-port).
     """
-    from streamer import status as st
+    from streamer.ops import status as st
 
     settings = settings_of(ctx)
     if metrics_port is not None:
-        from streamer.metrics import serve_slot_metrics
+        from streamer.ops.metrics import serve_slot_metrics
 
         serve_slot_metrics(settings, metrics_port)
         if not watch:

@@ -71,7 +71,7 @@ from streamer.apply.sink import ApplyResult, Sink
 from streamer.core.errors import BrokerUnavailableError, TargetUnavailableError, one_line
 from streamer.core.events import ChangeEvent
 from streamer.db import is_transient
-from streamer.decode import Decoder
+from streamer.decode.decoder import Decoder
 from streamer.pipeline.runner import Runner, stopping_on_signals
 from streamer.settings import Settings
 from streamer.sources.base import BatchDone

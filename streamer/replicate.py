@@ -3,8 +3,8 @@
 No broker, no Kafka Connect: one process reads the source's replication slot with psycopg2's
 ``LogicalReplicationConnection`` and the built-in ``pgoutput`` plugin (protocol 2 with
 ``streaming 'on'`` from PostgreSQL 14, else 1), parses the messages itself
-(:mod:`streamer.pgoutput`), converts the text values into the same Python values the Debezium
-path gives (:mod:`streamer.pgtypes`), and applies them through the same
+(:mod:`streamer.sources.pgoutput.protocol`), converts the text values into the same Python values the Debezium
+path gives (:mod:`streamer.decode.pgtypes`), and applies them through the same
 :class:`~streamer.apply.sink.Sink` as ``streamer consume``: same routing, coalescing, version guard
 (the version column holds the change's LSN, as with Debezium) and state tables.
 
@@ -20,8 +20,8 @@ name unless ``--group``, topic ``pg:<slot>``, partition 0), the end LSN of its l
 Large transactions
 ------------------
 A transaction whose buffered changes exceed ``replicate.max_transaction_memory_bytes`` spills the
-rest to a file under ``<replicate.state_dir>/spill`` (:mod:`streamer.spill`,
-:class:`~streamer.pgoutput.TransactionAssembler`), so memory stays bounded whatever its size.
+rest to a file under ``<replicate.state_dir>/spill`` (:mod:`streamer.sources.pgoutput.spill`,
+:class:`~streamer.sources.pgoutput.protocol.TransactionAssembler`), so memory stays bounded whatever its size.
 When it commits, the batch before it is applied first, then the transaction alone, in chunks of
 ``consumer.batch_max_events`` events, one target transaction each, read from the file in WAL
 order. Only the last chunk records the transaction's end LSN in ``_streamer_offsets``, and only
@@ -37,7 +37,7 @@ How the chunks go through the runner is described in
 :mod:`streamer.sources.pgoutput.source` ("Spilled transactions").
 
 Only then is that LSN confirmed to the server, so the slot never moves past what the target
-holds. The stream is read and answered by :class:`~streamer.walstream.WalStream` (libpq on
+holds. The stream is read and answered by :class:`~streamer.sources.pgoutput.walstream.WalStream` (libpq on
 psycopg2's connection), not by psycopg2's ``read_message``/``send_feedback``: psycopg2 moves its
 flush position on to a keep-alive's ``wal_end`` whenever the last message's ``dataStart`` is not
 beyond the last confirmed LSN, which a streamed chunk of an older in-progress transaction makes
@@ -118,13 +118,13 @@ from streamer import logs
 from streamer.apply.sink import ApplyResult, Sink
 from streamer.core.errors import SettingsError
 from streamer.core.events import format_lsn
-from streamer.pgoutput import Transaction
 from streamer.pipeline.runner import Runner, stopping_on_signals
 from streamer.settings import Settings
 from streamer.sources.base import BatchDone, BatchObserver, Observers
 from streamer.sources.pgoutput.catalog import SourceCatalog, origin_topic, quote_ident
+from streamer.sources.pgoutput.protocol import Transaction
 from streamer.sources.pgoutput.source import PgoutputSource, ReplicateStats, SlotReport
-from streamer.spill import spill_directory
+from streamer.sources.pgoutput.spill import spill_directory
 
 __all__ = [
     "ReplicateStats",

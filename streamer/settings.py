@@ -53,7 +53,7 @@ class StackSettings(_Section):
     startup_timeout: float = Field(180.0, gt=0)
     pg_bindir: Path | None = None  # default: newest /usr/lib/postgresql/*/bin
     # default: <dir>/pg, or, as root when the postgres user cannot reach <dir>, a directory of its
-    # own under that user's home (see streamer.stack.Stack.pg_dir)
+    # own under that user's home (see streamer.stack.local.Stack.pg_dir)
     pg_dir: Path | None = None
     # the MariaDB source (binlog_format=ROW), a part of the stack unless mariadb = false
     mariadb: bool = True
@@ -112,7 +112,7 @@ class ConsumerSettings(_Section):
 
 
 class ReplicateSettings(_Section):
-    """``streamer replicate``: bounded memory for large transactions (see :mod:`streamer.spill`)."""
+    """``streamer replicate``: bounded memory for large transactions (see :mod:`streamer.sources.pgoutput.spill`)."""
 
     # an open transaction whose buffered changes exceed this (estimated in-memory size) spills the
     # rest to a file under state_dir/spill; its apply then goes in chunks of consumer.batch_max_events
@@ -123,7 +123,7 @@ class ReplicateSettings(_Section):
 
 
 class LoadSettings(_Section):
-    """``streamer load``: the hold barrier (see :mod:`streamer.holds`)."""
+    """``streamer load``: the hold barrier (see :mod:`streamer.apply.holds`)."""
 
     hold_timeout_s: float = Field(60.0, gt=0)  # how long live consumers get to acknowledge the hold
     member_expiry_s: float = Field(30.0, gt=0)  # a consumer silent this long is taken as stopped

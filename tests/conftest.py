@@ -17,7 +17,7 @@ import psycopg2
 import pytest
 
 from streamer.settings import Settings, load_settings
-from streamer.stack import Stack, running_stack
+from streamer.stack.local import Stack, running_stack
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -32,9 +32,7 @@ from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Connection, Engine
 
 from streamer.apply.dialects import dialect_for
-from streamer.core.errors import StreamerError
-from streamer.core.events import ChangeEvent, ColumnType, TableId
-from streamer.schemachange import (
+from streamer.apply.schemachange import (
     SchemaChangeStoppedError,
     TypeChange,
     TypeShape,
@@ -42,6 +40,8 @@ from streamer.schemachange import (
     mysql_shape,
     shape_of,
 )
+from streamer.core.errors import StreamerError
+from streamer.core.events import ChangeEvent, ColumnType, TableId
 from streamer.settings import SchemaChangeSettings
 
 VERSION_TYPE_LENGTH = 40
@@ -325,7 +325,7 @@ class SchemaManager:
       event shape; that pairing is taken as a rename. ``stop`` (default: drop + add would leave the
       new column NULL in every row not changed since) raises, ``propagate`` runs RENAME COLUMN,
       ``ignore`` handles it as drop + add;
-    * widen (:func:`streamer.schemachange.classify`): ``propagate`` alters the column type on
+    * widen (:func:`streamer.apply.schemachange.classify`): ``propagate`` alters the column type on
       PostgreSQL (ALTER COLUMN TYPE) and MySQL/MariaDB (MODIFY COLUMN); SQLite does not enforce
       declared types, its column holds the wider values as it is. Managed tables never get DDL:
       ``propagate`` stops there, naming the type to give the column;

@@ -29,7 +29,7 @@ reaches the delete: replays converge once they have drained, as the README state
 Unavailable (unchanged TOAST) values are never written: such a column is left out of the update.
 A row the target lacks (never loaded, or the create half of a primary-key update) is completed
 from the source by key before it is written, or left out and recorded incomplete when the source
-cannot be read: :mod:`streamer.fetch` (the hook is :meth:`Sink._apply_plans`' first line).
+cannot be read: :mod:`streamer.apply.fetch` (the hook is :meth:`Sink._apply_plans`' first line).
 """
 
 from __future__ import annotations
@@ -49,7 +49,10 @@ from sqlalchemy.engine import Connection, Engine
 
 from streamer.apply import state
 from streamer.apply.dialects import Dialect, dialect_for
+from streamer.apply.fetch import RowCompleter, SourceFetcher, build_fetcher
+from streamer.apply.pgcopy import copy_rows
 from streamer.apply.schema import Route, Router, SchemaManager, TargetTable
+from streamer.apply.schemachange import SchemaChangeStoppedError
 from streamer.core.checkpoint import OffsetIdentity
 from streamer.core.errors import StreamerError
 from streamer.core.events import (
@@ -64,9 +67,6 @@ from streamer.core.events import (
     supersedes,
 )
 from streamer.db import is_transient
-from streamer.fetch import RowCompleter, SourceFetcher, build_fetcher
-from streamer.pgcopy import copy_rows
-from streamer.schemachange import SchemaChangeStoppedError
 from streamer.settings import Settings
 
 Adapter = Callable[[Any], Any]
@@ -456,7 +456,7 @@ class Sink:
         fetcher: SourceFetcher | None = None,
     ) -> None:
         self.engine = engine
-        self.completer = RowCompleter(fetcher)  # values events do not carry (streamer.fetch)
+        self.completer = RowCompleter(fetcher)  # values events do not carry (streamer.apply.fetch)
         self.dialect = engine.dialect.name
         self.target = dialect_for(self.dialect)
         self.router = router
@@ -495,7 +495,7 @@ class Sink:
         (see :func:`streamer.apply.state.save_offsets`; a stored offset never moves backwards).
         """
         result = ApplyResult()
-        self.completer.route_partitions(events, self.router)  # leaf partitions -> root (streamer.fetch)
+        self.completer.route_partitions(events, self.router)  # leaf partitions -> root (streamer.apply.fetch)
         # DDL first, outside the data transaction (SQLite allows one writer at a time)
         tables: dict[tuple[str | None, str], TargetTable] = {}
         broken: dict[tuple[str | None, str], Exception] = {}

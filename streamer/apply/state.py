@@ -11,11 +11,11 @@
 * ``_streamer_loads`` and ``_streamer_load_chunks``: the loader's progress per table and chunk
   (``streamer load --resume``), and which tables are being loaded right now.
 * ``_streamer_hold_generation`` and ``_streamer_members``: the load hold barrier (see
-  :mod:`streamer.holds`): a counter the loader raises when it marks tables ``loading``, and per
+  :mod:`streamer.apply.holds`): a counter the loader raises when it marks tables ``loading``, and per
   live consumer process the generation it has acknowledged and its last heartbeat.
 * ``_streamer_incomplete``: per target table and key, a row the target lacks because its change
   event left values out (unchanged TOAST) and the source could not be read for them (see
-  :mod:`streamer.fetch`); removed when a later change writes the key whole.
+  :mod:`streamer.apply.fetch`); removed when a later change writes the key whole.
 
 The tables are created and upgraded by the Alembic migrations in ``streamer/apply/migrations``
 (``streamer db upgrade``; every command that writes to a target runs it first). Alembic's own

@@ -6,7 +6,7 @@ connectors on the same worker, one after the other, into two topics:
 * **old**: Kafka's and Debezium's defaults, set explicitly per connector (``producer.override.*``:
   linger.ms 0, batch.size 16 KiB, no compression; Debezium max.batch.size 2048, max.queue.size
   8192, poll.interval.ms 500), whatever the worker's own producer settings are;
-* **new**: the worker producer settings of :data:`streamer.stack.CONNECT_PRODUCER` (as overrides,
+* **new**: the worker producer settings of :data:`streamer.stack.local.CONNECT_PRODUCER` (as overrides,
   so a worker started before them measures the same) and the Debezium tuning keys of
   ``connectors/inventory.json``.
 
@@ -33,7 +33,7 @@ from confluent_kafka.admin import AdminClient
 from streamer import logs
 from streamer.bench.report import Figure, run_module
 from streamer.settings import Settings, load_settings
-from streamer.stack import CONNECT_PRODUCER, Stack, running_stack
+from streamer.stack.local import CONNECT_PRODUCER, Stack, running_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 # the keys of connectors/inventory.json that tune Debezium's batching (the "new" connector's)

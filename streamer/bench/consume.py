@@ -35,7 +35,7 @@ from streamer.consume import ConsumerProcess, build_decoder, headers_of
 from streamer.core.events import ChangeEvent
 from streamer.db import create_target_engine
 from streamer.settings import Settings, load_settings
-from streamer.stack import Stack, running_stack
+from streamer.stack.local import Stack, running_stack
 
 COLUMNS = """
     id bigint PRIMARY KEY,

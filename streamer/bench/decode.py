@@ -31,7 +31,7 @@ import orjson
 from fastavro import parse_schema, schemaless_writer
 
 from streamer.bench.report import Figure, run_module
-from streamer.decode import Decoder
+from streamer.decode.decoder import Decoder
 
 TARGET_RATIO = 0.80
 

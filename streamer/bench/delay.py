@@ -31,11 +31,11 @@ from streamer.apply import state
 from streamer.apply.sink import build_sink
 from streamer.bench.report import Figure, run_module
 from streamer.consume import BatchReport, ConsumerProcess, Hooks, build_decoder
-from streamer.demo import Delays, create_topics, wait_joined
-from streamer.load import Loader
+from streamer.load.loader import Loader
 from streamer.settings import Settings, load_settings
-from streamer.stack import running_stack
-from streamer.workload import SAMPLE_TABLES, create_sample, run_workload
+from streamer.stack.demo import Delays, create_topics, wait_joined
+from streamer.stack.local import running_stack
+from streamer.stack.workload import SAMPLE_TABLES, create_sample, run_workload
 
 ROOT = Path(__file__).resolve().parents[2]
 

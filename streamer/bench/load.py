@@ -38,7 +38,7 @@ from streamer import logs
 from streamer.bench.report import Figure, run_module
 from streamer.db import create_target_engine
 from streamer.settings import load_settings
-from streamer.stack import Stack, running_stack
+from streamer.stack.local import Stack, running_stack
 
 COLUMNS = """
     id bigint PRIMARY KEY,

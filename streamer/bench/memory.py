@@ -43,7 +43,7 @@ from streamer.bench.decode import COLUMNS, KEY_COLUMNS, generate, json_record, k
 from streamer.bench.report import Figure, run_module
 from streamer.db import create_target_engine
 from streamer.settings import Settings, load_settings
-from streamer.stack import Stack, running_stack
+from streamer.stack.local import Stack, running_stack
 
 MIB = 1024 * 1024
 # what a process holds besides its bound: the interpreter with SQLAlchemy, psycopg2, pydantic and

@@ -39,9 +39,9 @@ from streamer.apply.sink import build_sink
 from streamer.bench.load import make_source, streamer_load
 from streamer.core.events import TableId
 from streamer.db import create_target_engine
-from streamer.load import Loader
+from streamer.load.loader import Loader
 from streamer.settings import load_settings
-from streamer.stack import running_stack
+from streamer.stack.local import running_stack
 
 FLOORS = {"postgresql": 200_000.0, "mariadb": 100_000.0}
 

@@ -7,7 +7,7 @@
    ``batch_max_bytes`` or ``batch_max_ms``, when the source is caught up after a short read
    (``close_batch_when_caught_up``), when ``--max-events`` is reached, or when the source says it
    must (a lost connection, a change that stops the run);
-3. hold it while ``streamer load`` writes one of its tables (:mod:`streamer.holds`: the loading
+3. hold it while ``streamer load`` writes one of its tables (:mod:`streamer.apply.holds`: the loading
    set is read before the batch is applied, and checked again inside its transaction);
 4. apply it in one target transaction with :func:`~streamer.pipeline.policy.apply_with_policy`
    (retry transient errors with backoff, isolate a rejected event, dead-letter it inside the same
@@ -60,11 +60,11 @@ from typing import Any
 import tenacity
 from sqlalchemy.engine import Connection
 
+from streamer.apply.holds import HoldView, check_batch
 from streamer.apply.sink import ApplyResult, EventRejectedError, FencedBatchError, Sink
 from streamer.core.checkpoint import StreamKey
 from streamer.core.errors import one_line
 from streamer.core.events import ChangeEvent
-from streamer.holds import HoldView, check_batch
 from streamer.pipeline.policy import BatchNotIsolatedError, RetryPolicy, apply_with_policy, sink_apply
 from streamer.settings import ConsumerSettings
 from streamer.sources.base import Batch, BatchDone, BatchObserver, Source
@@ -410,7 +410,7 @@ class Runner:
         member_id = self.holds.member.member_id
 
         def check_hold(conn: Connection) -> None:
-            check_batch(conn, member_id, generation, touched)  # see streamer.holds
+            check_batch(conn, member_id, generation, touched)  # see streamer.apply.holds
 
         def before_commit(result: ApplyResult) -> None:
             count = source.dead_letter(batch, result.failed)

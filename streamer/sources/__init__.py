@@ -8,7 +8,7 @@
   start-offset checks, holds by partition, dead-letter topic).
 * :mod:`streamer.sources.pgoutput`: PostgreSQL logical replication read directly (the stream with
   its feedback and reconnect, the source catalog); the protocol parser and transaction assembler
-  are still :mod:`streamer.pgoutput` and :mod:`streamer.pgtypes`.
+  are still :mod:`streamer.sources.pgoutput.protocol` and :mod:`streamer.decode.pgtypes`.
 
 Both run on the one :class:`~streamer.pipeline.runner.Runner`; ``streamer.consume`` and
 ``streamer.replicate`` are the commands' façades.

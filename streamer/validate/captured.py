@@ -1,6 +1,6 @@
 """Columns the capture cannot carry, as ``streamer validate`` sees them ("not captured").
 
-Debezium 3.1 sends no field for some PostgreSQL types (:func:`streamer.publications.capture_drops`,
+Debezium 3.1 sends no field for some PostgreSQL types (:func:`streamer.connect.publications.capture_drops`,
 the same knowledge ``connectors validate``/``plan`` use), so the stream leaves such a column stale
 in the target while ``streamer load`` copied it. Comparing it would report differences nobody can
 fix by re-streaming. So such a source column is left out of the comparison and listed as "not
@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from streamer.publications import dropped_source_columns
+from streamer.connect.publications import dropped_source_columns
 
 FIX = (
     "the capture sends no value for this type, so the stream leaves it stale: exclude it in the "

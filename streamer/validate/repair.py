@@ -1,8 +1,8 @@
 """``streamer validate --repair``: re-copy from the source exactly the key ranges that differ.
 
-The copy is the loader's (:class:`streamer.load.Loader` with ``ranges``), so it has the loader's
+The copy is the loader's (:class:`streamer.load.loader.Loader` with ``ranges``), so it has the loader's
 guarantees while consumers run: the table is marked loading and every live consumer holds it
-(the barrier of :mod:`streamer.holds`) before one exported snapshot of the source is read; each
+(the barrier of :mod:`streamer.apply.holds`) before one exported snapshot of the source is read; each
 range's rows are written with the snapshot's version through the version guard, so a row the
 stream has already moved past the snapshot is left as it is; then rows inside those ranges that
 are older than the snapshot and were not in it (gone at the source, or added to the target by
@@ -113,7 +113,7 @@ def repair(
     workers: int = 2,
 ) -> RepairReport:
     """Re-copy ``report.ranges`` (the loader, version-guarded, under the hold barrier), then compare them again."""
-    from streamer.load import Loader
+    from streamer.load.loader import Loader
     from streamer.validate.compare import validate_table
 
     report.dry_run = False

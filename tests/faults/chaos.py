@@ -42,7 +42,7 @@ import sqlalchemy as sa
 
 from streamer.db import create_target_engine
 from streamer.settings import load_settings
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from tests.conftest import debezium_config, wait_running
 from tests.faults.harness import (
     ConsumerProc,

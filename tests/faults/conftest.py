@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from streamer.db import create_target_engine
 from streamer.settings import load_settings
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from tests.conftest import debezium_config, wait_running
 from tests.faults.harness import TABLES, Workload, end_all, free_port, say, topics_regex
 from tests.integration.conftest import MARIADB_URL, _mariadb_engine

@@ -47,7 +47,7 @@ from sqlalchemy.engine import Engine
 from streamer.apply.schema import Router
 from streamer.core.events import TableId
 from streamer.db import create_target_engine
-from streamer.stack import reachable_by_postgres
+from streamer.stack.local import reachable_by_postgres
 from streamer.validate import compare_tables, describe, normalize
 
 TABLES = ("alpha", "beta", "gamma")
@@ -842,12 +842,12 @@ def jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def stop_part(st: Any, part: str, sig: int = signal.SIGTERM) -> None:
-    """Stop one part ("broker" or "connect") of a *private* :class:`streamer.stack.Stack`.
+    """Stop one part ("broker" or "connect") of a *private* :class:`streamer.stack.local.Stack`.
 
     SIGTERM waits for a clean exit (SIGKILL after 30 s); SIGKILL is a crash. ``Stack.up()`` starts
     it again. Never call this for the shared stack.
     """
-    from streamer.stack import _alive, _terminate
+    from streamer.stack.local import _alive, _terminate
 
     pid = st.pid(part)
     assert pid is not None, f"{part} of the private stack is not running"

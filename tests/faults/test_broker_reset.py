@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from tests.conftest import drop_connector
 from tests.faults.conftest import apply_connector, drop_target_tables
 from tests.faults.harness import (

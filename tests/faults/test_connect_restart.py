@@ -12,7 +12,7 @@ import httpx
 import psycopg2
 import pytest
 
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from tests.conftest import drop_connector, wait_running
 from tests.faults.conftest import apply_connector, drop_target_tables
 from tests.faults.harness import (

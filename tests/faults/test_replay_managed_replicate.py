@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from streamer.db import create_target_engine
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from tests.conftest import drop_connector
 from tests.faults.conftest import Pipeline, drop_target_tables
 from tests.faults.harness import (
@@ -129,7 +129,7 @@ def test_managed_tables_with_not_null_columns(make_pipeline, target: str) -> Non
 
 
 # the new key's event carries the unavailable placeholder for a value the target has only under the
-# old key: the sink reads it from the source by key (streamer.fetch, issue 13 item 6)
+# old key: the sink reads it from the source by key (streamer.apply.fetch, issue 13 item 6)
 def test_key_updates_leaving_toast_unchanged(make_pipeline, target: str) -> None:
     """`UPDATE ... SET id = new` that leaves the out-of-line TOAST column alone: the new key's event
     carries the unavailable placeholder for a value the target only has under the old key."""

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from streamer.db import create_target_engine
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 
 MARIADB_URL = os.environ.get("STREAMER_TEST_MARIADB_URL", "mysql://root@127.0.0.1:3306/streamer_test")
 TARGET_KINDS = ("postgresql", "mariadb", "sqlite")

@@ -20,7 +20,7 @@ from streamer.apply import state
 from streamer.apply.sink import build_sink
 from streamer.consume import BatchReport, ConsumerProcess, Hooks, build_decoder
 from streamer.settings import load_settings
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from tests.integration.test_exit_paths import Topic, checked_target, rows_of, stored_offset
 
 

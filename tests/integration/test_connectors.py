@@ -22,7 +22,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from tests.conftest import debezium_config, drop_connector, kafka_consumer_config, source_connection
 
 REPO = Path(__file__).resolve().parents[2]

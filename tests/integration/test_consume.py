@@ -22,9 +22,9 @@ from confluent_kafka.admin import AdminClient
 from streamer.apply.schema import Router
 from streamer.core.events import TableId
 from streamer.db import create_target_engine
-from streamer.stack import Stack
+from streamer.stack.local import Stack
+from streamer.stack.workload import SAMPLE_TABLES, create_sample, run_workload
 from streamer.validate import compare_tables
-from streamer.workload import SAMPLE_TABLES, create_sample, run_workload
 from tests.conftest import kafka_consumer_config
 from tests.integration.conftest import TARGET_KINDS, _mariadb_engine, target_url
 

@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from streamer.db import create_target_engine
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from tests.integration.test_consume import run_consumer
 
 VERSION = "_streamer_version"

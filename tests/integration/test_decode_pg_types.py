@@ -21,8 +21,8 @@ from typing import Any
 from confluent_kafka import Consumer
 
 from streamer.core.events import UNAVAILABLE, ChangeEvent, Op, OtherRecord, RecordKind, TableId
-from streamer.decode import Decoder
-from streamer.stack import Stack
+from streamer.decode.decoder import Decoder
+from streamer.stack.local import Stack
 from tests.conftest import kafka_consumer_config
 
 JSON_CONVERTER = "org.apache.kafka.connect.json.JsonConverter"

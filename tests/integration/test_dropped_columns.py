@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from tests.conftest import debezium_config
 
 

@@ -30,7 +30,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from streamer.bench.decode import json_record, key_schema, pg_envelope_schema, pg_source
 from streamer.db import create_target_engine
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from tests.conftest import kafka_consumer_config
 from tests.integration.conftest import MARIADB_URL, _mariadb_engine
 

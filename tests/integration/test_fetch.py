@@ -1,5 +1,5 @@
 """Values a change event does not carry (unchanged TOAST) for rows the target lacks: read from the source
-by key, or recorded incomplete when the source cannot be read (streamer.fetch, issue 13 item 6).
+by key, or recorded incomplete when the source cannot be read (streamer.apply.fetch, issue 13 item 6).
 
 The source table's ``big`` column is stored out of line uncompressed (``STORAGE EXTERNAL``), so
 every update that leaves it alone sends it as unavailable, in Debezium's events and in pgoutput's.
@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from streamer import fetch
+from streamer.apply import fetch
 from streamer.db import create_target_engine
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from streamer.validate import compare_tables
 from tests.conftest import run_on_source
 from tests.integration.conftest import target_url

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from streamer.db import create_target_engine
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from streamer.validate import compare_tables
 from tests.conftest import run_on_source
 from tests.integration.test_consume import consume_cmd, consumer_env

@@ -21,8 +21,8 @@ import pytest
 import sqlalchemy as sa
 
 from streamer.db import create_target_engine
-from streamer.stack import Stack
-from streamer.workload import SAMPLE_TABLES, create_sample, run_workload
+from streamer.stack.local import Stack
+from streamer.stack.workload import SAMPLE_TABLES, create_sample, run_workload
 from tests.integration.conftest import _mariadb_engine, target_url
 
 
@@ -245,7 +245,7 @@ def test_delete_during_a_multi_table_load_stays_deleted(stack: Stack, captured: 
     the snapshot, while a is being loaded, must stay deleted (b's partitions are held from the
     start of the load, not from b's turn). The loader is paused before b by a hook."""
     from streamer.apply.sink import build_sink
-    from streamer.load import Loader
+    from streamer.load.loader import Loader
     from streamer.settings import load_settings
     from streamer.validate import compare_tables
     from tests.integration.test_operations import per_partition, read_topics, stored_by_sql
@@ -389,8 +389,7 @@ def test_a_batch_filtered_before_a_load_marked_its_table_is_refused(target, uniq
     """holds.check_batch, on every target kind: a batch filtered with an older hold generation is
     refused only when it touches a table the newer load marked; the mark waits for a batch holding
     the generation row (PostgreSQL, MariaDB: FOR SHARE)."""
-    from streamer import holds
-    from streamer.apply import state
+    from streamer.apply import holds, state
 
     _url, engine = target
     state.upgrade(engine)
@@ -457,8 +456,7 @@ def test_load_stops_when_a_live_consumer_does_not_acknowledge(
     and unmarks its tables; a member silent past the expiry is taken as stopped."""
     import datetime as dt
 
-    from streamer import holds
-    from streamer.apply import state
+    from streamer.apply import holds, state
 
     schema = unique
     create_sample(stack.settings.source_url, schema, rows=100)

@@ -13,9 +13,9 @@ import psycopg2.errors
 import pytest
 
 from streamer.apply.sink import Sink, build_sink
-from streamer.load import Loader, _pipe_copy, describe_source, plan_from_statistics
+from streamer.load.loader import Loader, _pipe_copy, describe_source, plan_from_statistics
 from streamer.settings import load_settings
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from tests.conftest import run_on_source, source_connection
 
 BUILTIN_COLUMNS = (

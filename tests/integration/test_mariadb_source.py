@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from streamer.apply.schema import Router
 from streamer.core.events import TableId
 from streamer.db import create_target_engine
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from streamer.validate import compare_tables
 from tests.conftest import wait_running
 

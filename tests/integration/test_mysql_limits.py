@@ -26,7 +26,7 @@ from streamer.apply.sink import Sink
 from streamer.core.checkpoint import KafkaOrigin
 from streamer.core.events import ChangeEvent, ColumnType, Op, SourcePosition, TableId
 from streamer.db import create_target_engine
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from streamer.validate import compare_tables
 from tests.conftest import kafka_consumer_config, run_on_source
 from tests.integration.conftest import MARIADB_URL, _mariadb_engine

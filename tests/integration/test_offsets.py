@@ -21,14 +21,14 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from streamer import groups
 from streamer.apply.state import StoredOffset, load_offsets
 from streamer.apply.state import upgrade as state_upgrade
 from streamer.core.checkpoint import OffsetIdentity
+from streamer.ops import groups
 from streamer.settings import Settings
 from streamer.sources.kafka import offsetcheck
-from streamer.stack import Stack
-from streamer.workload import SAMPLE_TABLES, create_sample, run_workload
+from streamer.stack.local import Stack
+from streamer.stack.workload import SAMPLE_TABLES, create_sample, run_workload
 from tests.conftest import debezium_config, drop_connector, source_connection, wait_running
 from tests.integration.conftest import target_url
 from tests.integration.test_consume import assert_same, pipeline, run_consumer

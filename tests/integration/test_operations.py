@@ -37,11 +37,11 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamer import groups
 from streamer.bench.decode import json_record, key_schema, pg_envelope_schema, pg_source
 from streamer.db import create_target_engine
-from streamer.stack import Stack
-from streamer.workload import SAMPLE_TABLES, create_sample, run_workload
+from streamer.ops import groups
+from streamer.stack.local import Stack
+from streamer.stack.workload import SAMPLE_TABLES, create_sample, run_workload
 from tests.conftest import debezium_config, kafka_consumer_config
 from tests.integration.test_consume import assert_same, consumer_env
 

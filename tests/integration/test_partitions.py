@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from confluent_kafka.admin import AdminClient
 
 from streamer.db import create_target_engine
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from streamer.validate import compare_tables
 from tests.conftest import debezium_config, drop_connector, run_on_source
 from tests.integration.test_consume import consume_cmd, consumer_env

@@ -29,7 +29,7 @@ import pytest
 import sqlalchemy as sa
 
 from streamer.db import create_target_engine
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from streamer.validate import compare_tables
 from tests.conftest import debezium_config, drop_connector, run_on_source, source_connection
 from tests.integration.test_consume import consumer_env

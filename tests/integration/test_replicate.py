@@ -36,9 +36,9 @@ from streamer.core.events import UNAVAILABLE, TableId, format_lsn, parse_lsn
 from streamer.db import create_target_engine
 from streamer.replicate import ReplicationProcess, origin_topic
 from streamer.settings import load_settings
-from streamer.stack import Stack
+from streamer.stack.local import Stack
+from streamer.stack.workload import SAMPLE_TABLES, create_sample, ddl, run_workload
 from streamer.validate import compare_tables
-from streamer.workload import SAMPLE_TABLES, create_sample, ddl, run_workload
 
 KINDS_DDL = """
 CREATE TYPE {s}.mood AS ENUM ('sad', 'ok', 'happy');

@@ -14,7 +14,7 @@ from streamer.apply.sink import build_sink
 from streamer.core.events import parse_lsn
 from streamer.replicate import ReplicationProcess
 from streamer.settings import load_settings
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from tests.integration.test_replicate import (
     Replication,
     assert_same,

@@ -16,12 +16,12 @@ import sqlalchemy as sa
 
 from streamer.apply import state
 from streamer.apply.schema import Router, SchemaManager
+from streamer.apply.schemachange import SchemaChangeStoppedError
 from streamer.apply.sink import Sink
 from streamer.core.events import Op
 from streamer.db import create_target_engine
-from streamer.schemachange import SchemaChangeStoppedError
 from streamer.settings import SchemaChangeSettings
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from tests.conftest import run_on_source
 from tests.integration.conftest import TARGET_KINDS, _mariadb_engine, target_url
 from tests.integration.test_consume import _state_offsets, run_consumer

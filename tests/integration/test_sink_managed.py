@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from streamer.apply import state
+from streamer.apply.fetch import incomplete_rows
 from streamer.apply.schema import Router, SchemaManager
 from streamer.apply.sink import Sink
 from streamer.core.checkpoint import KafkaOrigin
@@ -26,9 +27,8 @@ from streamer.core.events import (
     pg_version,
 )
 from streamer.db import create_target_engine
-from streamer.fetch import incomplete_rows
-from streamer.load import Loader
-from streamer.stack import Stack
+from streamer.load.loader import Loader
+from streamer.stack.local import Stack
 
 VERSION = "_streamer_version"
 COLUMNS = {

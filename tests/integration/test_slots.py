@@ -16,9 +16,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamer.metrics import SlotCollector
+from streamer.ops.metrics import SlotCollector
 from streamer.settings import load_settings
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from tests.conftest import debezium_config, drop_connector, source_connection, wait_running
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import psycopg2
 
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from tests.conftest import run_on_source, wait_running
 from tests.faults.harness import wait_until
 from tests.integration.test_consume import assert_same, run_consumer

@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient
 
 from streamer.core.errors import StackError
 from streamer.settings import load_settings
-from streamer.stack import PARTS, Stack, _alive, outside_dir_for, reachable_by_postgres, running_stack
+from streamer.stack.local import PARTS, Stack, _alive, outside_dir_for, reachable_by_postgres, running_stack
 from tests.conftest import kafka_consumer_config
 
 

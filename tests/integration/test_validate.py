@@ -26,7 +26,7 @@ from streamer.apply.sink import build_router
 from streamer.core.events import TableId
 from streamer.db import create_target_engine
 from streamer.settings import load_settings
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from streamer.validate import validate_table
 
 ROWS = 1200
@@ -210,7 +210,7 @@ def _corrupt(url: str, schema: str) -> None:
 def test_repair_under_a_live_stream_ends_equal(
     stack: Stack, debezium: Any, unique: str, tmp_path: Path
 ) -> None:
-    from streamer.workload import SAMPLE_TABLES, create_sample, run_workload
+    from streamer.stack.workload import SAMPLE_TABLES, create_sample, run_workload
     from tests.faults.harness import ConsumerProc, assert_equal, differences, end_all, topics_regex
 
     schema = unique

@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from streamer.db import create_target_engine
-from streamer.stack import Stack
+from streamer.stack.local import Stack
 from tests.integration.test_consume import run_consumer
 
 TRIGGER = (

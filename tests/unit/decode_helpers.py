@@ -19,7 +19,7 @@ from streamer.bench.decode import (
     pg_source,
 )
 from streamer.core.events import ChangeEvent, Decoded
-from streamer.decode import Decoder
+from streamer.decode.decoder import Decoder
 
 TOPIC = "dbserver1.public.items"
 ID_COLUMN: dict[str, Any] = {"type": "int32", "optional": False, "default": 0, "field": "id"}

@@ -9,7 +9,7 @@ from pathlib import Path
 from streamer.bench.capture import OLD, new_settings
 from streamer.bench.delay import connector_config
 from streamer.bench.report import Figure, render
-from streamer.stack import CONNECT_PRODUCER
+from streamer.stack.local import CONNECT_PRODUCER
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from streamer.settings import load_settings
-from streamer.stack import CONNECT_PRODUCER, MARIADB_GRANTS, POSTGRES_CONNECTOR, Stack
+from streamer.stack.local import CONNECT_PRODUCER, MARIADB_GRANTS, POSTGRES_CONNECTOR, Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 

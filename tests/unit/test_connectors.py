@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from streamer.connect import ConnectorPlugin
-from streamer.connectors import (
+from streamer.connect.client import ConnectorPlugin
+from streamer.connect.files import (
     MASK,
     SCOPE_KEY,
     ConnectorFile,

@@ -29,7 +29,7 @@ from streamer.core.events import (
     pg_version,
     read_version,
 )
-from streamer.decode import Decoder, MissingPositionError
+from streamer.decode.decoder import Decoder, MissingPositionError
 from tests.unit.decode_helpers import FORMATS, ID_COLUMN, TOPIC, Records, decode_one, source, value_payload
 
 # --- a real PostgreSQL insert, as the JSON converter writes it -----------------------------------

@@ -21,7 +21,7 @@ from fastavro.schema import to_parsing_canonical_form
 from streamer.bench.decode import avro_schema, mock_registry
 from streamer.core.errors import DecodeError
 from streamer.core.events import ChangeEvent, Op, TableId
-from streamer.decode import Decoder, SchemaRegistryUnavailableError
+from streamer.decode.decoder import Decoder, SchemaRegistryUnavailableError
 from tests.unit.decode_helpers import ID_COLUMN, TOPIC, Records, source, value_payload
 
 COLUMNS: list[dict[str, Any]] = [

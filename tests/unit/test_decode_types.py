@@ -32,7 +32,7 @@ from streamer.core.events import (
     InfiniteDate,
     InfiniteDatetime,
 )
-from streamer.decode import parse_json
+from streamer.decode.decoder import parse_json
 from tests.unit.decode_helpers import FORMATS, ID_COLUMN, TOPIC, Records, decode_column, value_payload
 
 PLACEHOLDER = "__debezium_unavailable_value"

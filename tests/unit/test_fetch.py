@@ -1,4 +1,4 @@
-"""streamer.fetch pure logic: where the consumer reads values events lack, and the incomplete report."""
+"""streamer.apply.fetch pure logic: where the consumer reads values events lack, and the incomplete report."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from streamer.fetch import IncompleteRow, build_fetcher, connector_sources, incomplete_text
+from streamer.apply.fetch import IncompleteRow, build_fetcher, connector_sources, incomplete_text
 from streamer.settings import load_settings
 
 

@@ -1,4 +1,4 @@
-"""Pure helpers of streamer.groups: topic selection, group states, the classic assignment format."""
+"""Pure helpers of streamer.ops.groups: topic selection, group states, the classic assignment format."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import struct
 from confluent_kafka import ConsumerGroupState, KafkaError
 from confluent_kafka.admin._metadata import ClusterMetadata, PartitionMetadata, TopicMetadata
 
-from streamer.groups import (
+from streamer.ops.groups import (
     GroupDescription,
     Member,
     _parse_assignment,

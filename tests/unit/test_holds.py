@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from streamer.holds import MemberRow, classify
-from streamer.replay import _answers
+from streamer.apply.holds import MemberRow, classify
+from streamer.ops.replay import _answers
 
 AT = dt.datetime(2026, 12, 1, 12, 0, 0)
 
@@ -56,8 +56,7 @@ def test_member_registers_before_reading_and_acks_only_when_allowed(tmp_path: Pa
     """HoldView on a real (SQLite) target: registration, heartbeat, the ack rule, leaving."""
     import sqlalchemy as sa
 
-    from streamer import holds
-    from streamer.apply import state
+    from streamer.apply import holds, state
     from streamer.db import create_target_engine
 
     engine = create_target_engine(f"sqlite:///{tmp_path / 't.db'}")

@@ -1,8 +1,8 @@
-"""Chunk boundaries picked from a key's histogram (pure logic of streamer.load)."""
+"""Chunk boundaries picked from a key's histogram (pure logic of streamer.load.loader)."""
 
 from __future__ import annotations
 
-from streamer.load import _chunks_between, pick_bounds
+from streamer.load.loader import _chunks_between, pick_bounds
 
 
 def test_bounds_are_spread_evenly_over_the_histogram() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from streamer.apply.sink import ApplyResult
 from streamer.consume import BatchReport
 from streamer.core.events import ChangeEvent
-from streamer.metrics import ConsumerMetrics, lag_of
+from streamer.ops.metrics import ConsumerMetrics, lag_of
 from tests.unit.decode_helpers import ID_COLUMN, Records, decode_one, value_payload
 
 NAME = {"type": "string", "optional": True, "field": "name"}

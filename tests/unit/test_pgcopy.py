@@ -6,8 +6,8 @@ import datetime as dt
 import decimal
 import uuid
 
+from streamer.apply.pgcopy import copy_rows, copy_value
 from streamer.core.events import DATE_INFINITY, TIMESTAMP_NEG_INFINITY, EndOfDay
-from streamer.pgcopy import copy_rows, copy_value
 
 
 def test_scalars() -> None:

@@ -1,7 +1,7 @@
 """pgoutput parsing (bytes built per the protocol docs), transaction assembly, and text-to-value conversion.
 
 Conversions are checked against literal values and, where Debezium has an encoding of the same
-value, against what :mod:`streamer.decode` makes of Debezium's JSON: both paths must give identical
+value, against what :mod:`streamer.decode.decoder` makes of Debezium's JSON: both paths must give identical
 Python values and target types.
 """
 
@@ -36,7 +36,15 @@ from streamer.core.events import (
     TableId,
     pg_version,
 )
-from streamer.pgoutput import (
+from streamer.decode.pgtypes import (
+    PgType,
+    PgValueError,
+    builtin_type,
+    column_plan,
+    interval_micros,
+    parse_array,
+)
+from streamer.sources.pgoutput.protocol import (
     UNCHANGED,
     Begin,
     Commit,
@@ -59,7 +67,6 @@ from streamer.pgoutput import (
     Update,
     pg_timestamp,
 )
-from streamer.pgtypes import PgType, PgValueError, builtin_type, column_plan, interval_micros, parse_array
 from tests.unit.decode_helpers import ID_COLUMN, TOPIC, Records, value_payload
 
 # --------------------------------------------------------------------------- message builders
@@ -868,9 +875,9 @@ def test_transactions_not_beyond_the_target_position_are_skipped() -> None:
     from typing import cast
 
     from streamer.apply.sink import Sink
-    from streamer.pgoutput import Transaction
     from streamer.replicate import ReplicationProcess
     from streamer.settings import load_settings
+    from streamer.sources.pgoutput.protocol import Transaction
 
     proc = ReplicationProcess(
         load_settings(env={}), cast(Sink, None), source_url="postgresql://x/y", slot="s", publication="p"

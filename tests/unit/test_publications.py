@@ -1,11 +1,11 @@
-"""streamer.publications pure logic: which listed tables are checked, which source is read."""
+"""streamer.connect.publications pure logic: which listed tables are checked, which source is read."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from streamer.connectors import ConnectorFile
-from streamer.publications import _listed, _params
+from streamer.connect.files import ConnectorFile
+from streamer.connect.publications import _listed, _params
 
 
 def test_listed_takes_literal_schema_table_names_only() -> None:

@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from streamer.groups import Watermarks, effective_position
-from streamer.replay import (
+from streamer.ops.groups import Watermarks, effective_position
+from streamer.ops.replay import (
     AtTime,
     Earliest,
     FromGroup,

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from streamer import logs
 from streamer.apply import state
+from streamer.apply.holds import HoldChangedError, raise_generation
 from streamer.apply.sink import (
     ApplyResult,
     EventRejectedError,
@@ -32,7 +33,6 @@ from streamer.core.checkpoint import Checkpoint, KafkaOrigin, OffsetIdentity, St
 from streamer.core.errors import TargetUnavailableError
 from streamer.core.events import ChangeEvent, ColumnType, Op, SourcePosition, TableId, pg_version
 from streamer.db import create_target_engine
-from streamer.holds import HoldChangedError, raise_generation
 from streamer.pipeline.policy import BatchNotIsolatedError, RetryPolicy
 from streamer.pipeline.runner import BatchBounds, Runner, RunStats
 from streamer.settings import load_settings

@@ -1,4 +1,4 @@
-"""The pure classification of a source column's type change (streamer.schemachange)."""
+"""The pure classification of a source column's type change (streamer.apply.schemachange)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 
 from streamer.apply.schema import sql_type
+from streamer.apply.schemachange import TypeChange, TypeShape, classify, mysql_shape, shape_of
 from streamer.core.events import ColumnType
-from streamer.schemachange import TypeChange, TypeShape, classify, mysql_shape, shape_of
 from streamer.settings import load_settings
 
 DEC = "org.apache.kafka.connect.data.Decimal"

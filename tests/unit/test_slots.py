@@ -7,8 +7,8 @@ from typing import Any
 
 from rich.console import Console
 
-from streamer import metrics, slots, status
-from streamer.slots import Owner, Slot
+from streamer.ops import metrics, slots, status
+from streamer.ops.slots import Owner, Slot
 
 GIB = 1024**3
 

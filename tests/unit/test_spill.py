@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from streamer.core.events import UNAVAILABLE, ChangeEvent, Op
-from streamer.pgoutput import UNCHANGED, RelationMeta, Transaction, TransactionAssembler
-from streamer.pgtypes import PgValueError
-from streamer.spill import SpillFile, remove_stale
+from streamer.decode.pgtypes import PgValueError
+from streamer.sources.pgoutput.protocol import UNCHANGED, RelationMeta, Transaction, TransactionAssembler
+from streamer.sources.pgoutput.spill import SpillFile, remove_stale
 from tests.unit.test_pgoutput import (
     ITEMS,
     RELID,

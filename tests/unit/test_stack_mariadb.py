@@ -10,7 +10,7 @@ import pytest
 
 from streamer.core.errors import PrerequisiteError, StackError
 from streamer.settings import load_settings
-from streamer.stack import MARIADB_GRANTS, Stack
+from streamer.stack.local import MARIADB_GRANTS, Stack
 
 
 def _stack(tmp_path: Path, **env: str) -> Stack:
@@ -43,7 +43,7 @@ def test_missing_server_names_the_package_only_when_mariadb_is_wanted(
             return None
         return real_which(name)
 
-    monkeypatch.setattr("streamer.stack.shutil.which", which)
+    monkeypatch.setattr("streamer.stack.local.shutil.which", which)
     st = _stack(tmp_path)
     with pytest.raises(
         PrerequisiteError, match="install the Debian package mariadb-server.*STREAMER_STACK__MARIADB=false"

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from streamer.settings import load_settings
-from streamer.stack import Stack, _start_time
+from streamer.stack.local import Stack, _start_time
 
 
 def _stack(tmp_path: Path) -> Stack:

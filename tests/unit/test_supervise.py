@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.supervise import RestartPolicy, Supervisor, child_command, describe_exit, options_argv
+from streamer.ops.supervise import RestartPolicy, Supervisor, child_command, describe_exit, options_argv
 
 POLICY = RestartPolicy(base_delay=1.0, max_delay=30.0, max_failures=5, stable_after=60.0)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamer.publications import capture_drops
+from streamer.connect.publications import capture_drops
 from streamer.validate.core import TableDiff
 from streamer.validate.report import TableResult, as_json, not_captured_lines, print_plain
 

@@ -1,10 +1,10 @@
-"""streamer.walstream: the libpq it drives is psycopg2's own (resolved through psycopg2's extension module)."""
+"""streamer.sources.pgoutput.walstream: the libpq it drives is psycopg2's own (resolved through psycopg2's extension module)."""
 
 from __future__ import annotations
 
 import pytest
 
-from streamer.walstream import WalStream, WalStreamLost, _libpq
+from streamer.sources.pgoutput.walstream import WalStream, WalStreamLost, _libpq
 
 
 def test_libpq_functions_resolve_in_psycopg2s_libpq() -> None:

@@ -6,5 +6,5 @@
 * :mod:`~streamer.sources.kafka.offsetcheck`: whether a stored start offset belongs to the topic
   it is used for (topic id, fingerprint of the record before it).
 
-Decoding the records (JSON, Avro, the Debezium envelope) is :mod:`streamer.decode`'s.
+Decoding the records (JSON, Avro, the Debezium envelope) is :mod:`streamer.decode.decoder`'s.
 """

@@ -9,7 +9,7 @@ consumer checks, per partition, the offset it is about to start from:
 * the topic id, where the broker has one (Kafka since 2.8, and the local broker), must equal
   the one stored;
 * the offset must not be past the partition's true end (high watermark from a fetch, see
-  :func:`streamer.groups.true_watermarks`; the local broker does not report such an offset as
+  :func:`streamer.ops.groups.true_watermarks`; the local broker does not report such an offset as
   out of range, the consumer would just wait there);
 * the record at ``offset - 1`` must exist and carry the stored fingerprint (a hash of its
   timestamp, key and value). When that record is gone (retention, compaction) the check passes
@@ -33,9 +33,9 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streamer import groups
 from streamer.apply.state import StoredOffset
 from streamer.core.checkpoint import OffsetIdentity
+from streamer.ops import groups
 
 TP = tuple[str, int]
 _ZERO_ID = base64.b64encode(bytes(16)).decode().rstrip("=")

@@ -54,6 +54,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from streamer import logs
+from streamer.apply.holds import HoldChangedError
 from streamer.apply.sink import EventRejectedError, FencedBatchError, Sink, is_permanent
 from streamer.apply.state import StoredOffset, forget_offset, load_offset_rows
 from streamer.core.checkpoint import Checkpoint, OffsetIdentity, Origin, StreamKey
@@ -67,8 +68,7 @@ from streamer.core.errors import (
 )
 from streamer.core.events import ChangeEvent
 from streamer.db import is_transient
-from streamer.decode import Decoder
-from streamer.holds import HoldChangedError
+from streamer.decode.decoder import Decoder
 from streamer.pipeline.runner import RunStats
 from streamer.settings import ConsumerSettings
 from streamer.sources.base import Batch, Pending, RunHandle
@@ -438,7 +438,7 @@ class KafkaSource:
     def drained(self) -> bool:
         """Whether every assigned partition that is not held has been read to its end, as far as the
         client knows (position and the high watermark of the last fetch response; ListOffsets is not
-        trusted, see :mod:`streamer.groups`). A partition whose position or end is not known yet
+        trusted, see :mod:`streamer.ops.groups`). A partition whose position or end is not known yet
         does not block: the idle time is the bound there."""
         assert self._consumer is not None
         live = [TopicPartition(t, p) for t, p in sorted(self._assigned) if (t, p) not in self._held]

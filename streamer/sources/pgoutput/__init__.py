@@ -6,7 +6,7 @@
   the slot's stream as a :class:`~streamer.sources.base.Source` (feedback, reconnect,
   transaction assembly, dead-letter file).
 
-The wire protocol parser and transaction assembler (:mod:`streamer.pgoutput`), the value
-conversions (:mod:`streamer.pgtypes`) and the libpq stream (:mod:`streamer.walstream`) stay where
+The wire protocol parser and transaction assembler (:mod:`streamer.sources.pgoutput.protocol`), the value
+conversions (:mod:`streamer.decode.pgtypes`) and the libpq stream (:mod:`streamer.sources.pgoutput.walstream`) stay where
 they are for now.
 """

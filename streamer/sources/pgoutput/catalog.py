@@ -26,8 +26,7 @@ from streamer.core.errors import (
     one_line,
 )
 from streamer.core.events import parse_lsn
-from streamer.pgoutput import RelationMeta
-from streamer.pgtypes import (
+from streamer.decode.pgtypes import (
     SESSION_OPTIONS,
     TYPE_QUERY,
     PgType,
@@ -35,6 +34,7 @@ from streamer.pgtypes import (
     reported_type_name,
     type_from_row,
 )
+from streamer.sources.pgoutput.protocol import RelationMeta
 
 __all__ = ["SourceCatalog", "origin_topic", "quote_ident"]
 

@@ -3,9 +3,9 @@
 Moved out of ``streamer/replicate.py`` (issue 12); what it does is described there (the
 command's docstring). This module owns the WAL side: setup checks through the
 :class:`~streamer.sources.pgoutput.catalog.SourceCatalog`, the replication connection (slot
-creation, ``START_REPLICATION``, :class:`~streamer.walstream.WalStream` with its status
+creation, ``START_REPLICATION``, :class:`~streamer.sources.pgoutput.walstream.WalStream` with its status
 updates), reconnecting after a lost connection, assembling whole transactions
-(:class:`~streamer.pgoutput.TransactionAssembler`), skipping transactions the target already
+(:class:`~streamer.sources.pgoutput.protocol.TransactionAssembler`), skipping transactions the target already
 holds, moving the position over idle WAL, and the dead-letter file. The batching, the hold, the
 apply and the order "target commit, then feedback" are the runner's
 (:mod:`streamer.pipeline.runner`).
@@ -60,6 +60,7 @@ import psycopg2.extras
 import sqlalchemy as sa
 
 from streamer import logs
+from streamer.apply.holds import HoldChangedError
 from streamer.apply.sink import EventRejectedError, FencedBatchError, Sink, is_permanent
 from streamer.apply.state import load_offsets, save_offsets
 from streamer.core.checkpoint import Checkpoint, StreamKey
@@ -76,21 +77,20 @@ from streamer.core.errors import (
 )
 from streamer.core.events import ChangeEvent, format_lsn, parse_lsn
 from streamer.db import is_transient
-from streamer.holds import HoldChangedError
-from streamer.pgoutput import (
+from streamer.decode.pgtypes import PgValueError
+from streamer.pipeline.policy import BatchNotIsolatedError
+from streamer.pipeline.runner import RunStats
+from streamer.settings import ConsumerSettings
+from streamer.sources.base import Batch, Pending, RunHandle
+from streamer.sources.pgoutput.catalog import SourceCatalog, _session_options, origin_topic, quote_ident
+from streamer.sources.pgoutput.protocol import (
     ProtocolError,
     RawChange,
     Transaction,
     TransactionAssembler,
     tuple_values,
 )
-from streamer.pgtypes import PgValueError
-from streamer.pipeline.policy import BatchNotIsolatedError
-from streamer.pipeline.runner import RunStats
-from streamer.settings import ConsumerSettings
-from streamer.sources.base import Batch, Pending, RunHandle
-from streamer.sources.pgoutput.catalog import SourceCatalog, _session_options, origin_topic, quote_ident
-from streamer.walstream import WalStream, WalStreamEnded, WalStreamLost
+from streamer.sources.pgoutput.walstream import WalStream, WalStreamEnded, WalStreamLost
 
 SLOT_BUSY_GRACE_S = 5.0  # how long a slot still held by another process is waited for at start
 

@@ -115,7 +115,7 @@ class SourceFetcher:
     @classmethod
     def for_url(cls, url: str) -> SourceFetcher:
         """A fetcher of one source URL (``streamer replicate --source``)."""
-        from streamer.load import _dsn_params
+        from streamer.load.loader import _dsn_params
 
         params = _dsn_params(url)
         return cls({params.get("dbname"): params, None: params})
@@ -213,7 +213,7 @@ class SourceFetcher:
         Returns normalized key -> {column: value} for the keys the source has (values converted
         as the loader converts them). Raises :class:`SourceReadError` when the source cannot be read.
         """
-        from streamer.load import LoadError, describe_source, parse_copy_text
+        from streamer.load.loader import LoadError, describe_source, parse_copy_text
 
         conn = self._conn(table.database)
         try:
@@ -291,7 +291,7 @@ def connector_sources(directory: Path, env: Mapping[str, str]) -> dict[str | Non
 
 def build_fetcher(settings: Settings, env: Mapping[str, str] | None = None) -> SourceFetcher:
     """The sources the consumer can read: ``source_url`` first, then the connector files'."""
-    from streamer.load import _dsn_params
+    from streamer.load.loader import _dsn_params
 
     sources: dict[str | None, dict[str, Any]] = connector_sources(
         settings.connectors_dir, os.environ if env is None else env

@@ -2,7 +2,7 @@
 
 ``streamer replicate`` receives column values as PostgreSQL prints them (pgoutput's text
 format). This module turns each into the *identical* Python value that the Debezium path
-(Debezium's PostgreSQL connector with its defaults, then :mod:`streamer.decode`) produces for
+(Debezium's PostgreSQL connector with its defaults, then :mod:`streamer.decode.decoder`) produces for
 the same source value, and describes each column with the :class:`~streamer.core.events.ColumnType`
 Debezium's schema would carry (with ``column.propagate.source.type``), so both paths create the
 same target tables and write the same rows.

@@ -45,11 +45,11 @@ from streamer.consume import BatchReport, ConsumerProcess, Hooks, build_decoder
 from streamer.core.errors import StreamerError
 from streamer.core.events import TableId
 from streamer.db import create_target_engine
-from streamer.groups import BrokerError, describe_group
-from streamer.load import Loader
+from streamer.load.loader import Loader
+from streamer.ops.groups import BrokerError, describe_group
 from streamer.settings import Settings
+from streamer.stack.workload import SAMPLE_TABLES, create_sample, run_workload
 from streamer.validate import TableDiff, validate_table
-from streamer.workload import SAMPLE_TABLES, create_sample, run_workload
 
 CONNECTOR = "inventory"
 SLOT = "streamer_inventory"

@@ -4,7 +4,7 @@
 transactions, and the confirmed LSN only moves past a transaction once all of it is in the
 target). A transaction of millions of rows would need all of them in memory; instead, once
 an open transaction's buffered changes exceed ``replicate.max_transaction_memory_bytes``
-(:class:`~streamer.pgoutput.TransactionAssembler`), they are appended to a :class:`SpillFile`
+(:class:`~streamer.sources.pgoutput.protocol.TransactionAssembler`), they are appended to a :class:`SpillFile`
 under ``<replicate.state_dir>/spill`` and read back in order when the transaction is applied.
 
 Format: a sequence of pickled lists of plain tuples (text values, ``None``, small ints), one

@@ -25,9 +25,9 @@ How a load joins the stream
    batch filtered with an older loading set is left to apply, so from then on it holds those
    tables' partitions (or its stream) until each table's load is done. Members silent for
    ``load.member_expiry_s`` are taken as stopped and removed (their batches filtered before the
-   mark are then refused inside their own transaction, :func:`streamer.holds.check_batch`); when live ones have not acknowledged within
-   ``load.hold_timeout_s`` the load stops with :class:`~streamer.holds.HoldTimeoutError` naming
-   them and unmarks its tables, before anything is read (see :mod:`streamer.holds`). A table
+   mark are then refused inside their own transaction, :func:`streamer.apply.holds.check_batch`); when live ones have not acknowledged within
+   ``load.hold_timeout_s`` the load stops with :class:`~streamer.apply.holds.HoldTimeoutError` naming
+   them and unmarks its tables, before anything is read (see :mod:`streamer.apply.holds`). A table
    whose load began stays ``loading`` when the run fails, until ``--resume`` finishes it.
 5. Rows older than a table's recorded truncate position (``_streamer_tables``) are not loaded,
    on the COPY path as on the upsert path.
@@ -78,8 +78,8 @@ import psycopg2.extras
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from streamer import holds, logs
-from streamer.apply import state
+from streamer import logs
+from streamer.apply import holds, state
 from streamer.apply.schema import Route, TargetTable, cast_type
 from streamer.apply.sink import Sink, newer_sql
 from streamer.core.checkpoint import KafkaOrigin
@@ -94,7 +94,7 @@ from streamer.core.events import (
     parse_lsn,
     pg_version,
 )
-from streamer.pgtypes import (
+from streamer.decode.pgtypes import (
     SESSION_OPTIONS,
     TYPE_QUERY,
     ColumnPlan,
@@ -580,7 +580,7 @@ class Loader:
                     )
 
     def _await_holds(self, marked: _Marked) -> None:
-        """Wait until every live consumer has acknowledged the hold (see :mod:`streamer.holds`)."""
+        """Wait until every live consumer has acknowledged the hold (see :mod:`streamer.apply.holds`)."""
         deadline = time.monotonic() + self.hold_timeout_s
         warned: set[str] = set()
         waiting: list[holds.MemberRow] = []
@@ -873,7 +873,7 @@ class Loader:
                     )
                 swept = conn.execute(sa.delete(t).where(older)).rowcount
             if ranges is None:
-                # keys left incomplete by changes older than the snapshot are complete now (streamer.fetch);
+                # keys left incomplete by changes older than the snapshot are complete now (streamer.apply.fetch);
                 # a repair of some ranges leaves the records of keys it did not copy
                 inc = state.incomplete_table
                 conn.execute(sa.delete(inc).where(inc.c.table_name == route.qualified, inc.c.version < floor))

@@ -9,7 +9,7 @@ group yet). Then one
 :class:`ConnectError` carrying Connect's own ``message`` (404 for a connector: :class:`ConnectorNotFoundError`).
 
 Connector names are URL-quoted in paths. Nothing here masks secrets: callers that print configs
-or Connect's messages mask them (see :mod:`streamer.connectors`).
+or Connect's messages mask them (see :mod:`streamer.connect.files`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ are still shown):
   worker and tasks; "unreachable" when Connect does not answer.
 * The consumer group: state, members, each member's assignment (``null`` when the broker does not
   report it: the local broker does not).
-* Per topic-partition of the group's topics (see :func:`streamer.groups.group_topics`): the
+* Per topic-partition of the group's topics (see :func:`streamer.ops.groups.group_topics`): the
   committed Kafka offset, the target's stored offset, the position the consumer resumes from (the
   larger of the two), the log's start and true end (from a fetch, exact on the local broker too)
   and the lag (end - position).
@@ -18,7 +18,7 @@ are still shown):
   files, whose ``slot.name`` it is), the WAL it retains (current LSN - ``restart_lsn``) and its
   confirmed-flush lag (current LSN - ``confirmed_flush_lsn``), in bytes. An inactive slot, one
   retaining more than ``status.max_retained_wal_bytes`` (1 GiB), one whose WAL is lost and one
-  named by two connectors carry warnings and make ``ok`` false (see :mod:`streamer.slots`).
+  named by two connectors carry warnings and make ``ok`` false (see :mod:`streamer.ops.slots`).
 
 JSON schema (``--json``; ``schema`` is bumped on any incompatible change)::
 
@@ -81,13 +81,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from streamer import connectors, groups, slots
 from streamer.apply import state
-from streamer.connect import ConnectClient
+from streamer.apply.fetch import incomplete_rows, incomplete_text
+from streamer.connect import files as connectors
+from streamer.connect.client import ConnectClient
 from streamer.core.errors import StreamerError
 from streamer.db import create_target_engine
-from streamer.fetch import incomplete_rows, incomplete_text
-from streamer.groups import TP
+from streamer.ops import groups, slots
+from streamer.ops.groups import TP
 from streamer.settings import Settings
 
 SCHEMA_VERSION = 1
@@ -206,7 +207,7 @@ def _target_section(
         "url": _masked(settings.target_url),
         "reachable": False,
         "error": None,
-        "incomplete": [],  # rows left incomplete (streamer.fetch)
+        "incomplete": [],  # rows left incomplete (streamer.apply.fetch)
     }
     tables: list[dict[str, Any]] = []
     stored: dict[TP, int] = {}
@@ -415,7 +416,7 @@ def render(doc: dict[str, Any]) -> RenderableType:
     for t in doc["tables"]:
         tt.add_row(t["table"], t["last_position"] or "-", t["updated_at"] or "-")
     parts.append(tt)
-    for note in incomplete_text(doc["target"].get("incomplete", [])):  # issue 13: streamer.fetch
+    for note in incomplete_text(doc["target"].get("incomplete", [])):  # issue 13: streamer.apply.fetch
         parts.append(Text(note, style="red"))
 
     dl = doc["dead_letters"]

@@ -9,7 +9,7 @@ both, or the one it leaves ahead wins and the replay silently does nothing.
 
 * ``earliest``: the first offset still in each partition (the low watermark);
 * ``latest``: the true end of each partition (the high watermark read from a fetch response,
-  see :mod:`streamer.groups`; never ListOffsets "latest", which is wrong on the local broker);
+  see :mod:`streamer.ops.groups`; never ListOffsets "latest", which is wrong on the local broker);
 * an ISO-8601 timestamp (``2025-05-01T12:00:00Z``; without a zone it is UTC): per partition the
   first record whose timestamp is at or after it (``offsets_for_times``), or the end when none is;
 * ``TOPIC:PARTITION:OFFSET`` positions (repeat ``--to``, separate them with commas, or list them
@@ -48,7 +48,7 @@ refused until then. Once the group is empty, Kafka accepts the offsets; the loca
 answers ``UNKNOWN_MEMBER_ID`` for that empty group for minutes. On that answer the group is
 described again: with a member listed, the replay is refused naming it (``GroupActiveError``);
 with none, the replay joins the empty group as its only member, commits the new offsets as that
-member and leaves (:func:`streamer.groups.commit_as_member`; deleting the group instead makes
+member and leaves (:func:`streamer.ops.groups.commit_as_member`; deleting the group instead makes
 tansu fail every later offset commit for it). Whatever the broker still refuses is reported by
 :class:`OffsetsRefusedError` quoting its answer per partition; "a member joined" is said only
 when the broker lists one.
@@ -70,11 +70,12 @@ from collections.abc import Mapping, Sequence
 import sqlalchemy as sa
 from rich.table import Table
 
-from streamer import groups, logs
+from streamer import logs
 from streamer.apply import state
 from streamer.core.errors import StreamerError
 from streamer.db import create_target_engine
-from streamer.groups import TP, Watermarks
+from streamer.ops import groups
+from streamer.ops.groups import TP, Watermarks
 from streamer.settings import Settings
 
 

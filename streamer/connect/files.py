@@ -28,7 +28,7 @@ Rules (see the README section "Connectors as files"):
   (KAFKA-17719), so ``apply`` compares with the stored config and only PUTs what differs.
 
 Loading, shape checks, planning, diffs, masking and topic derivation are pure; the functions at the
-end talk to Connect through :class:`streamer.connect.ConnectClient`.
+end talk to Connect through :class:`streamer.connect.client.ConnectClient`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from streamer.connect import ConnectClient, ConnectorPlugin, ConnectorStatus
+from streamer.connect.client import ConnectClient, ConnectorPlugin, ConnectorStatus
 from streamer.core.errors import (
     ConnectorFailedError,
     ConnectorFileError,

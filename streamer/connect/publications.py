@@ -25,10 +25,10 @@ from typing import Any
 
 import psycopg2
 
-from streamer.connectors import ConnectorFile
+from streamer.apply.fetch import _resolve
+from streamer.connect.files import ConnectorFile
 from streamer.core.errors import StreamerError
-from streamer.fetch import _resolve
-from streamer.load import _dsn_params
+from streamer.load.loader import _dsn_params
 
 PUBLICATION_DEFAULT = "dbz_publication"  # Debezium's default publication.name
 

@@ -142,7 +142,7 @@ def check_batch(conn: Connection, member_id: str, generation: int, tables: set[s
 
 def read_hold(conn: Connection) -> tuple[int, set[str]]:
     """The hold generation, then the tables being loaded (in this order: the set is at least as new)."""
-    from streamer.load import loading_tables
+    from streamer.load.loader import loading_tables
 
     generation = current_generation(conn)
     return generation, loading_tables(conn)

@@ -250,7 +250,7 @@ class SlotCollector(Collector):
         self.settings = settings
 
     def collect(self) -> Iterator[Metric]:
-        from streamer import status
+        from streamer.ops import status
 
         source, found = status.slots_section(self.settings)
         return iter(slot_metrics(source, found))

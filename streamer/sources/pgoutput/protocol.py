@@ -20,7 +20,7 @@ commits, when the commit LSN and time are known.
 Bounded memory
 --------------
 With ``max_memory_bytes`` and ``spill_dir``, an open transaction (plain or streamed) whose
-buffered changes exceed ``max_memory_bytes`` moves them to a :class:`~streamer.spill.SpillFile`
+buffered changes exceed ``max_memory_bytes`` moves them to a :class:`~streamer.sources.pgoutput.spill.SpillFile`
 and goes on buffering; the bound is on an *estimate* of the Python objects' size
 (:data:`CHANGE_OVERHEAD` + :data:`CHANGE_FACTOR` x the message's bytes per change: a rough
 estimate of a RawChange with its tuples and strings, not a measurement), so one open transaction holds at most about that much, whatever its size.
@@ -33,7 +33,7 @@ left out when it is read back. :meth:`TransactionAssembler.reset` deletes the fi
 transaction (the server sends them again). At construction the assembler deletes spill files
 ``replicate-<slot>-*`` that a crashed earlier run of the same slot left behind. Column values: ``'n'`` NULL -> ``None``,
 ``'u'`` unchanged TOASTed value -> :data:`~streamer.core.events.UNAVAILABLE`, ``'t'`` text ->
-converted by :mod:`streamer.pgtypes`; ``'b'`` (binary, only with the ``binary`` option, which
+converted by :mod:`streamer.decode.pgtypes`; ``'b'`` (binary, only with the ``binary`` option, which
 streamer does not request) is a :class:`ProtocolError`.
 
 Events
@@ -70,8 +70,8 @@ from streamer.core.events import (
     format_lsn,
     pg_version,
 )
-from streamer.pgtypes import Converter, PgValueError, TypeLookup, column_plan
-from streamer.spill import SpillFile, remove_stale
+from streamer.decode.pgtypes import Converter, PgValueError, TypeLookup, column_plan
+from streamer.sources.pgoutput.spill import SpillFile, remove_stale
 
 __all__ = [
     "Begin",
