@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import KafkaError, KafkaException
 
-from streamer import cli
+from streamer.cli import root as cli
 from streamer.consume import DeadLetterError, PoisonRecordError
 from streamer.core.errors import (
     BrokerUnavailableError,
