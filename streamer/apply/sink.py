@@ -42,21 +42,22 @@ import io
 import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from streamer.apply import state
 from streamer.apply.dialects import Dialect, dialect_for
+from streamer.apply.dialects import postgresql as pg
 from streamer.apply.fetch import RowCompleter, SourceFetcher, build_fetcher
+from streamer.apply.guard import newer, newer_sql
 from streamer.apply.pgcopy import copy_rows
 from streamer.apply.schema import Route, Router, SchemaManager, TargetTable
 from streamer.apply.schemachange import SchemaChangeStoppedError
 from streamer.core.checkpoint import OffsetIdentity
 from streamer.core.errors import StreamerError
 from streamer.core.events import (
-    READ_MARK,
     UNAVAILABLE,
     ChangeEvent,
     EndOfDay,
@@ -299,32 +300,6 @@ def coalesce_rounds(
 
 
 # ---------------------------------------------------------------- statements
-_READ_PATTERN: Final = "%" + READ_MARK
-
-
-def newer(stored: Any, incoming: Any) -> Any:
-    """The version guard as a SQL expression: :func:`streamer.core.events.supersedes` of two columns.
-
-    Missing, older, or a snapshot row (read mark) replaced by a streamed change.
-    """
-    # the pattern as a literal, not a parameter: PyMySQL's executemany formats the statement's
-    # ON DUPLICATE KEY part without parameters (the compiler doubles the literal's percent sign)
-    pattern: sa.ColumnClause[str] = sa.literal_column(f"'{_READ_PATTERN}'", sa.String())
-    return sa.or_(
-        stored.is_(None),
-        stored < incoming,
-        sa.and_(stored.like(pattern), incoming.not_like(pattern)),
-    )
-
-
-def newer_sql(stored: str, incoming: str) -> str:
-    """:func:`newer` as SQL text over two quoted column references (``t."v"``, ``s."v"``)."""
-    return (
-        f"({stored} IS NULL OR {stored} < {incoming} OR "
-        f"({stored} LIKE '{_READ_PATTERN}' AND {incoming} NOT LIKE '{_READ_PATTERN}'))"
-    )
-
-
 def _light_table(table: TargetTable, columns: Iterable[str]) -> sa.TableClause:
     return sa.table(
         table.route.target_table, *(sa.column(c) for c in columns), schema=table.route.target_schema
@@ -700,10 +675,7 @@ class Sink:
         def stage(names: Sequence[str], rows: list[list[Any]]) -> str:
             collist = ", ".join(q(c) for c in names)
             name = q("_streamer_stage_" + _digest(target, *names))
-            cur.execute(  # identifiers quoted by the dialect's preparer above
-                f"CREATE TEMP TABLE IF NOT EXISTS {name} ON COMMIT DELETE ROWS "  # noqa: S608
-                f"AS SELECT {collist} FROM {target} WITH NO DATA"
-            )
+            cur.execute(pg.stage_sql(name, target, collist, on_commit="DELETE ROWS"))
             cur.copy_expert(f"COPY {name} ({collist}) FROM STDIN", io.StringIO(copy_rows(rows)))
             return name
 
@@ -720,12 +692,7 @@ class Sink:
                 s = stage(names, rows)
                 sets = ", ".join(f"{q(c)} = s.{q(c)}" for c in names if c not in table.key)
                 if cols not in partial:
-                    excluded = ", ".join(f"{q(c)} = EXCLUDED.{q(c)}" for c in names if c not in table.key)
-                    cur.execute(  # identifiers quoted by the dialect's preparer above
-                        f"INSERT INTO {target} AS t ({collist}) SELECT {collist} FROM {s} "  # noqa: S608
-                        f"ON CONFLICT ({key}) DO UPDATE SET {excluded} "
-                        f"WHERE {newer_sql(f't.{ver}', f'EXCLUDED.{ver}')}"
-                    )
+                    cur.execute(pg.merge_sql(target, s, names, table.key, table.version_column, q))
                 else:
                     # ON CONFLICT DO NOTHING waits for a concurrent inserter of a key, so the update
                     # below (a new statement, a new snapshot) sees every key of the stage

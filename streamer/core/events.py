@@ -242,7 +242,7 @@ def supersedes(stored: str | None, incoming: str) -> bool:
     """Whether a change at ``incoming`` replaces a row at ``stored``: the one version guard.
 
     A row without a version is replaced; a streamed change replaces a snapshot row whatever the
-    positions; otherwise the higher version wins (the SQL form is ``streamer.apply.sink.newer_sql``).
+    positions; otherwise the higher version wins (the SQL form is ``streamer.apply.guard.newer_sql``).
     """
     if stored is None or stored < incoming:
         return True

@@ -80,8 +80,9 @@ from sqlalchemy.engine import Connection
 
 from streamer import logs
 from streamer.apply import holds, state
+from streamer.apply.dialects import postgresql as pg
 from streamer.apply.schema import Route, TargetTable, cast_type
-from streamer.apply.sink import Sink, newer_sql
+from streamer.apply.sink import Sink
 from streamer.core.checkpoint import KafkaOrigin
 from streamer.core.errors import StreamerError
 from streamer.core.events import (
@@ -1004,22 +1005,9 @@ class Loader:
                         cur.execute("ROLLBACK TO SAVEPOINT streamer_copy")  # merge instead
                 self._merged.add(route.qualified)
                 stage = prep.quote("_streamer_load_" + uuid.uuid4().hex[:12])
-                ver = prep.quote(target.version_column)
-                key = ", ".join(prep.quote(k) for k in target.key)
-                # exactly the copied columns, typed as the target's, without NOT NULL/defaults: a
-                # managed table's columns the load does not write must not be NULL in the stage
-                cur.execute(  # identifiers quoted by the dialect's preparer above
-                    f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols} FROM {table} WITH NO DATA"  # noqa: S608
-                )
+                cur.execute(pg.stage_sql(stage, table, cols, on_commit="DROP"))  # see there: no NOT NULL
                 rows = _pipe_copy(source, query, cur, f"COPY {stage} ({cols}) FROM STDIN", binary)
-                updates = ", ".join(
-                    f"{prep.quote(n)} = EXCLUDED.{prep.quote(n)}" for n in names if n not in target.key
-                )
-                cur.execute(
-                    f"INSERT INTO {table} AS t ({cols}) SELECT {cols} FROM {stage} "  # noqa: S608
-                    f"ON CONFLICT ({key}) DO UPDATE SET {updates} "
-                    f"WHERE {newer_sql(f't.{ver}', f'EXCLUDED.{ver}')}"
-                )
+                cur.execute(pg.merge_sql(table, stage, names, target.key, target.version_column, prep.quote))
             self._checkpoint(conn, route, chunk, rows)
             return rows
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -9,6 +10,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from streamer.apply.dialects.base import OnConflictUpsert
+from streamer.apply.guard import newer_sql
 
 _MIGRATION_LOCK = 7301945  # pg_advisory_xact_lock key of `streamer db upgrade`
 
@@ -29,3 +31,39 @@ class PostgreSQL(OnConflictUpsert):
 
     def unlock_migrations(self, conn: Connection) -> None:
         """The advisory lock ends with the transaction."""
+
+
+# ---------------------------------------------------------------- the COPY merge (sink batches and loader chunks)
+def stage_sql(stage: str, target: str, columns: str, *, on_commit: str) -> str:
+    """Create the temporary stage ``stage`` for ``columns`` of ``target`` (all quoted by the caller).
+
+    ``CREATE TEMP TABLE .. AS SELECT columns FROM target WITH NO DATA`` keeps exactly those columns,
+    typed as the target's, and drops their NOT NULL, defaults and checks: a managed table's columns
+    a batch or a load does not write must not refuse the stage's rows. ``on_commit``: ``DROP`` (a
+    loader chunk's stage) or ``DELETE ROWS`` (the sink's, reused by the next batch).
+    """
+    return (
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT {on_commit} "  # noqa: S608
+        f"AS SELECT {columns} FROM {target} WITH NO DATA"
+    )
+
+
+def merge_sql(
+    target: str,
+    stage: str,
+    names: Sequence[str],
+    key: Sequence[str],
+    version_column: str,
+    quote: Callable[[str], str],
+) -> str:
+    """The guarded merge of a stage's rows into ``target`` (both quoted): ``INSERT .. ON CONFLICT
+    (key) DO UPDATE``, only where the target's row is older (:func:`~streamer.apply.guard.newer_sql`).
+    ``names`` are the stage's columns (the version column among them), unquoted."""
+    cols = ", ".join(quote(c) for c in names)
+    sets = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in names if c not in key)
+    ver = quote(version_column)
+    return (
+        f"INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {stage} "  # noqa: S608
+        f"ON CONFLICT ({', '.join(quote(k) for k in key)}) DO UPDATE SET {sets} "
+        f"WHERE {newer_sql(f't.{ver}', f'EXCLUDED.{ver}')}"
+    )
