@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg2.extensions
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
@@ -94,3 +95,11 @@ def is_transient(exc: BaseException) -> bool:
             "server closed the connection" in text or "could not connect" in text or "connection" in text
         )
     return isinstance(exc, ConnectionError | TimeoutError)
+
+
+def dsn_params(url: str) -> dict[str, Any]:
+    """libpq connection parameters of a URL (SQLAlchemy's ``postgresql+psycopg2://`` included)."""
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        url = scheme.split("+", 1)[0] + "://" + rest
+    return dict(psycopg2.extensions.parse_dsn(url))

@@ -39,7 +39,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -53,7 +52,9 @@ from sqlalchemy.engine import Connection
 from streamer import logs
 from streamer.apply import state
 from streamer.apply.schema import SchemaMismatchError
+from streamer.connect.files import resolve_env
 from streamer.core.events import UNAVAILABLE, TableId
+from streamer.db import dsn_params
 
 if TYPE_CHECKING:
     from streamer.apply.schema import Router, TargetTable
@@ -61,7 +62,6 @@ if TYPE_CHECKING:
     from streamer.settings import Settings
 
 KeyTuple = tuple[Any, ...]
-_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class GeneratedColumnError(SchemaMismatchError):
@@ -115,9 +115,8 @@ class SourceFetcher:
     @classmethod
     def for_url(cls, url: str) -> SourceFetcher:
         """A fetcher of one source URL (``streamer replicate --source``)."""
-        from streamer.load.loader import _dsn_params
 
-        params = _dsn_params(url)
+        params = dsn_params(url)
         return cls({params.get("dbname"): params, None: params})
 
     def _conn(self, database: str | None) -> Any:
@@ -260,15 +259,6 @@ class _Buffer:
         return b"".join(self.parts).decode()
 
 
-def _resolve(value: Any, env: Mapping[str, str]) -> str | None:
-    """A connector setting with ``${env:NAME}`` references resolved; None if one is not set."""
-    text = str(value)
-    missing = [m.group(1) for m in _ENV_REF.finditer(text) if m.group(1) not in env]
-    if missing or "${" in _ENV_REF.sub("", text):
-        return None
-    return _ENV_REF.sub(lambda m: env[m.group(1)], text)
-
-
 def connector_sources(directory: Path, env: Mapping[str, str]) -> dict[str | None, dict[str, Any]]:
     """Source databases of the PostgreSQL connector files whose ``database.*`` settings resolve
     (``${env:NAME}`` from the environment; other config providers are not read)."""
@@ -282,7 +272,7 @@ def connector_sources(directory: Path, env: Mapping[str, str]) -> dict[str | Non
             continue
         keys = {"host": "database.hostname", "port": "database.port", "user": "database.user"}
         keys |= {"password": "database.password", "dbname": "database.dbname"}
-        params = {p: _resolve(config[k], env) for p, k in keys.items() if k in config}
+        params = {p: resolve_env(config[k], env) for p, k in keys.items() if k in config}
         if any(v is None for v in params.values()) or not params.get("dbname"):
             continue
         out.setdefault(params["dbname"], params)
@@ -291,13 +281,12 @@ def connector_sources(directory: Path, env: Mapping[str, str]) -> dict[str | Non
 
 def build_fetcher(settings: Settings, env: Mapping[str, str] | None = None) -> SourceFetcher:
     """The sources the consumer can read: ``source_url`` first, then the connector files'."""
-    from streamer.load.loader import _dsn_params
 
     sources: dict[str | None, dict[str, Any]] = connector_sources(
         settings.connectors_dir, os.environ if env is None else env
     )
     if settings.source_url:
-        params = _dsn_params(settings.source_url)
+        params = dsn_params(settings.source_url)
         sources[params.get("dbname")] = params
         sources[None] = params
     return SourceFetcher(sources)

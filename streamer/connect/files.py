@@ -820,3 +820,15 @@ def collect_status(
             )
         )
     return reports, masker
+
+
+_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def resolve_env(value: Any, env: Mapping[str, str]) -> str | None:
+    """A connector setting with ``${env:NAME}`` references resolved; None if one is not set."""
+    text = str(value)
+    missing = [m.group(1) for m in _ENV_REF.finditer(text) if m.group(1) not in env]
+    if missing or "${" in _ENV_REF.sub("", text):
+        return None
+    return _ENV_REF.sub(lambda m: env[m.group(1)], text)

@@ -25,10 +25,9 @@ from typing import Any
 
 import psycopg2
 
-from streamer.apply.fetch import _resolve
-from streamer.connect.files import ConnectorFile
+from streamer.connect.files import ConnectorFile, resolve_env
 from streamer.core.errors import StreamerError
-from streamer.load.loader import _dsn_params
+from streamer.db import dsn_params
 
 PUBLICATION_DEFAULT = "dbz_publication"  # Debezium's default publication.name
 
@@ -71,10 +70,10 @@ def _params(f: ConnectorFile, source_url: str, env: Mapping[str, str]) -> dict[s
     ``source_url`` when it names the same database."""
     keys = {"host": "database.hostname", "port": "database.port", "user": "database.user"}
     keys |= {"password": "database.password", "dbname": "database.dbname"}
-    resolved = {p: _resolve(f.config[k], env) for p, k in keys.items() if k in f.config}
+    resolved = {p: resolve_env(f.config[k], env) for p, k in keys.items() if k in f.config}
     if resolved and all(v is not None for v in resolved.values()):
         return resolved
-    fallback = _dsn_params(source_url) if source_url else {}
+    fallback = dsn_params(source_url) if source_url else {}
     if fallback and resolved.get("dbname") in (None, fallback.get("dbname")):
         return fallback
     return None

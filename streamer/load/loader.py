@@ -95,6 +95,7 @@ from streamer.core.events import (
     parse_lsn,
     pg_version,
 )
+from streamer.db import dsn_params
 from streamer.decode.pgtypes import (
     SESSION_OPTIONS,
     TYPE_QUERY,
@@ -442,7 +443,7 @@ class Loader:
         member_expiry_s: float = 30.0,
         ranges: Mapping[str, Sequence[tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]]] | None = None,
     ) -> None:
-        self.params = _dsn_params(source_url)
+        self.params = dsn_params(source_url)
         # a repair (``streamer validate --repair``): per source ``schema.table``, only these key
         # ranges ``(lo, hi]`` are copied, and only rows inside them are swept
         self.ranges = {k: list(v) for k, v in (ranges or {}).items()}
@@ -1143,13 +1144,6 @@ def _range(key: Sequence[str], chunk: Chunk) -> tuple[str, list[Any]]:
         parts.append(f"{cols} <= {marks}")
         params.extend(chunk.hi)
     return " AND ".join(parts), params
-
-
-def _dsn_params(url: str) -> dict[str, Any]:
-    if "://" in url:
-        scheme, rest = url.split("://", 1)
-        url = scheme.split("+", 1)[0] + "://" + rest
-    return dict(psycopg2.extensions.parse_dsn(url))
 
 
 def _now() -> dt.datetime:
