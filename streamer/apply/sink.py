@@ -55,7 +55,7 @@ from streamer.apply.guard import newer, newer_sql
 from streamer.apply.pgcopy import copy_rows
 from streamer.apply.schema import Route, Router, SchemaManager, TargetTable
 from streamer.apply.schemachange import SchemaChangeStoppedError
-from streamer.core.checkpoint import OffsetIdentity
+from streamer.core.checkpoint import Checkpoint, StreamKey
 from streamer.core.errors import StreamerError
 from streamer.core.events import (
     UNAVAILABLE,
@@ -443,17 +443,18 @@ class Sink:
     def apply(
         self,
         events: Sequence[ChangeEvent],
-        positions: Mapping[tuple[str, int], int],
+        checkpoint: Checkpoint | Mapping[StreamKey, int],
         group: str,
         *,
         isolate: bool = False,
         before_commit: Callable[[ApplyResult], None] | None = None,
         record_state: bool = True,
         in_transaction: Callable[[Connection], None] | None = None,
-        first: Mapping[tuple[str, int], int] | None = None,
-        identities: Mapping[tuple[str, int], OffsetIdentity] | None = None,
     ) -> ApplyResult:
-        """Apply events and record ``positions`` ((topic, partition) -> next offset) in one transaction.
+        """Apply events and record the positions they reach in one transaction.
+
+        ``checkpoint`` is the batch's :class:`~streamer.core.checkpoint.Checkpoint` (or just its
+        positions: stream -> next position, for a caller with neither fence nor identities).
 
         With ``isolate=False`` (the fast path) any error rolls everything back and is raised.
         With ``isolate=True`` each event is applied on its own savepoint, in order; events that
@@ -463,12 +464,14 @@ class Sink:
         ``in_transaction`` writes more in the same transaction (the loader's checkpoint);
         ``record_state=False`` leaves streamer's state tables alone.
 
-        ``first`` ((topic, partition) -> the batch's first offset) fences zombie batches: before
-        anything is written the partitions' stored offset rows are locked, and when one already
-        holds an offset past the batch's first offset (another owner applied past it) the whole
-        batch is refused with :class:`FencedBatchError`. ``identities`` are stored with the offsets
-        (see :func:`streamer.apply.state.save_offsets`; a stored offset never moves backwards).
+        The checkpoint's ``first`` positions fence zombie batches: before anything is written the
+        streams' stored offset rows are locked, and when one already holds an offset past the
+        batch's first offset (another owner applied past it) the whole batch is refused with
+        :class:`FencedBatchError`. Its ``identities`` are stored with the offsets (see
+        :func:`streamer.apply.state.save_offsets`; a stored offset never moves backwards).
         """
+        cp = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
+        positions, first, identities = cp.positions, cp.first, cp.identities or None
         result = ApplyResult()
         self.completer.route_partitions(events, self.router)  # leaf partitions -> root (streamer.apply.fetch)
         # DDL first, outside the data transaction (SQLite allows one writer at a time)

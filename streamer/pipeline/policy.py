@@ -14,12 +14,14 @@ carries it. Transient errors through every attempt become
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import tenacity
+from sqlalchemy.engine import Connection
 
 from streamer.apply.sink import ApplyResult, Sink, refuse_failures
+from streamer.core.checkpoint import Checkpoint
 from streamer.core.errors import RecordStoppedError, TargetUnavailableError, one_line
 from streamer.core.events import ChangeEvent
 
@@ -59,23 +61,25 @@ class RetryPolicy:
 def sink_apply(
     sink: Sink,
     events: Sequence[ChangeEvent],
-    positions: Mapping[tuple[str, int], int],
+    checkpoint: Checkpoint,
     group: str,
     *,
     dead_letter: bool,
     before_commit: Callable[[ApplyResult], None],
-    **kw: Any,
+    in_transaction: Callable[[Connection], None] | None = None,
 ) -> Callable[[bool], ApplyResult]:
     """The ``apply(isolate)`` of :func:`apply_with_policy` for a batch of a sink.
 
     ``before_commit`` (dead letters) runs in the batch transaction; on the event-by-event pass
     it does only under error policy ``dlq`` (``dead_letter``), else a rejected event is refused
-    (:func:`~streamer.apply.sink.refuse_failures`). ``kw`` goes to :meth:`~streamer.apply.sink.Sink.apply`.
+    (:func:`~streamer.apply.sink.refuse_failures`). ``in_transaction`` as for :meth:`~streamer.apply.sink.Sink.apply`.
     """
 
     def apply(isolate: bool) -> ApplyResult:
         hook = before_commit if not isolate or dead_letter else refuse_failures
-        return sink.apply(events, positions, group, isolate=isolate, before_commit=hook, **kw)
+        return sink.apply(
+            events, checkpoint, group, isolate=isolate, before_commit=hook, in_transaction=in_transaction
+        )
 
     return apply
 

@@ -419,20 +419,14 @@ class Runner:
                 for observer in self.observers:
                     observer.on_dead_letter(count)
 
-        kw: dict[str, Any] = {}
-        if batch.checkpoint.first:
-            kw["first"] = batch.checkpoint.first
-        if batch.checkpoint.identities:
-            kw["identities"] = batch.checkpoint.identities
         apply = sink_apply(
             self.sink,
             batch.events,
-            batch.checkpoint.positions,
+            batch.checkpoint,
             source.group,
             dead_letter=self.dead_letter,
             before_commit=before_commit,
             in_transaction=check_hold,
-            **kw,
         )
         try:
             return apply_with_policy(

@@ -23,7 +23,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from streamer.apply.state import StoredOffset, load_offsets
 from streamer.apply.state import upgrade as state_upgrade
-from streamer.core.checkpoint import OffsetIdentity
+from streamer.core.checkpoint import Checkpoint, OffsetIdentity
 from streamer.ops import groups
 from streamer.settings import Settings
 from streamer.sources.kafka import offsetcheck
@@ -195,14 +195,14 @@ def test_fenced_batch_drops_its_partition_and_goes_on(
     raced: list[tuple[str, int]] = []
 
     class RacingSink(Sink):
-        def apply(self, events: Any, positions: Any, group: str, **kw: Any) -> Any:
-            first = kw.get("first")
+        def apply(self, events: Any, checkpoint: Any, group: str, **kw: Any) -> Any:
+            first = checkpoint.first if isinstance(checkpoint, Checkpoint) else {}
             if not raced and first:
                 tp = sorted(first)[0]
                 raced.append(tp)
                 theirs = [e for e in events if e.origin.stream == tp]
-                super().apply(theirs, {tp: positions[tp]}, group, first={tp: first[tp]})
-            return super().apply(events, positions, group, **kw)
+                super().apply(theirs, Checkpoint({tp: checkpoint.positions[tp]}, {tp: first[tp]}), group)
+            return super().apply(events, checkpoint, group, **kw)
 
     sink = RacingSink(base.engine, base.router, base.schema, truncate=base.truncate)
     proc = ConsumerProcess(

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from streamer.apply import state
 from streamer.apply.schema import Router, SchemaManager
 from streamer.apply.sink import EventRejectedError, Sink, is_permanent, refuse_failures
-from streamer.core.checkpoint import KafkaOrigin
+from streamer.core.checkpoint import Checkpoint, KafkaOrigin
 from streamer.core.events import (
     UNAVAILABLE,
     ChangeEvent,
@@ -325,16 +325,16 @@ def test_zombie_batch_is_fenced(target, unique: str) -> None:
     tp = (f"{unique}-topic", 0)
     group = f"{unique}-g"
     keep = ev(Op.CREATE, 1, _row(1, "kept"), 50)
-    sink.apply([keep, ev(Op.CREATE, 2, _row(2, "k"), 60)], {tp: 10}, group, first={tp: 0})
+    sink.apply([keep, ev(Op.CREATE, 2, _row(2, "k"), 60)], Checkpoint({tp: 10}, {tp: 0}), group)
     # owner B: offsets 10..19, the delete of key 2 among them
     ev.offset = 9
     b = [ev(Op.UPDATE, 1, _row(1, "b"), 200), ev(Op.DELETE, 2, None, 210)]
-    sink.apply(b, {tp: 20}, group, first={tp: 10})
+    sink.apply(b, Checkpoint({tp: 20}, {tp: 10}), group)
     # zombie A: its batch from offset 5 re-inserts key 2 with a newer-looking version
     ev.offset = 4
     zombie = [ev(Op.CREATE, 2, _row(2, "zombie"), 300), ev(Op.CREATE, 3, _row(3, "zombie"), 310)]
     with pytest.raises(FencedBatchError) as err:
-        sink.apply(zombie, {tp: 12}, group, first={tp: 5})
+        sink.apply(zombie, Checkpoint({tp: 12}, {tp: 5}), group)
     assert err.value.partitions == {tp: 20}
     rows = _rows(engine, sink, ev.table)
     assert {k: v["name"] for k, v in rows.items()} == {1: "b"}
@@ -342,7 +342,7 @@ def test_zombie_batch_is_fenced(target, unique: str) -> None:
         assert state.load_offsets(conn, group, [tp[0]]) == {tp: 20}
     # the next batch of B (from 20) is applied
     ev.offset = 19
-    sink.apply([ev(Op.CREATE, 4, _row(4, "next"), 400)], {tp: 21}, group, first={tp: 20})
+    sink.apply([ev(Op.CREATE, 4, _row(4, "next"), 400)], Checkpoint({tp: 21}, {tp: 20}), group)
     assert sorted(_rows(engine, sink, ev.table)) == [1, 4]
 
 
@@ -375,7 +375,7 @@ def test_first_batches_of_two_owners_are_fenced_too(target, unique: str) -> None
     def run_a() -> None:
         for _attempt in range(5):  # transient errors are retried, as the consumer does
             try:
-                sink.apply(zombie, {tp: 6}, group, first={tp: 5})
+                sink.apply(zombie, Checkpoint({tp: 6}, {tp: 5}), group)
                 outcome["a"] = None
             except BaseException as exc:  # the assertion below says which
                 outcome["a"] = exc
@@ -384,7 +384,7 @@ def test_first_batches_of_two_owners_are_fenced_too(target, unique: str) -> None
             return
 
     def run_b() -> None:
-        sink.apply(b, {tp: 20}, group, first={tp: 0}, before_commit=hold_b)
+        sink.apply(b, Checkpoint({tp: 20}, {tp: 0}), group, before_commit=hold_b)
 
     tb = threading.Thread(target=run_b)
     tb.start()
