@@ -6,9 +6,8 @@
   while its tables are loaded, dead-letter what the target rejects.
 * :mod:`streamer.sources.kafka`: Debezium's topics read as a consumer-group member (rebalance,
   start-offset checks, holds by partition, dead-letter topic).
-* :mod:`streamer.sources.pgoutput`: PostgreSQL logical replication read directly (the stream with
-  its feedback and reconnect, the source catalog); the protocol parser and transaction assembler
-  are still :mod:`streamer.sources.pgoutput.protocol` and :mod:`streamer.decode.pgtypes`.
+* :mod:`streamer.sources.pgoutput`: PostgreSQL logical replication read directly (the protocol
+  parser, the stream with its feedback and reconnect, spilled transactions, the source catalog).
 
 Both run on the one :class:`~streamer.pipeline.runner.Runner`; ``streamer.consume`` and
 ``streamer.replicate`` are the commands' façades.
