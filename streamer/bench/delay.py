@@ -33,7 +33,7 @@ from streamer.bench.report import Figure, run_module
 from streamer.consume import BatchReport, ConsumerProcess, Hooks, build_decoder
 from streamer.load.loader import Loader
 from streamer.settings import Settings, load_settings
-from streamer.stack.demo import Delays, create_topics, wait_joined
+from streamer.stack.demo import Delays, consumer_thread, create_topics, wait_joined
 from streamer.stack.local import running_stack
 from streamer.stack.workload import SAMPLE_TABLES, create_sample, run_workload
 
@@ -144,16 +144,7 @@ def measure(settings: Settings, seconds: float, consumers: int) -> tuple[Delays,
                 hooks=Hooks(on_batch_report=on_batch_report),
             )
             procs.append(proc)
-
-            def target(p: ConsumerProcess = proc) -> None:
-                try:
-                    p.run()
-                except BaseException as exc:  # reported after the threads stop
-                    errors.append(exc)
-                finally:
-                    p.sink.engine.dispose()
-
-            threads.append(threading.Thread(target=target, daemon=True))
+            threads.append(consumer_thread(proc, errors))
         for thread in threads:
             thread.start()
         joined = wait_joined(settings, group, consumers)

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from streamer.cli.root import _OPTIONS, _config_path, app, settings_of
-from streamer.settings import load_settings
+from streamer.settings import Settings, load_settings
 
 # ---------------------------------------------------------------- consume
 LOCKED_TARGET_WAIT_S = 30.0  # how long start-up waits for another process's lock on the target
@@ -68,6 +68,19 @@ def _upgrade_target(engine: object) -> None:
             )
 
 
+def _settings_with_policy(ctx: typer.Context, error_policy: str | None) -> Settings:
+    """The settings, with ``--error-policy`` over ``consumer.error_policy``; logging configured."""
+    from streamer import logs
+
+    settings = settings_of(ctx)
+    if error_policy is not None:
+        settings = load_settings(
+            overrides={"consumer": {"error_policy": error_policy}}, path=_config_path(ctx)
+        )
+    logs.configure(settings.log_format, settings.log_level)
+    return settings
+
+
 @app.command("consume")
 def consume(
     ctx: typer.Context,
@@ -95,16 +108,10 @@ def consume(
     ] = None,
 ) -> None:
     """Read change events as a member of a consumer group and apply them to the target."""
-    from streamer import logs
     from streamer.apply.sink import build_sink
     from streamer.consume import ConsumerProcess, build_decoder
 
-    settings = settings_of(ctx)
-    if error_policy is not None:
-        settings = load_settings(
-            overrides={"consumer": {"error_policy": error_policy}}, path=_config_path(ctx)
-        )
-    logs.configure(settings.log_format, settings.log_level)
+    settings = _settings_with_policy(ctx, error_policy)
     if processes is not None:  # issue 6: supervisor of N `streamer consume` children
         from streamer.ops.supervise import supervise_consume
 
@@ -191,16 +198,10 @@ def replicate(
     ] = None,
 ) -> None:
     """Stream a PostgreSQL logical replication slot (pgoutput) into the target, without Kafka."""
-    from streamer import logs
     from streamer.apply.sink import build_sink
     from streamer.replicate import ReplicationProcess
 
-    settings = settings_of(ctx)
-    if error_policy is not None:
-        settings = load_settings(
-            overrides={"consumer": {"error_policy": error_policy}}, path=_config_path(ctx)
-        )
-    logs.configure(settings.log_format, settings.log_level)
+    settings = _settings_with_policy(ctx, error_policy)
     observers = []
     if metrics_port is not None:  # the runner's batches, retries and dead letters (streamer.ops.metrics)
         from streamer.ops.metrics import ConsumerMetrics

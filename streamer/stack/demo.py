@@ -113,6 +113,21 @@ def create_topics(settings: Settings, topics: Sequence[str], partitions: int) ->
                 raise DemoError(f"could not create topic {topic}: {exc}") from exc
 
 
+def consumer_thread(proc: ConsumerProcess, errors: list[BaseException]) -> threading.Thread:
+    """A thread (not started) running ``proc`` until it stops; its error, if any, goes to
+    ``errors`` (reported once the threads are stopped) and its target engine is disposed."""
+
+    def target() -> None:
+        try:
+            proc.run()
+        except BaseException as exc:  # reported after the threads stop
+            errors.append(exc)
+        finally:
+            proc.sink.engine.dispose()
+
+    return threading.Thread(target=target, daemon=True)
+
+
 def wait_joined(settings: Settings, group: str, members: int, timeout: float = 120.0) -> float:
     """Wait until ``group`` is STABLE with ``members`` members; the seconds it took.
 
@@ -245,16 +260,7 @@ def run(settings: Settings, rows: int = 100_000, seconds: float = 30.0, consumer
             hooks=Hooks(on_batch_report=delays.on_batch_report),
         )
         procs.append(proc)
-
-        def target(p: ConsumerProcess = proc) -> None:
-            try:
-                p.run()
-            except BaseException as exc:  # reported after the threads stop
-                errors.append(exc)
-            finally:
-                p.sink.engine.dispose()
-
-        threads.append(threading.Thread(target=target, daemon=True))
+        threads.append(consumer_thread(proc, errors))
     for thread in threads:
         thread.start()
     joined = wait_joined(settings, GROUP, consumers)
