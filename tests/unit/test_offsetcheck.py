@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+from confluent_kafka.admin import AdminClient
+
 from streamer.apply.state import StoredOffset
 from streamer.core.checkpoint import OffsetIdentity
-from streamer.sources.kafka.offsetcheck import Probe, judge
+from streamer.core.errors import BrokerUnavailableError
+from streamer.sources.kafka.offsetcheck import Probe, judge, topic_ids
 
 
 def row(offset: int, topic_id: str | None = "id-1", fp: str | None = "fp") -> StoredOffset:
@@ -58,3 +62,11 @@ def test_row_without_identity_is_kept_within_the_partition() -> None:
     assert judge(10, row(10, None, None), "id-1", 30, Probe("x")) is None
     assert judge(10, row(10, None, None), "id-1", 30, Probe(None)) is None
     assert judge(31, row(31, None, None), "id-1", 30, None) is not None
+
+
+def test_a_broker_that_does_not_answer_is_unavailable_not_an_internal_error() -> None:
+    """Seen when the broker went away during an assignment: the topic ids cannot be read, so no start
+    offset can be checked; that is exit 3 (broker unavailable) naming the topic, never exit 4."""
+    admin = AdminClient({"bootstrap.servers": "127.0.0.1:1", "socket.connection.setup.timeout.ms": 1000})
+    with pytest.raises(BrokerUnavailableError, match=r"did not describe topic 'some\.topic' within 1 s"):
+        topic_ids(admin, ["some.topic"], timeout=1.0)

@@ -23,6 +23,7 @@ guard keeps every target row at its newest version.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import dataclasses
 import hashlib
 import os
@@ -35,6 +36,7 @@ from confluent_kafka.admin import AdminClient
 
 from streamer.apply.state import StoredOffset
 from streamer.core.checkpoint import OffsetIdentity
+from streamer.core.errors import BrokerUnavailableError
 from streamer.ops import groups
 
 TP = tuple[str, int]
@@ -66,6 +68,13 @@ def topic_ids(admin: AdminClient, topics: Iterable[str], timeout: float = 10.0) 
             uid = str(future.result(timeout).topic_id or "")
         except KafkaException:
             continue
+        except concurrent.futures.TimeoutError:
+            # no answer at all: the offsets cannot be checked, so none is used (not "no id")
+            raise BrokerUnavailableError(
+                f"the broker did not describe topic {name!r} within {timeout:.0f} s, so the start offsets "
+                "of its partitions cannot be checked (nothing was read or committed; run again once the "
+                "broker answers)"
+            ) from None
         if uid and uid.rstrip("=") != _ZERO_ID and uid != "0" * 32:
             out[name] = uid
     return out
