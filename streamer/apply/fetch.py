@@ -57,8 +57,8 @@ from streamer.core.events import UNAVAILABLE, TableId
 from streamer.db import dsn_params
 
 if TYPE_CHECKING:
+    from streamer.apply.coalesce import TablePlan
     from streamer.apply.schema import Router, TargetTable
-    from streamer.apply.sink import TablePlan
     from streamer.settings import Settings
 
 KeyTuple = tuple[Any, ...]

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamer.apply.coalesce import MissingVersionError, TablePlan, coalesce, coalesce_rounds
 from streamer.apply.schema import Router
-from streamer.apply.sink import MissingVersionError, TablePlan, coalesce, coalesce_rounds
 from streamer.core.checkpoint import KafkaOrigin
 from streamer.core.events import (
     UNAVAILABLE,
