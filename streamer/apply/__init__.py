@@ -16,5 +16,6 @@
 * :mod:`streamer.apply.dialects`: one module per target behind the
   :class:`~streamer.apply.dialects.Dialect` protocol, found by the engine's dialect name
   (:func:`~streamer.apply.dialects.dialect_for`): guarded upserts, insert-or-ignore, the
-  migration lock, row locks, whether the target has schemas, whether batches are merged by COPY.
+  migration lock, row locks, whether the target has schemas, whether batches are merged by COPY
+  (and the COPY merge itself), how decoded values are bound (:mod:`streamer.apply.dialects.values`).
 """

@@ -513,7 +513,7 @@ def table_key(table: TargetTable, row: Mapping[str, Any]) -> KeyTuple:
 
 
 def _adapter(conn: Connection) -> Any:
-    from streamer.apply.sink import value_adapter
+    from streamer.apply.dialects import value_adapter
 
     return value_adapter(conn.dialect.name)
 

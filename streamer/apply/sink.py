@@ -35,12 +35,8 @@ cannot be read: :mod:`streamer.apply.fetch` (the hook is :meth:`Sink._apply_plan
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import decimal
 import hashlib
 import io
-import json
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -49,7 +45,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from streamer.apply import state
 from streamer.apply.coalesce import TablePlan, coalesce, coalesce_rounds
-from streamer.apply.dialects import Dialect, dialect_for
+from streamer.apply.dialects import Dialect, dialect_for, value_adapter
 from streamer.apply.dialects import postgresql as pg
 from streamer.apply.fetch import RowCompleter, SourceFetcher, build_fetcher
 from streamer.apply.guard import newer, newer_sql
@@ -61,98 +57,12 @@ from streamer.core.errors import StreamerError
 from streamer.core.events import (
     UNAVAILABLE,
     ChangeEvent,
-    EndOfDay,
-    InfiniteDate,
-    InfiniteDatetime,
     Op,
 )
 from streamer.db import is_transient
 from streamer.settings import Settings
 
-Adapter = Callable[[Any], Any]
 KeyTuple = tuple[Any, ...]
-
-
-# ---------------------------------------------------------------- value adaptation per dialect
-def _iso_dt(v: dt.datetime) -> str:
-    if v.tzinfo is not None:
-        v = v.astimezone(dt.UTC).replace(tzinfo=None)
-    return v.isoformat(sep=" ", timespec="microseconds")  # zero-padded years, unlike strftime
-
-
-def _utc_naive(v: dt.datetime) -> dt.datetime:
-    return v.astimezone(dt.UTC).replace(tzinfo=None) if v.tzinfo is not None else v
-
-
-def _micros(v: dt.timedelta) -> int:
-    return (v.days * 86400 + v.seconds) * 1_000_000 + v.microseconds
-
-
-def _json_text(v: Any) -> str:
-    return json.dumps(v, default=str, separators=(",", ":"))
-
-
-def _time_text(v: dt.time) -> str:
-    return v.isoformat()
-
-
-_COMMON: dict[type, Adapter] = {uuid.UUID: str}
-_ADAPTERS: dict[str, dict[type, Adapter]] = {
-    "postgresql": {**_COMMON, dict: _json_text},
-    "mysql": {
-        **_COMMON,
-        dt.datetime: _utc_naive,
-        dt.time: lambda v: v.replace(tzinfo=None) if v.tzinfo is None else _time_text(v),
-        dt.timedelta: _micros,
-        list: _json_text,
-        dict: _json_text,
-    },
-    "sqlite": {
-        **_COMMON,
-        dt.datetime: _iso_dt,
-        dt.date: lambda v: v.isoformat(),
-        dt.time: lambda v: v.strftime("%H:%M:%S.%f") if v.tzinfo is None else _time_text(v),
-        dt.timedelta: _micros,
-        decimal.Decimal: str,
-        list: _json_text,
-        dict: _json_text,
-    },
-}
-
-
-# PostgreSQL's infinities and 24:00 arrive as marker subclasses; other targets store their bounds
-def _plain_datetime(v: dt.datetime) -> dt.datetime:
-    return dt.datetime(v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond, v.tzinfo)
-
-
-def _plain_date(v: dt.date) -> dt.date:
-    return dt.date(v.year, v.month, v.day)
-
-
-def _plain_time(v: dt.time) -> dt.time:
-    return dt.time(v.hour, v.minute, v.second, v.microsecond, v.tzinfo)
-
-
-def _then(first: Adapter, second: Adapter | None) -> Adapter:
-    return first if second is None else lambda v: second(first(v))
-
-
-for _table in (_ADAPTERS["mysql"], _ADAPTERS["sqlite"]):
-    _table[InfiniteDatetime] = _then(_plain_datetime, _table[dt.datetime])
-    _table[InfiniteDate] = _then(_plain_date, _table.get(dt.date))
-    _table[EndOfDay] = _then(_plain_time, _table.get(dt.time))
-_ADAPTERS["mariadb"] = _ADAPTERS["mysql"]
-
-
-def value_adapter(dialect: str) -> Adapter:
-    """A function turning a decoded Python value into what the target's driver binds correctly."""
-    table = _ADAPTERS.get(dialect, _COMMON)
-
-    def adapt(v: Any) -> Any:
-        fn = table.get(type(v))
-        return fn(v) if fn is not None else v
-
-    return adapt
 
 
 # ---------------------------------------------------------------- statements

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 
 from streamer.apply.coalesce import coalesce
+from streamer.apply.dialects import value_adapter
 from streamer.apply.schema import Router, RouteSpec, SchemaMismatchError, cast_type, sql_type
-from streamer.apply.sink import value_adapter
 from streamer.core.checkpoint import KafkaOrigin
 from streamer.core.events import (
     UNAVAILABLE,

@@ -10,8 +10,9 @@ from streamer.apply.dialects.base import Dialect, Guard
 from streamer.apply.dialects.mysql import MySQL
 from streamer.apply.dialects.postgresql import PostgreSQL
 from streamer.apply.dialects.sqlite import SQLite
+from streamer.apply.dialects.values import COMMON, Adapter, adapter
 
-__all__ = ["Dialect", "Guard", "dialect_for"]
+__all__ = ["Dialect", "Guard", "dialect_for", "value_adapter"]
 
 _REGISTRY: dict[str, Dialect] = {
     "postgresql": PostgreSQL(),
@@ -27,3 +28,10 @@ def dialect_for(name: str) -> Dialect:
         return _REGISTRY[name]
     except KeyError:
         raise NotImplementedError(f"streamer cannot write to a {name} target") from None
+
+
+def value_adapter(name: str) -> Adapter:
+    """A function turning a decoded Python value into what the driver of dialect ``name`` binds
+    correctly (a dialect streamer does not write to gets the conversions every target shares)."""
+    dialect = _REGISTRY.get(name)
+    return adapter(dialect.adapters if dialect is not None else COMMON)

@@ -8,6 +8,8 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from streamer.apply.dialects.values import Adapters
+
 Guard = Callable[[Any], sa.ColumnElement[bool]]
 """Given the proposed row's columns (``EXCLUDED`` / ``VALUES()``), the condition under which an
 existing row is overwritten (e.g. its version is older)."""
@@ -26,6 +28,7 @@ class Dialect(Protocol):
     namespaces_as_schemas: bool  # True: a source schema becomes a target schema, created when missing
     locks_rows: bool  # SELECT .. FOR UPDATE locks rows (SQLite: the one writer locks the database)
     merges_by_copy: bool  # True: batches are COPYed into a stage and merged (PostgreSQL)
+    adapters: Adapters  # decoded values as the driver binds them (streamer.apply.dialects.values)
 
     def upsert(
         self, table: sa.TableClause, key: Sequence[str], columns: Sequence[str], guard: Guard | None = None

@@ -3,6 +3,7 @@ and the values these targets cannot hold (:func:`check_value`)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import decimal
 import math
 from collections.abc import Mapping, Sequence
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
 
+from streamer.apply.dialects import values
 from streamer.apply.dialects.base import Guard, ValueCheck
 from streamer.core.errors import StreamerError
 
@@ -122,8 +124,22 @@ def _checker(table: str, types: Mapping[str, ColumnShape]) -> ValueCheck:
     return check
 
 
+#: no zones in DATETIME/TIME, intervals as microseconds (BIGINT), JSON as text
+ADAPTERS: values.Adapters = values.with_plain_bounds(
+    {
+        **values.COMMON,
+        dt.datetime: values.utc_naive,
+        dt.time: lambda v: v.replace(tzinfo=None) if v.tzinfo is None else values.time_text(v),
+        dt.timedelta: values.micros,
+        list: values.json_text,
+        dict: values.json_text,
+    }
+)
+
+
 class MySQL:
     name = "mysql"
+    adapters = ADAPTERS
     has_schemas = True
     namespaces_as_schemas = False
     locks_rows = True

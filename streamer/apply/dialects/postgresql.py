@@ -9,8 +9,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
+from streamer.apply.dialects import values
 from streamer.apply.dialects.base import OnConflictUpsert
 from streamer.apply.guard import newer_sql
+
+#: psycopg2 binds nearly everything; a JSON object goes as text
+ADAPTERS: values.Adapters = {**values.COMMON, dict: values.json_text}
 
 _MIGRATION_LOCK = 7301945  # pg_advisory_xact_lock key of `streamer db upgrade`
 
@@ -21,6 +25,7 @@ class PostgreSQL(OnConflictUpsert):
     namespaces_as_schemas = True
     locks_rows = True
     merges_by_copy = True
+    adapters = ADAPTERS
 
     @staticmethod
     def _insert(table: sa.TableClause) -> Any:

@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
 
+from streamer.apply.dialects import values
 from streamer.apply.dialects.base import OnConflictUpsert
+
+#: text for datetimes, dates, times and decimals (SQLite has no such types), intervals as microseconds
+ADAPTERS: values.Adapters = values.with_plain_bounds(
+    {
+        **values.COMMON,
+        dt.datetime: values.iso_dt,
+        dt.date: lambda v: v.isoformat(),
+        dt.time: lambda v: v.strftime("%H:%M:%S.%f") if v.tzinfo is None else values.time_text(v),
+        dt.timedelta: values.micros,
+        decimal.Decimal: str,
+        list: values.json_text,
+        dict: values.json_text,
+    }
+)
 
 
 class SQLite(OnConflictUpsert):
     name = "sqlite"
+    adapters = ADAPTERS
     has_schemas = False
     namespaces_as_schemas = False
     locks_rows = False
