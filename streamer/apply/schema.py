@@ -28,10 +28,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Connection, Engine
 
-from streamer.apply.dialects import dialect_for
+from streamer.apply.dialects import dialect_for, target_types
 from streamer.apply.schemachange import (
     SchemaChangeStoppedError,
     TypeChange,
@@ -152,33 +151,6 @@ def _int_param(params: Mapping[str, str], name: str) -> int | None:
         return None
 
 
-MYSQL_MAX_PRECISION = 65  # DECIMAL(M, D) of MySQL/MariaDB: M <= 65 digits in all, D <= 30 after the point
-MYSQL_MAX_SCALE = 30
-
-
-def mysql_decimal(precision: int | None, scale: int | None) -> tuple[int, int]:
-    """The MySQL/MariaDB ``DECIMAL(M, D)`` of a source ``numeric(precision, scale)`` (None: unconstrained).
-
-    ``numeric(p, s)`` with ``p <= 65`` and ``0 <= s <= 30`` is ``DECIMAL(p, s)``: it holds every
-    value the source column can. Beyond (``p > 65`` or ``s > 30``) no DECIMAL does: the scale is kept
-    up to 30 and the integer digits ``p - s`` up to what is left of 65 (``numeric(70,10)`` ->
-    ``DECIMAL(65,10)``, ``numeric(40,35)`` -> ``DECIMAL(35,30)``); an unconstrained ``numeric`` is
-    ``DECIMAL(65,30)``; a known scale with an unknown precision ``DECIMAL(65, min(s, 30))``. A
-    negative scale (PostgreSQL 15 ``numeric(3,-2)``) is ``DECIMAL(p - s, 0)``.
-    A value such a column cannot hold exactly is refused per value by the sink
-    (:class:`~streamer.apply.dialects.mysql.UnrepresentableValueError`), never rounded.
-    """
-    if precision is None or not 0 < precision <= 1000:  # 1000: PostgreSQL's most; more is "unknown"
-        if scale is None:
-            return MYSQL_MAX_PRECISION, MYSQL_MAX_SCALE
-        return MYSQL_MAX_PRECISION, max(0, min(scale, MYSQL_MAX_SCALE))
-    s = scale or 0
-    whole = precision - s  # digits before the point the source allows (negative: none)
-    d = max(0, min(s, MYSQL_MAX_SCALE))
-    m = min(MYSQL_MAX_PRECISION, max(whole, 0) + d)
-    return max(m, d, 1), d
-
-
 def _opt_int(value: Any) -> int | None:
     return int(value) if value is not None else None
 
@@ -187,26 +159,18 @@ def sql_type(ct: ColumnType, dialect: str, *, key: bool = False) -> SqlType:
     """The target column type for a change event's column type.
 
     Uses the source type and length the connector propagates (``column.propagate.source.type``)
-    where that makes the target exact (varchar length, numeric precision, json vs jsonb).
+    where that makes the target exact (varchar length, numeric precision, json vs jsonb); where
+    targets differ, the dialect's :class:`~streamer.apply.dialects.types.TargetTypes` chooses.
     """
-    pg = dialect == "postgresql"
-    my = dialect in ("mysql", "mariadb")
+    types = target_types(dialect)
     logical = ct.logical or ""
     src = (ct.source_type or "").upper()
     length = _int_param(ct.params, "__debezium.source.column.length")
-    t: SqlType
-    if logical in ("org.apache.kafka.connect.data.Decimal",):
+    if logical == "org.apache.kafka.connect.data.Decimal":
         scale = _int_param(ct.params, "scale") or 0
-        precision = _int_param(ct.params, "connect.decimal.precision") or length
-        if my:
-            return sa.Numeric(*mysql_decimal(precision, scale))
-        if precision and precision <= 1000:
-            t = sa.Numeric(precision, scale)
-        else:
-            t = sa.Numeric() if pg else sa.Numeric(65, scale)
-        return t
+        return types.decimal(_int_param(ct.params, "connect.decimal.precision") or length, scale)
     if logical == "io.debezium.data.VariableScaleDecimal":
-        return sa.Numeric() if pg else sa.Numeric(*mysql_decimal(None, None))
+        return types.variable_decimal()
     if logical in ("io.debezium.time.Date", "org.apache.kafka.connect.data.Date"):
         return sa.Date()
     if logical in (
@@ -215,36 +179,31 @@ def sql_type(ct: ColumnType, dialect: str, *, key: bool = False) -> SqlType:
         "io.debezium.time.NanoTime",
         "org.apache.kafka.connect.data.Time",
     ):
-        return sa.Time() if not my else mysql.TIME(fsp=6)
+        return types.time()
     if logical == "io.debezium.time.ZonedTime":
-        return postgresql.TIME(timezone=True) if pg else sa.String(32)
+        return types.zoned_time()
     if logical in (
         "io.debezium.time.Timestamp",
         "io.debezium.time.MicroTimestamp",
         "io.debezium.time.NanoTimestamp",
         "org.apache.kafka.connect.data.Timestamp",
     ):
-        return mysql.DATETIME(fsp=6) if my else sa.DateTime()
+        return types.timestamp()
     if logical == "io.debezium.time.ZonedTimestamp":
-        # MySQL has no zone-aware type: the sink writes UTC
-        return mysql.DATETIME(fsp=6) if my else sa.DateTime(timezone=True)
+        return types.zoned_timestamp()
     if logical == "io.debezium.time.MicroDuration":
-        return postgresql.INTERVAL() if pg else sa.BigInteger()
+        return types.duration()
     if logical == "io.debezium.data.Json":
-        if pg:
-            return postgresql.JSON() if src == "JSON" else postgresql.JSONB()
-        return sa.JSON()
+        return types.json(src)
     if logical == "io.debezium.data.Uuid":
-        return postgresql.UUID(as_uuid=True) if pg else sa.String(36)
+        return types.uuid()
     if logical in ("io.debezium.data.Enum", "io.debezium.data.EnumSet"):
-        return sa.String(255) if (my and key) else sa.Text()
+        return types.enum(key)
     if logical == "io.debezium.data.Bits":
         return sa.Text()
     base = ct.base
     if base == "array":
-        if pg and ct.items is not None and ct.items.base != "array":
-            return postgresql.ARRAY(sql_type(ct.items, dialect))
-        return sa.JSON()
+        return types.array(ct.items, lambda items: sql_type(items, dialect))
     if base == "int8" or base == "int16":
         return sa.SmallInteger()
     if base == "int32":
@@ -258,23 +217,17 @@ def sql_type(ct: ColumnType, dialect: str, *, key: bool = False) -> SqlType:
     if base == "boolean":
         return sa.Boolean()
     if base == "bytes":
-        return mysql.LONGBLOB() if my else sa.LargeBinary()
+        return types.binary()
     if base == "string":
         if src in ("NUMERIC", "DECIMAL", "MONEY"):  # decimal.handling.mode=string
-            if my:
-                src_scale = _int_param(ct.params, "__debezium.source.column.scale")
-                known = length is not None and 0 < length <= 1000  # unconstrained: 0 or 131089
-                return sa.Numeric(*mysql_decimal(length if known else None, src_scale if known else None))
-            return sa.Numeric() if pg else sa.Numeric(65, 30)
+            return types.string_decimal(length, _int_param(ct.params, "__debezium.source.column.scale"))
         if (
             src in ("VARCHAR", "CHARACTER VARYING", "BPCHAR", "CHAR", "CHARACTER")
             and length
             and length < 10000
         ):
             return sa.String(length)
-        if my:
-            return sa.String(255) if key else mysql.LONGTEXT()
-        return sa.Text()
+        return types.text(key)
     if base in ("map", "struct"):
         return sa.JSON()
     raise SchemaMismatchError(f"no target type for column type {ct}")

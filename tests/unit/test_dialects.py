@@ -10,7 +10,8 @@ from sqlalchemy.dialects import mysql, postgresql
 
 from streamer.apply.dialects import dialect_for
 from streamer.apply.dialects.mysql import ColumnShape, UnrepresentableValueError, check_value
-from streamer.apply.schema import mysql_decimal, sql_type
+from streamer.apply.dialects.types import mysql_decimal
+from streamer.apply.schema import sql_type
 from streamer.core.events import ColumnType
 
 META = sa.MetaData()

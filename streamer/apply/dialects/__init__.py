@@ -10,9 +10,10 @@ from streamer.apply.dialects.base import Dialect, Guard
 from streamer.apply.dialects.mysql import MySQL
 from streamer.apply.dialects.postgresql import PostgreSQL
 from streamer.apply.dialects.sqlite import SQLite
+from streamer.apply.dialects.types import TargetTypes
 from streamer.apply.dialects.values import COMMON, Adapter, adapter
 
-__all__ = ["Dialect", "Guard", "dialect_for", "value_adapter"]
+__all__ = ["Dialect", "Guard", "dialect_for", "target_types", "value_adapter"]
 
 _REGISTRY: dict[str, Dialect] = {
     "postgresql": PostgreSQL(),
@@ -35,3 +36,9 @@ def value_adapter(name: str) -> Adapter:
     correctly (a dialect streamer does not write to gets the conversions every target shares)."""
     dialect = _REGISTRY.get(name)
     return adapter(dialect.adapters if dialect is not None else COMMON)
+
+
+def target_types(name: str) -> TargetTypes:
+    """The column-type choices of dialect ``name`` (the base choices for a dialect streamer does not know)."""
+    dialect = _REGISTRY.get(name)
+    return dialect.types if dialect is not None else TargetTypes()

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from streamer.apply.dialects.types import TargetTypes
 from streamer.apply.dialects.values import Adapters
 
 Guard = Callable[[Any], sa.ColumnElement[bool]]
@@ -29,6 +30,7 @@ class Dialect(Protocol):
     locks_rows: bool  # SELECT .. FOR UPDATE locks rows (SQLite: the one writer locks the database)
     merges_by_copy: bool  # True: batches are COPYed into a stage and merged (PostgreSQL)
     adapters: Adapters  # decoded values as the driver binds them (streamer.apply.dialects.values)
+    types: TargetTypes  # column types where targets differ (streamer.apply.dialects.types)
 
     def upsert(
         self, table: sa.TableClause, key: Sequence[str], columns: Sequence[str], guard: Guard | None = None

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 
 from streamer.apply.dialects import values
 from streamer.apply.dialects.base import Guard, ValueCheck
+from streamer.apply.dialects.types import SqlType, TargetTypes, mysql_decimal
 from streamer.core.errors import StreamerError
 
 ColumnShape = tuple[str, int | None, int | None]  # data_type, numeric_precision, numeric_scale
@@ -137,9 +138,40 @@ ADAPTERS: values.Adapters = values.with_plain_bounds(
 )
 
 
+class MySQLTypes(TargetTypes):
+    """``DECIMAL(M, D)`` within MySQL's bounds, ``TIME(6)``/``DATETIME(6)`` (no zones: the sink writes
+    UTC), ``LONGBLOB``/``LONGTEXT``, and ``VARCHAR(255)`` for key columns (a key needs a length)."""
+
+    def decimal(self, precision: int | None, scale: int) -> SqlType:
+        return sa.Numeric(*mysql_decimal(precision, scale))
+
+    def string_decimal(self, length: int | None, scale: int | None) -> SqlType:
+        known = length is not None and 0 < length <= 1000  # unconstrained: 0 or 131089
+        return sa.Numeric(*mysql_decimal(length if known else None, scale if known else None))
+
+    def time(self) -> SqlType:
+        return mysql.TIME(fsp=6)
+
+    def timestamp(self) -> SqlType:
+        return mysql.DATETIME(fsp=6)
+
+    def zoned_timestamp(self) -> SqlType:
+        return mysql.DATETIME(fsp=6)  # no zone-aware type: the sink writes UTC
+
+    def enum(self, key: bool) -> SqlType:
+        return sa.String(255) if key else sa.Text()
+
+    def binary(self) -> SqlType:
+        return mysql.LONGBLOB()
+
+    def text(self, key: bool) -> SqlType:
+        return sa.String(255) if key else mysql.LONGTEXT()
+
+
 class MySQL:
     name = "mysql"
     adapters = ADAPTERS
+    types: TargetTypes = MySQLTypes()
     has_schemas = True
     namespaces_as_schemas = False
     locks_rows = True

@@ -11,10 +11,43 @@ from sqlalchemy.engine import Connection
 
 from streamer.apply.dialects import values
 from streamer.apply.dialects.base import OnConflictUpsert
+from streamer.apply.dialects.types import SqlType, TargetTypes
 from streamer.apply.guard import newer_sql
+from streamer.core.events import ColumnType
 
 #: psycopg2 binds nearly everything; a JSON object goes as text
 ADAPTERS: values.Adapters = {**values.COMMON, dict: values.json_text}
+
+
+class PostgreSQLTypes(TargetTypes):
+    """Unconstrained numerics, intervals, ``json``/``jsonb``, ``uuid``, arrays, ``time with time zone``."""
+
+    def decimal(self, precision: int | None, scale: int) -> SqlType:
+        return sa.Numeric(precision, scale) if precision and precision <= 1000 else sa.Numeric()
+
+    def variable_decimal(self) -> SqlType:
+        return sa.Numeric()
+
+    def string_decimal(self, length: int | None, scale: int | None) -> SqlType:
+        return sa.Numeric()
+
+    def zoned_time(self) -> SqlType:
+        return postgresql.TIME(timezone=True)
+
+    def duration(self) -> SqlType:
+        return postgresql.INTERVAL()
+
+    def json(self, source_type: str) -> SqlType:
+        return postgresql.JSON() if source_type == "JSON" else postgresql.JSONB()
+
+    def uuid(self) -> SqlType:
+        return postgresql.UUID(as_uuid=True)
+
+    def array(self, items: ColumnType | None, element: Callable[[ColumnType], SqlType]) -> SqlType:
+        if items is not None and items.base != "array":
+            return postgresql.ARRAY(element(items))
+        return sa.JSON()  # arrays of arrays: PostgreSQL's arrays are not nested lists
+
 
 _MIGRATION_LOCK = 7301945  # pg_advisory_xact_lock key of `streamer db upgrade`
 
@@ -26,6 +59,7 @@ class PostgreSQL(OnConflictUpsert):
     locks_rows = True
     merges_by_copy = True
     adapters = ADAPTERS
+    types: TargetTypes = PostgreSQLTypes()
 
     @staticmethod
     def _insert(table: sa.TableClause) -> Any:

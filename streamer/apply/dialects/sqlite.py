@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 
 from streamer.apply.dialects import values
 from streamer.apply.dialects.base import OnConflictUpsert
+from streamer.apply.dialects.types import TargetTypes
 
 #: text for datetimes, dates, times and decimals (SQLite has no such types), intervals as microseconds
 ADAPTERS: values.Adapters = values.with_plain_bounds(
@@ -31,6 +32,7 @@ ADAPTERS: values.Adapters = values.with_plain_bounds(
 class SQLite(OnConflictUpsert):
     name = "sqlite"
     adapters = ADAPTERS
+    types = TargetTypes()  # few types of its own: the base choices are SQLite's
     has_schemas = False
     namespaces_as_schemas = False
     locks_rows = False
