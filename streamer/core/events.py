@@ -277,35 +277,34 @@ def parse_lsn(text: str) -> int:
 #   ``isinstance(v, EndOfDay)`` and writes ``'infinity'``/``'-infinity'``/``'24:00:00'``.
 
 
-class InfiniteDate(dt.date):
-    """``date.max``/``date.min`` standing for PostgreSQL's date ``'infinity'``/``'-infinity'``."""
+class _Bound:
+    """What the two infinite markers share: which end they stand for, and PostgreSQL's literal."""
 
     __slots__ = ()
 
     @property
     def positive(self) -> bool:
+        assert isinstance(self, dt.date)
         return self.year == dt.MAXYEAR
 
     @property
     def pg_literal(self) -> str:
         return "infinity" if self.positive else "-infinity"
+
+
+class InfiniteDate(_Bound, dt.date):
+    """``date.max``/``date.min`` standing for PostgreSQL's date ``'infinity'``/``'-infinity'``."""
+
+    __slots__ = ()
 
     def __repr__(self) -> str:
         return "DATE_INFINITY" if self.positive else "DATE_NEG_INFINITY"
 
 
-class InfiniteDatetime(dt.datetime):
+class InfiniteDatetime(_Bound, dt.datetime):
     """``datetime.max``/``datetime.min`` (naive, or UTC for timestamptz) standing for ``'infinity'``/``'-infinity'``."""
 
     __slots__ = ()
-
-    @property
-    def positive(self) -> bool:
-        return self.year == dt.MAXYEAR
-
-    @property
-    def pg_literal(self) -> str:
-        return "infinity" if self.positive else "-infinity"
 
     def __repr__(self) -> str:
         name = "TIMESTAMP" if self.tzinfo is None else "TIMESTAMPTZ"
