@@ -527,3 +527,46 @@ def test_an_error_settles_the_batch_in_flight_and_leaves_the_open_one(sink: Sink
     # records 0-2 closed the first batch at the second read; 3 was read, never applied
     assert [positions for positions, _ in source.acked] == [{("t", 0): 3}]
     assert table(sink.engine) == [(i, f"v{i}") for i in range(3)] and offsets(sink.engine) == {("t", 0): 3}
+
+
+def acked_generations(engine: sa.Engine) -> list[int]:
+    with engine.connect() as conn:
+        return [int(r[0]) for r in conn.execute(sa.select(state.members_table.c.acked_generation))]
+
+
+def test_a_hold_generation_is_acknowledged_only_once_no_older_batch_is_left(sink: Sink) -> None:
+    """A load raises the hold generation while a batch filtered with the older loading set is being
+    applied (on the apply thread, or in the reading thread): the member acknowledges the new
+    generation only after that batch is done, so the load never starts under it."""
+    gate, entered = threading.Event(), threading.Event()
+    apply = sink.apply
+
+    def gated(*args: Any, **kw: Any) -> ApplyResult:
+        if not gate.is_set():
+            entered.set()
+            gate.wait(30)
+        return apply(*args, **kw)
+
+    sink.apply = gated  # type: ignore[method-assign]
+    stop = threading.Event()
+    source = FakeSource(sink.engine, records(0, [(1, "a"), (2, "b")]))
+    run = runner(source, sink, until_idle=None, stop=stop)
+    thread = threading.Thread(target=run.run)
+    thread.start()
+    try:
+        assert entered.wait(10)
+        with sink.engine.begin() as conn:
+            generation = raise_generation(conn)
+        time.sleep(run.holds.interval + 1.5)  # the loop has read the new generation meanwhile
+        assert acked_generations(sink.engine) == [0]  # the batch filtered with generation 0 is not done
+        gate.set()
+        deadline = time.monotonic() + run.holds.interval + 5
+        while acked_generations(sink.engine) != [generation] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert acked_generations(sink.engine) == [generation]
+        assert source.acked and table(sink.engine) == [(1, "a"), (2, "b")]
+    finally:
+        gate.set()
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive() and acked_generations(sink.engine) == []  # left _streamer_members
