@@ -31,6 +31,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import DDLElement
 from sqlalchemy.sql.compiler import DDLCompiler
 
+from streamer.apply.dialects import dialect_for
 from streamer.apply.schema import VERSION_TYPE_LENGTH, Route
 from streamer.core.errors import StreamerError
 
@@ -93,6 +94,7 @@ def foreign_key_warnings(conn: Connection, route: Route) -> list[str]:
     """A warning per foreign key of the table (from it or to it) the target checks per statement."""
     insp = sa.inspect(conn)
     dialect = conn.dialect.name
+    target = dialect_for(dialect)
     out: list[str] = []
     keys: list[tuple[str, dict[str, Any]]] = []
     for reflected in insp.get_foreign_keys(route.target_table, schema=route.target_schema):
@@ -114,17 +116,17 @@ def foreign_key_warnings(conn: Connection, route: Route) -> list[str]:
     for where, fk in keys:
         name = fk.get("name") or "(unnamed)"
         opts = fk.get("options") or {}
-        if dialect == "sqlite":
-            continue  # streamer's SQLite connections leave PRAGMA foreign_keys off: not checked
+        if not target.checks_foreign_keys:
+            continue  # streamer's connections do not check them
         if (
-            dialect == "postgresql"
+            target.defers_constraints
             and opts.get("deferrable")
             and str(opts.get("initially")).upper() == "DEFERRED"
         ):
             continue
         fix = (
             "recreate it DEFERRABLE INITIALLY DEFERRED, or drop it"
-            if dialect == "postgresql"
+            if target.defers_constraints
             else "MariaDB/MySQL cannot defer it: drop it"
         )
         out.append(

@@ -506,17 +506,14 @@ class SchemaManager:
 
     def _widen_column(self, conn: Connection, route: Route, name: str, typ: SqlType, not_null: bool) -> bool:
         """ALTER a column to a wider type; False on SQLite, whose declared types hold any value already."""
-        if self.dialect == "sqlite":
-            return False
         prep = conn.dialect.identifier_preparer
         table = prep.format_table(sa.table(route.target_table, schema=route.target_schema))
-        coltype = typ.compile(dialect=conn.dialect)
-        col = prep.quote(name)
-        if self.dialect in ("mysql", "mariadb"):
-            null = "NOT NULL" if not_null else "NULL"
-            conn.execute(sa.text(f"ALTER TABLE {table} MODIFY COLUMN {col} {coltype} {null}"))
-        else:
-            conn.execute(sa.text(f"ALTER TABLE {table} ALTER COLUMN {col} TYPE {coltype}"))
+        statement = dialect_for(self.dialect).alter_type_sql(
+            table, prep.quote(name), typ.compile(dialect=conn.dialect), not_null
+        )
+        if statement is None:
+            return False
+        conn.execute(sa.text(statement))  # identifiers quoted by the dialect's preparer
         return True
 
     def lookup(self, route: Route) -> TargetTable | None:

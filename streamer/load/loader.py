@@ -80,6 +80,7 @@ from sqlalchemy.engine import Connection
 
 from streamer import logs
 from streamer.apply import holds, state
+from streamer.apply.dialects import dialect_for
 from streamer.apply.dialects import postgresql as pg
 from streamer.apply.schema import Route, TargetTable, cast_type
 from streamer.apply.sink import Sink
@@ -450,6 +451,7 @@ class Loader:
         self.sink = sink
         self.engine = sink.engine
         self.dialect = sink.dialect
+        self.copies_in = dialect_for(sink.dialect).merges_by_copy  # chunks piped in with COPY FROM
         self.workers = max(1, workers)
         self.chunk_rows = max(1, chunk_rows)
         self.resume = resume
@@ -706,7 +708,7 @@ class Loader:
         stored in the target as exactly the same type and modifier, without a cast or a money
         conversion. Anything else (None) is copied as text, which the target parses into its own types.
         """
-        if self.dialect != "postgresql":
+        if not self.copies_in:
             return None
         kept = loaded_columns(src, route, target)
         if any(c.builtin_type is None or c.type_name == "money" for c in kept):
@@ -910,7 +912,7 @@ class Loader:
             expr = _quote(c.name)
             if c.type_name == "money":
                 expr += "::numeric"
-            if target in route.cast and self.dialect == "postgresql":
+            if target in route.cast and self.copies_in:
                 expr = f"CAST({expr} AS {cast_type(route.cast[target]).compile(dialect=self.engine.dialect)})"
             exprs.append(expr)
             names.append(target)
@@ -938,7 +940,7 @@ class Loader:
         version_type = self._binary.get(route.qualified)
         with conn.cursor() as cur:
             query, names = self._select(cur, src, route, target, chunk, version, version_type)
-        if self.dialect == "postgresql":
+        if self.copies_in:
             binary = version_type is not None
             return self._write_pg(conn, query, route, target, names, chunk, fresh, version, binary=binary)
         with conn.cursor() as cur:

@@ -28,7 +28,9 @@ class Dialect(Protocol):
     has_schemas: bool  # False: a route's target schema is folded into the table name (SQLite)
     namespaces_as_schemas: bool  # True: a source schema becomes a target schema, created when missing
     locks_rows: bool  # SELECT .. FOR UPDATE locks rows (SQLite: the one writer locks the database)
-    merges_by_copy: bool  # True: batches are COPYed into a stage and merged (PostgreSQL)
+    merges_by_copy: bool  # True: batches are COPYed into a stage and merged, loads COPYed in (PostgreSQL)
+    checks_foreign_keys: bool  # False: streamer's connections leave them unchecked (SQLite's PRAGMA off)
+    defers_constraints: bool  # True: a DEFERRABLE INITIALLY DEFERRED key is checked at commit (PostgreSQL)
     adapters: Adapters  # decoded values as the driver binds them (streamer.apply.dialects.values)
     types: TargetTypes  # column types where targets differ (streamer.apply.dialects.types)
 
@@ -50,6 +52,11 @@ class Dialect(Protocol):
 
     def unlock_migrations(self, conn: Connection) -> None:
         """Release what :meth:`lock_migrations` took, where the lock outlives the transaction."""
+        ...
+
+    def alter_type_sql(self, table: str, column: str, coltype: str, not_null: bool) -> str | None:
+        """The statement giving ``column`` (quoted, of ``table``, quoted) the wider type ``coltype``
+        (compiled), keeping its NOT NULL; None where declared types already hold any value (SQLite)."""
         ...
 
     def partial_insert_may_refuse(self) -> bool:

@@ -176,6 +176,11 @@ class MySQL:
     namespaces_as_schemas = False
     locks_rows = True
     merges_by_copy = False
+    checks_foreign_keys = True
+    defers_constraints = False  # no deferred constraints: a foreign key is checked per statement
+
+    def alter_type_sql(self, table: str, column: str, coltype: str, not_null: bool) -> str | None:
+        return f"ALTER TABLE {table} MODIFY COLUMN {column} {coltype} {'NOT NULL' if not_null else 'NULL'}"
 
     def upsert(
         self, table: sa.TableClause, key: Sequence[str], columns: Sequence[str], guard: Guard | None = None

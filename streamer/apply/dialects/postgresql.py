@@ -58,6 +58,8 @@ class PostgreSQL(OnConflictUpsert):
     namespaces_as_schemas = True
     locks_rows = True
     merges_by_copy = True
+    checks_foreign_keys = True
+    defers_constraints = True
     adapters = ADAPTERS
     types: TargetTypes = PostgreSQLTypes()
 
@@ -67,6 +69,9 @@ class PostgreSQL(OnConflictUpsert):
 
     def lock_migrations(self, conn: Connection) -> None:
         conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
+
+    def alter_type_sql(self, table: str, column: str, coltype: str, not_null: bool) -> str | None:
+        return f"ALTER TABLE {table} ALTER COLUMN {column} TYPE {coltype}"  # NOT NULL stays
 
     def unlock_migrations(self, conn: Connection) -> None:
         """The advisory lock ends with the transaction."""

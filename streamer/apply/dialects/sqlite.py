@@ -37,6 +37,11 @@ class SQLite(OnConflictUpsert):
     namespaces_as_schemas = False
     locks_rows = False
     merges_by_copy = False
+    checks_foreign_keys = False  # streamer's connections leave PRAGMA foreign_keys off
+    defers_constraints = False
+
+    def alter_type_sql(self, table: str, column: str, coltype: str, not_null: bool) -> str | None:
+        return None  # a declared type holds any value already
 
     @staticmethod
     def _insert(table: sa.TableClause) -> Any:
