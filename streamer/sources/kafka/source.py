@@ -550,6 +550,9 @@ class KafkaSource:
         tp = TopicPartition(topic, partition, offset)
         self._consumer.pause([tp])
         self._consumer.seek(tp)
+        # records of it read since the batch was taken are past ``offset``: read again after the load
+        # (kept, they could go out with a later batch once the partition is released)
+        self._drop_pending({stream})
         self.log.info(
             "holding partition while its table is loaded",
             topic=topic,
