@@ -313,11 +313,15 @@ class Runner:
         if self._executor is not None:
             flight.future = self._executor.submit(self._apply_timed, flight, touched)
         else:
-            try:
-                flight.future.set_result(self._apply_timed(flight, touched))
-            except BaseException as exc:
-                flight.future.set_exception(exc)
+            self._apply_now(flight, touched)
         self._inflight = flight
+
+    def _apply_now(self, flight: _InFlight, touched: set[str]) -> None:
+        """Apply ``flight`` in this thread, its outcome into its future (as the apply thread would)."""
+        try:
+            flight.future.set_result(self._apply_timed(flight, touched))
+        except BaseException as exc:
+            flight.future.set_exception(exc)
 
     def _apply_timed(self, flight: _InFlight, touched: set[str]) -> ApplyResult:
         flight.apply_started = time.monotonic()
@@ -344,10 +348,7 @@ class Runner:
                 if rest is None:
                     return  # every stream of it was fenced: nothing applied nor acknowledged
                 flight = _InFlight(concurrent.futures.Future(), rest, flight.generation, flight.started)
-                try:
-                    flight.future.set_result(self._apply_timed(flight, self._touched(rest.events)))
-                except BaseException as exc:
-                    flight.future.set_exception(exc)
+                self._apply_now(flight, self._touched(rest.events))
         self._done(flight, result)
 
     def _done(self, flight: _InFlight, result: ApplyResult) -> None:
