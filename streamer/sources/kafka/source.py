@@ -516,10 +516,9 @@ class KafkaSource:
     def without(self, batch: Batch, streams: set[StreamKey]) -> Batch | None:
         token: _Token = batch.token
         records = [r for r in token.records if r.stream not in streams]
-        stop = batch.stop_error if token.poison is not None and token.poison not in streams else None
+        stop = _stop_outside(batch, streams)
         if not records and stop is None:
             return None
-        assert stop is None or isinstance(stop, PoisonRecordError)
         return self._batch(records, batch.started, stop)
 
     def hold(self, batch: Batch, loading: set[str]) -> Batch | None:
@@ -538,9 +537,7 @@ class KafkaSource:
         if not held:
             return batch
         records = [r for r in token.records if r.stream not in held or self._held[r.stream][0] > r.offset]
-        stop = batch.stop_error if token.poison is not None and token.poison not in held else None
-        assert stop is None or isinstance(stop, PoisonRecordError)
-        return self._batch(records, batch.started, stop)
+        return self._batch(records, batch.started, _stop_outside(batch, held))
 
     def _hold(self, stream: StreamKey, offset: int, table: str) -> None:
         """Stop at ``offset`` until the load of ``table`` is done: seek back there and pause."""
@@ -673,6 +670,15 @@ class KafkaSource:
 
     def progress_fields(self) -> Mapping[str, Any]:
         return {"records": self.stats.records, "partitions": len(self._assigned)}
+
+
+def _stop_outside(batch: Batch, streams: set[StreamKey]) -> PoisonRecordError | None:
+    """The batch's stop error unless its record is in ``streams`` (dropped from the batch: read again)."""
+    token: _Token = batch.token
+    if token.poison is None or token.poison in streams:
+        return None
+    assert isinstance(batch.stop_error, PoisonRecordError)
+    return batch.stop_error
 
 
 def offset_ranges(batch: Batch) -> dict[StreamKey, tuple[int, int]]:
