@@ -1,21 +1,28 @@
-"""Benchmark of the consumer's apply rate into PostgreSQL, against two baselines, in one run.
+"""Benchmark of the consumer into PostgreSQL against the machine's limits for the same records, in one run.
 
 Real records: a table of the stack's source PostgreSQL gets N inserts and N/2 updates, a real
 Debezium connector captures them to Kafka (JSON with schemas). Then, over the same records:
 
-1. **decode only**: a consumer reads and decodes every record, applying nothing;
-2. **streamer consume**: one consumer process applies every record to a PostgreSQL target
-   (batches, coalescing, offsets in the target, Kafka commits);
-3. **one event per transaction**: the first records applied one by one, each in its own
-   transaction, through the same sink.
+1. **plain read**: a plain confluent-kafka consumer reads every record (key and value as bytes, no
+   decoding), once with librdkafka's defaults and once with the fetch settings consume uses;
+2. **orjson.loads** of the same values in memory (records/s);
+3. **streamer consume**: one consumer process applies every record to a PostgreSQL target
+   (batches, coalescing, offsets in the target, Kafka commits), first record read to last commit;
+4. **the apply engine alone**: the same records decoded beforehand, applied by the sink in consume's
+   batches (no Kafka), against **a plain COPY** of the same rows (the events' after images, as COPY
+   text in memory) into a same-shaped table without a key;
+5. **one event per transaction**: the first records applied one by one through the same sink.
 
-Floors (issue 4): (2) >= 70% of (1), and (2) >= 10x (3). Exit status 1 when a floor is missed.
+Floors (issues 4 and 14): (3) >= 0.7 x (1, defaults), (3) >= 0.35 x (2), (4) >= 0.5 x its COPY,
+(3) >= 10 x (5); (3) against the tuned read is reported. Exit status 1 when a floor is missed.
 Run: ``python -m streamer.bench.consume [--rows N]`` (starts the stack if it is not running).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import io
 import sys
 import time
 import uuid
@@ -23,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
+import orjson
 import psycopg2
 import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
@@ -31,9 +39,9 @@ from streamer import logs
 from streamer.apply import state
 from streamer.apply.sink import build_sink
 from streamer.bench.report import Figure, run_module
-from streamer.consume import ConsumerProcess, build_decoder, headers_of
+from streamer.consume import ConsumerProcess, build_decoder
 from streamer.core.events import ChangeEvent
-from streamer.db import create_target_engine
+from streamer.db import create_target_engine, dsn_params
 from streamer.settings import Settings, load_settings
 from streamer.stack.local import Stack, running_stack
 
@@ -150,37 +158,75 @@ def _topic_size(settings: Settings, topic: str) -> int:
         c.close()
 
 
-def decode_only(settings: Settings, topic: str, expected: int) -> tuple[float, list[ChangeEvent]]:
-    """Seconds to read and decode every record of the topic (first-record to last-record)."""
-    decoder = build_decoder(settings)
-    c = Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap_servers,
-            "group.id": "bench-decode",
-            "enable.auto.commit": False,
-        }
-    )
-    md = c.list_topics(topic, timeout=10)
-    c.assign([TopicPartition(topic, p, 0) for p in md.topics[topic].partitions])
-    sample: list[ChangeEvent] = []
-    n, started = 0, 0.0
+def plain_read(
+    settings: Settings, topic: str, expected: int, *, tuned: bool
+) -> tuple[float, list[tuple[bytes | None, bytes]]]:
+    """Seconds for a plain confluent-kafka consumer to read every record (first to last), and the records.
+
+    No decoding: each record's key and value are taken as bytes, nothing else. ``tuned`` False reads with
+    librdkafka's defaults (what a plain consumer written by a user gets); True with the fetch and
+    queue settings ``streamer consume`` uses (``consumer.*``), the faster of the two here.
+    """
+    conf: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "group.id": "bench-plain",
+        "enable.auto.commit": False,
+    }
+    if tuned:
+        c = settings.consumer
+        conf.update(
+            {
+                "fetch.wait.max.ms": c.fetch_wait_max_ms,
+                "queued.max.messages.kbytes": c.queued_max_messages_kbytes,
+                "queued.min.messages": c.queued_min_messages,
+                "fetch.max.bytes": c.fetch_max_bytes,
+                "max.partition.fetch.bytes": c.max_partition_fetch_bytes,
+                "fetch.queue.backoff.ms": c.fetch_queue_backoff_ms,
+            }
+        )
+    consumer = Consumer(conf)
+    md = consumer.list_topics(topic, timeout=10)
+    consumer.assign([TopicPartition(topic, p, 0) for p in md.topics[topic].partitions])
+    values: list[tuple[bytes | None, bytes]] = []
+    started = 0.0
     try:
-        while n < expected:
-            batch = c.consume(1000, timeout=1.0)
+        while len(values) < expected:
+            batch = consumer.consume(1000, timeout=1.0)
             if batch and not started:
                 started = time.perf_counter()
             for m in batch:
-                if m.error() is not None:
-                    continue
-                ev = decoder.decode(
-                    m.topic() or "", m.partition() or 0, m.offset() or 0, m.key(), m.value(), headers_of(m)
-                )
-                if isinstance(ev, ChangeEvent) and len(sample) < 5000:
-                    sample.append(ev)
-                n += 1
-        return time.perf_counter() - started, sample
+                if m.error() is None:
+                    v = m.value()
+                    if v is not None:
+                        values.append((m.key(), v))
+        return time.perf_counter() - started, values
     finally:
-        c.close()
+        consumer.close()
+
+
+def orjson_loads(values: Sequence[bytes], min_seconds: float = 1.0) -> float:
+    """records/s of ``orjson.loads`` over the same values in memory (repeated to at least ``min_seconds``)."""
+    n, started = 0, time.perf_counter()
+    while True:
+        for v in values:
+            orjson.loads(v)
+        n += len(values)
+        elapsed = time.perf_counter() - started
+        if elapsed >= min_seconds:
+            return n / elapsed
+
+
+def decode_all(
+    settings: Settings, topic: str, records: Sequence[tuple[bytes | None, bytes]]
+) -> list[ChangeEvent]:
+    """The change events of the records, decoded in memory (input of the apply-engine figure)."""
+    decoder = build_decoder(settings)
+    out: list[ChangeEvent] = []
+    for i, (k, v) in enumerate(records):
+        ev = decoder.decode(topic, 0, i, k, v, [])
+        if isinstance(ev, ChangeEvent):
+            out.append(ev)
+    return out
 
 
 def apply_consumer(settings: Settings, topic: str, expected: int, target_url: str, group: str) -> float:
@@ -194,6 +240,59 @@ def apply_consumer(settings: Settings, topic: str, expected: int, target_url: st
     if stats.records < expected or stats.first_record_at is None or stats.last_batch_at is None:
         raise RuntimeError(f"consumer applied {stats.records} of {expected} records")
     return stats.last_batch_at - stats.first_record_at
+
+
+def _in_schema(events: Sequence[ChangeEvent], schema: str) -> list[ChangeEvent]:
+    """The events routed to a table of the same name in another target schema."""
+    return [
+        dataclasses.replace(e, table=type(e.table)(e.table.database, schema, e.table.table)) for e in events
+    ]
+
+
+def apply_engine(settings: Settings, events: Sequence[ChangeEvent], target_url: str) -> float:
+    """Seconds for the sink alone to apply decoded events in consume's batches (no Kafka, one thread)."""
+    s = load_settings(overrides={"target_url": target_url})
+    sink = build_sink(s)
+    state.upgrade(sink.engine)
+    size = s.consumer.batch_max_events
+    # the first batch creates the table; time the rest of the work from a table that exists, as consume
+    sink.apply(list(events[:1]), {("bench-engine", 0): 1}, "bench-engine")
+    started = time.perf_counter()
+    for i in range(1, len(events), size):
+        batch = list(events[i : i + size])
+        sink.apply(batch, {("bench-engine", 0): i + len(batch)}, "bench-engine")
+    elapsed = time.perf_counter() - started
+    sink.engine.dispose()
+    return elapsed
+
+
+def plain_copy(stack: Stack, source_table: str, schema: str, target_url: str) -> tuple[int, float]:
+    """The same rows as the apply-engine figure's events, by one plain COPY into a same-shaped table.
+
+    The rows are the source table's inserts and its updated rows (the events' after images), as COPY
+    text read from the source beforehand; timed: the target's ``COPY FROM STDIN`` and its commit.
+    """
+    src = psycopg2.connect(stack.source_admin_dsn(stack.cfg.source_database))
+    buf = io.BytesIO()
+    with src.cursor() as cur:
+        cur.copy_expert(f"COPY (SELECT * FROM public.{source_table} ORDER BY id) TO STDOUT", buf)
+        cur.copy_expert(
+            f"COPY (SELECT * FROM public.{source_table} WHERE id % 2 = 0 ORDER BY id) TO STDOUT", buf
+        )
+    src.close()
+    rows = buf.getvalue().count(b"\n")
+    conn = psycopg2.connect(**dsn_params(target_url))
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE TABLE "{schema}".plain ({COLUMNS.replace("PRIMARY KEY", "")})')
+    conn.commit()
+    buf.seek(0)
+    started = time.perf_counter()
+    with conn.cursor() as cur:
+        cur.copy_expert(f'COPY "{schema}".plain FROM STDIN', buf)
+    conn.commit()
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return rows, elapsed
 
 
 def one_per_transaction(settings: Settings, events: Sequence[ChangeEvent], target_url: str) -> float:
@@ -225,49 +324,55 @@ def figures(argv: Sequence[str] | None = None) -> list[Figure]:
         print(f"producing {args.rows} inserts + {args.rows // 2} updates through Debezium ...", flush=True)
         topic, expected = produce_records(stack, prefix, args.rows)
         target_db = create_target_engine(stack.settings.target_url)
-        schema = f"bench_{prefix}"
-        results: dict[str, Any] = {}
+        schemas = [f"bench_{prefix}", f"bench_{prefix}_engine"]
+        results: dict[str, tuple[int, float]] = {}
         try:
-            t_decode, sample = decode_only(settings, topic, expected)
-            results["decode only"] = (expected, t_decode)
+            t_default, _ = plain_read(settings, topic, expected, tuned=False)
+            results["plain read, librdkafka defaults"] = (expected, t_default)
+            t_tuned, records = plain_read(settings, topic, expected, tuned=True)
+            results["plain read, consume's fetch settings"] = (expected, t_tuned)
+            orjson_rate = orjson_loads([v for _, v in records])
+            events = decode_all(settings, topic, records)
+            del records
             with target_db.begin() as conn:
-                conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+                for schema in schemas:
+                    conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
             apply_url = stack.settings.target_url
             t_apply = apply_consumer(settings, topic, expected, apply_url, f"{prefix}-apply")
             results["streamer consume -> PostgreSQL"] = (expected, t_apply)
-            single = sample[: args.single]
-            # a separate target table for the baseline: route by renaming the source table
-            single_events = [
-                ChangeEvent(
-                    **{
-                        **{f: getattr(e, f) for f in e.__dataclass_fields__},
-                        "table": type(e.table)(e.table.database, schema, e.table.table),
-                    }
-                )
-                for e in single
-            ]
-            t_single = one_per_transaction(settings, single_events, apply_url)
+            t_engine = apply_engine(settings, _in_schema(events, schemas[1]), apply_url)
+            results["apply engine alone (decoded events)"] = (len(events) - 1, t_engine)
+            results["plain COPY of the same rows"] = plain_copy(stack, prefix, schemas[1], apply_url)
+            single = _in_schema(events[: args.single], schemas[0])
+            t_single = one_per_transaction(settings, single, apply_url)
             results["one event per transaction"] = (len(single), t_single)
         finally:
             httpx.delete(f"{stack.settings.connect_url}/connectors/{prefix}", timeout=30)
-            _cleanup(stack, prefix, schema, target_db)
+            _cleanup(stack, prefix, schemas, target_db)
             target_db.dispose()
     rates = {name: n / t for name, (n, t) in results.items()}
-    print(f"\n{'path':<34} {'records':>9} {'seconds':>9} {'records/s':>11}")
+    print(f"\n{'path':<38} {'records':>9} {'seconds':>9} {'records/s':>11}")
     for name, (n, t) in results.items():
-        print(f"{name:<34} {n:>9} {t:>9.2f} {rates[name]:>11.0f}")
+        print(f"{name:<38} {n:>9} {t:>9.2f} {rates[name]:>11.0f}")
+    print(f"{'orjson.loads of the values, in memory':<38} {'':>9} {'':>9} {orjson_rate:>11.0f}")
     apply = rates["streamer consume -> PostgreSQL"]
+    name = "consume -> PostgreSQL"
     return [
-        Figure("consume", "consume -> PostgreSQL", apply, "ev/s", "decode only", rates["decode only"], 0.70),
+        Figure("consume", name, apply, "ev/s", "plain read", rates["plain read, librdkafka defaults"], 0.70),
+        Figure(
+            "consume", name, apply, "ev/s", "tuned read", rates["plain read, consume's fetch settings"], None
+        ),
+        Figure("consume", name, apply, "ev/s", "orjson.loads", orjson_rate, 0.35),
         Figure(
             "consume",
-            "consume -> PostgreSQL",
-            apply,
+            "apply engine -> PostgreSQL",
+            rates["apply engine alone (decoded events)"],
             "ev/s",
-            "1 per txn",
-            rates["one event per transaction"],
-            10,
+            "plain COPY",
+            rates["plain COPY of the same rows"],
+            0.5,
         ),
+        Figure("consume", name, apply, "ev/s", "1 per txn", rates["one event per transaction"], 10),
     ]
 
 
@@ -275,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_module(figures, argv)
 
 
-def _cleanup(stack: Stack, prefix: str, schema: str, target: sa.Engine) -> None:
+def _cleanup(stack: Stack, prefix: str, schemas: Sequence[str], target: sa.Engine) -> None:
     conn = psycopg2.connect(stack.source_admin_dsn(stack.cfg.source_database))
     conn.autocommit = True
     with conn.cursor() as cur:
@@ -292,7 +397,8 @@ def _cleanup(stack: Stack, prefix: str, schema: str, target: sa.Engine) -> None:
         cur.execute(f"DROP TABLE IF EXISTS public.{prefix}")
     conn.close()
     with target.begin() as tconn:
-        tconn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        for schema in schemas:
+            tconn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         tconn.execute(sa.text(f"DROP TABLE IF EXISTS public.{prefix}"))
 
 

@@ -217,6 +217,7 @@ class KafkaSource:
             "queued.min.messages": cfg.queued_min_messages,
             "fetch.max.bytes": cfg.fetch_max_bytes,
             "max.partition.fetch.bytes": cfg.max_partition_fetch_bytes,
+            "fetch.queue.backoff.ms": cfg.fetch_queue_backoff_ms,
             "client.id": f"streamer-{self.group}",
             "logger": kafka_logger(),
         }
