@@ -392,7 +392,8 @@ class RowCompleter:
         if generated:
             for k, (row, version) in list(plan.upserts.items()):
                 plan.upserts[k] = ({**row, **dict.fromkeys(generated, UNAVAILABLE)}, version)
-        partial = {k: rv for k, rv in plan.upserts.items() if any(v is UNAVAILABLE for v in rv[0].values())}
+        # `in` compares by identity first and UNAVAILABLE equals only itself: one C loop per row
+        partial = {k: rv for k, rv in plan.upserts.items() if UNAVAILABLE in rv[0].values()}
         missing: dict[KeyTuple, tuple[dict[str, Any], str]] = {}
         if generated:
             missing = dict(partial)  # every row: the generated values change with the row

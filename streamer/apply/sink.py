@@ -345,11 +345,17 @@ class Sink:
         # values the target cannot hold exactly (MySQL/MariaDB: NaN, digits past DECIMAL(M, D)) are
         # refused with a named error, the event's, before the driver sees them (text columns get text)
         check = self.target.value_check(table.route.qualified, table.types) if table.types else None
+        shapes: dict[tuple[str, ...], tuple[str, ...]] = {}  # a row's columns -> those written
         for row, version in plan.upserts.values():
             if truncated is not None and version < truncated:
                 continue
-            carried.update(c for c in row if c in known)
-            cols = tuple(c for c, v in row.items() if v is not UNAVAILABLE and c in known)
+            shape = tuple(row)
+            cols = shapes.get(shape)
+            if cols is None:
+                cols = shapes[shape] = tuple(c for c in shape if c in known)
+                carried.update(cols)
+            if UNAVAILABLE in row.values():  # identity first; UNAVAILABLE equals only itself
+                cols = tuple(c for c in cols if row[c] is not UNAVAILABLE)
             if check is not None:
                 assert adapt is not None
                 values = [adapt(check(c, row[c])) for c in cols]
