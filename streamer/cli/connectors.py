@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -15,8 +15,6 @@ from rich.table import Table
 from rich.text import Text
 
 from streamer.cli.root import _err, _say, app, settings_of
-from streamer.connect import files as connectors
-from streamer.connect.client import ConnectClient
 from streamer.core.errors import (
     ConnectError,
     ConnectorFailedError,
@@ -24,6 +22,12 @@ from streamer.core.errors import (
     SettingsError,
 )
 
+if TYPE_CHECKING:
+    from streamer.connect import files as connectors
+    from streamer.connect.client import ConnectClient
+
+# the connector modules (httpx, tenacity) are imported by the commands that use them, so that every
+# other command (load, consume, ...) starts without them
 # ---------------------------------------------------------------- connectors (issue 8)
 connectors_app = typer.Typer(
     help="Connectors as files: validate, plan and apply connectors/*.json on Kafka Connect.",
@@ -49,11 +53,15 @@ ConnectTimeoutOption = Annotated[
 def _connectors_setup(
     ctx: typer.Context, directory: Path | None, url: str | None, timeout: float
 ) -> tuple[Path, ConnectClient]:
+    from streamer.connect.client import ConnectClient
+
     settings = settings_of(ctx)
     return directory or settings.connectors_dir, ConnectClient(url or settings.connect_url, timeout=timeout)
 
 
 def _load_connector_files(directory: Path) -> list[connectors.ConnectorFile]:
+    from streamer.connect import files as connectors
+
     files = connectors.load_dir(directory)
     for warning in connectors.literal_secrets(files):
         _err().print(Text(f"warning: {warning}", style="yellow"))
@@ -70,6 +78,8 @@ def connectors_validate(
     connect_timeout: ConnectTimeoutOption = 30.0,
 ) -> None:
     """Check every file's syntax and shape, then ask Connect to validate each config. Pushes nothing."""
+    from streamer.connect import files as connectors
+
     directory, client = _connectors_setup(ctx, directory, connect_url, connect_timeout)
     files = _load_connector_files(directory)
     with client:
@@ -99,6 +109,8 @@ def connectors_plan(
     ] = False,
 ) -> None:
     """Compare the files with the worker: + create, ~ update (key by key), = unchanged, - delete (with --prune)."""
+    from streamer.connect import files as connectors
+
     directory, client = _connectors_setup(ctx, directory, connect_url, connect_timeout)
     files = _load_connector_files(directory)
     with client:
@@ -129,6 +141,8 @@ def connectors_apply(
     ] = None,
 ) -> None:
     """Validate, then create/update only what differs (Connect restarts a connector on every PUT), prune, wait."""
+    from streamer.connect import files as connectors
+
     directory, client = _connectors_setup(ctx, directory, connect_url, connect_timeout)
     files = _load_connector_files(directory)
     scope = connectors.scope_of(directory)
@@ -182,6 +196,8 @@ def connectors_status(
     ] = False,
 ) -> None:
     """Each connector: state, tasks, worker ids, topics. Exit 1 if one is absent, FAILED or not yet RUNNING."""
+    from streamer.connect import files as connectors
+
     directory, client = _connectors_setup(ctx, directory, connect_url, connect_timeout)
     files = _load_connector_files(directory) if directory.is_dir() or not everything else []
     with client:
@@ -310,6 +326,7 @@ def connectors_delete(
     ] = 30.0,
 ) -> None:
     """Delete a connector from the worker (its file, if any, stays: the next apply creates it again)."""
+    from streamer.connect import files as connectors
     from streamer.ops import slots
 
     settings = settings_of(ctx)

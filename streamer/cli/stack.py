@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,7 +12,9 @@ from streamer.cli.root import app, settings_of
 from streamer.core.errors import (
     StackError,
 )
-from streamer.stack.local import Stack
+
+if TYPE_CHECKING:
+    from streamer.stack.local import Stack
 
 stack_app = typer.Typer(
     help="The native development stack (PostgreSQL, MariaDB, broker, Kafka Connect).", no_args_is_help=True
@@ -21,10 +23,18 @@ app.add_typer(stack_app, name="stack")
 
 
 # ---------------------------------------------------------------- stack
+def _stack(ctx: typer.Context) -> Stack:
+    """The local stack of the settings; imported when a stack command runs (it brings httpx), so
+    that the other commands start without it."""
+    from streamer.stack.local import Stack
+
+    return Stack(settings_of(ctx))
+
+
 @stack_app.command("fetch")
 def stack_fetch(ctx: typer.Context) -> None:
     """Download the broker and Kafka Connect/Debezium artifacts (idempotent)."""
-    Stack(settings_of(ctx)).fetch()
+    _stack(ctx).fetch()
 
 
 _ONLY_HELP = "Just this part (source, mariadb, broker, connect); repeat for several."
@@ -36,7 +46,7 @@ def stack_up(
     only: Annotated[list[str] | None, typer.Option("--only", help=_ONLY_HELP)] = None,
 ) -> None:
     """Start the native stack (what is not running yet) and wait until every part is healthy."""
-    stack = Stack(settings_of(ctx))
+    stack = _stack(ctx)
     stack.fetch()
     stack.up(only)
     _print_status(stack)
@@ -49,7 +59,7 @@ def stack_down(
     only: Annotated[list[str] | None, typer.Option("--only", help=_ONLY_HELP)] = None,
 ) -> None:
     """Stop what `stack up` started."""
-    stack = Stack(settings_of(ctx))
+    stack = _stack(ctx)
     if only and purge:
         raise StackError("--purge deletes the whole stack's data: use it without --only")
     stopped = stack.down(only)
@@ -62,7 +72,7 @@ def stack_down(
 @stack_app.command("status")
 def stack_status(ctx: typer.Context) -> None:
     """Each part: pid, port, health. Exit 1 unless all are healthy."""
-    stack = Stack(settings_of(ctx))
+    stack = _stack(ctx)
     if not _print_status(stack):
         raise typer.Exit(1)
 
@@ -70,7 +80,7 @@ def stack_status(ctx: typer.Context) -> None:
 @stack_app.command("env")
 def stack_env(ctx: typer.Context) -> None:
     """`export STREAMER_...=...` lines for the running stack (eval them in a shell)."""
-    for name, value in Stack(settings_of(ctx)).env().items():
+    for name, value in _stack(ctx).env().items():
         print(f"export {name}={value}")
 
 

@@ -39,15 +39,17 @@ import re
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from streamer.connect.client import ConnectClient, ConnectorPlugin, ConnectorStatus
 from streamer.core.errors import (
     ConnectorFailedError,
     ConnectorFileError,
     ConnectorNotFoundError,
     ConnectorValidationError,
 )
+
+if TYPE_CHECKING:  # the REST client (httpx) is imported where it is used: the sink imports resolve_env
+    from streamer.connect.client import ConnectClient, ConnectorPlugin, ConnectorStatus
 
 SCOPE_KEY = "streamer.scope"
 MASK = "****"
@@ -791,6 +793,8 @@ def collect_status(
     client: ConnectClient, files: Sequence[ConnectorFile], scope: str, everything: bool = False
 ) -> tuple[list[ConnectorReport], Masker]:
     """Status of the files' connectors and of the scope's orphans (``everything``: every connector on the worker)."""
+    from streamer.connect.client import ConnectorStatus
+
     current = client.configs()
     masker = Masker([*(f.config for f in files), *current.values()])
     by_name = {f.name: f for f in files}

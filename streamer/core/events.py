@@ -134,6 +134,18 @@ class TableId:
     database: str | None
     schema: str | None
     table: str
+    # computed once: every event's table is a dict or set key several times on its way to the target
+    _hash: int = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.database, self.schema, self.table)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[TableId], tuple[str | None, str | None, str]]:
+        # string hashes differ between processes: an unpickled TableId computes its own
+        return (TableId, (self.database, self.schema, self.table))
 
     @property
     def qualified(self) -> str:
