@@ -46,6 +46,7 @@ from streamer.consume import ConsumerProcess, build_decoder
 from streamer.core.events import ChangeEvent
 from streamer.db import create_target_engine, dsn_params
 from streamer.settings import Settings, load_settings
+from streamer.sources.kafka.source import fetch_config
 from streamer.stack.local import Stack, running_stack
 
 COLUMNS = """
@@ -176,17 +177,7 @@ def plain_read(
         "enable.auto.commit": False,
     }
     if tuned:
-        c = settings.consumer
-        conf.update(
-            {
-                "fetch.wait.max.ms": c.fetch_wait_max_ms,
-                "queued.max.messages.kbytes": c.queued_max_messages_kbytes,
-                "queued.min.messages": c.queued_min_messages,
-                "fetch.max.bytes": c.fetch_max_bytes,
-                "max.partition.fetch.bytes": c.max_partition_fetch_bytes,
-                "fetch.queue.backoff.ms": c.fetch_queue_backoff_ms,
-            }
-        )
+        conf.update(fetch_config(settings.consumer))
     consumer = Consumer(conf)
     md = consumer.list_topics(topic, timeout=10)
     consumer.assign([TopicPartition(topic, p, 0) for p in md.topics[topic].partitions])

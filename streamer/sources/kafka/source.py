@@ -211,13 +211,7 @@ class KafkaSource:
             "isolation.level": "read_committed",
             "enable.partition.eof": False,
             "statistics.interval.ms": cfg.statistics_interval_ms,
-            "fetch.wait.max.ms": cfg.fetch_wait_max_ms,
-            # bounded memory whatever the backlog (see ConsumerSettings)
-            "queued.max.messages.kbytes": cfg.queued_max_messages_kbytes,
-            "queued.min.messages": cfg.queued_min_messages,
-            "fetch.max.bytes": cfg.fetch_max_bytes,
-            "max.partition.fetch.bytes": cfg.max_partition_fetch_bytes,
-            "fetch.queue.backoff.ms": cfg.fetch_queue_backoff_ms,
+            **fetch_config(cfg),
             "client.id": f"streamer-{self.group}",
             "logger": kafka_logger(),
         }
@@ -671,6 +665,19 @@ class KafkaSource:
 
     def progress_fields(self) -> Mapping[str, Any]:
         return {"records": self.stats.records, "partitions": len(self._assigned)}
+
+
+def fetch_config(cfg: ConsumerSettings) -> dict[str, Any]:
+    """librdkafka's fetch and prefetch-queue properties of the settings: how fast a backlog is read,
+    and the memory bound whatever the backlog (see :class:`~streamer.settings.ConsumerSettings`)."""
+    return {
+        "fetch.wait.max.ms": cfg.fetch_wait_max_ms,
+        "queued.max.messages.kbytes": cfg.queued_max_messages_kbytes,
+        "queued.min.messages": cfg.queued_min_messages,
+        "fetch.max.bytes": cfg.fetch_max_bytes,
+        "max.partition.fetch.bytes": cfg.max_partition_fetch_bytes,
+        "fetch.queue.backoff.ms": cfg.fetch_queue_backoff_ms,
+    }
 
 
 def _stop_outside(batch: Batch, streams: set[StreamKey]) -> PoisonRecordError | None:
