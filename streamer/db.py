@@ -97,6 +97,11 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionError | TimeoutError)
 
 
+def quote_ident(name: str) -> str:
+    """A PostgreSQL identifier, double-quoted (embedded quotes doubled): never interpolated bare."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def dsn_params(url: str) -> dict[str, Any]:
     """libpq connection parameters of a URL (SQLAlchemy's ``postgresql+psycopg2://`` included)."""
     if "://" in url:

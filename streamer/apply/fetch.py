@@ -54,7 +54,7 @@ from streamer.apply import state
 from streamer.apply.schema import SchemaMismatchError
 from streamer.connect.files import resolve_env
 from streamer.core.events import UNAVAILABLE, TableId
-from streamer.db import dsn_params
+from streamer.db import dsn_params, quote_ident
 
 if TYPE_CHECKING:
     from streamer.apply.coalesce import TablePlan
@@ -79,10 +79,6 @@ class GeneratedColumnError(SchemaMismatchError):
 
 class SourceReadError(Exception):
     """The source could not be read for a row (kept inside this module: the row is recorded)."""
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _param(value: Any) -> Any:
@@ -146,7 +142,7 @@ class SourceFetcher:
 
     def _root(self, conn: Any, table: TableId) -> tuple[str, str]:
         with conn.cursor() as cur:
-            ident = f"{_quote(table.schema or 'public')}.{_quote(table.table)}"
+            ident = f"{quote_ident(table.schema or 'public')}.{quote_ident(table.table)}"
             # the partition root: a row that moved between partitions is found wherever it is
             cur.execute(
                 "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -192,7 +188,7 @@ class SourceFetcher:
                 cur.execute(
                     "SELECT a.attname FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
                     "AND NOT a.attisdropped AND a.attgenerated = 's'",
-                    (f"{_quote(table.schema or 'public')}.{_quote(table.table)}",),
+                    (f"{quote_ident(table.schema or 'public')}.{quote_ident(table.table)}",),
                 )
                 found = frozenset(str(r[0]) for r in cur.fetchall())
         except (SourceReadError, psycopg2.Error) as exc:
@@ -222,16 +218,16 @@ class SourceFetcher:
             key_cols = list(keys[0]) if keys else list(src.key)
             wanted = [c for c in columns if c in by_name and c not in key_cols]
             cols = [by_name[c] for c in [*key_cols, *wanted]]
-            exprs = [_quote(c.name) + ("::numeric" if c.type_name == "money" else "") for c in cols]
+            exprs = [quote_ident(c.name) + ("::numeric" if c.type_name == "money" else "") for c in cols]
             found: dict[tuple[str, ...], dict[str, Any]] = {}
             with conn.cursor() as cur:
                 for i in range(0, len(keys), 500):
                     part = keys[i : i + 500]
                     marks = ", ".join("(" + ", ".join(["%s"] * len(key_cols)) + ")" for _ in part)
                     params = [_param(k[c]) for k in part for c in key_cols]
-                    where = "(" + ", ".join(_quote(c) for c in key_cols) + f") IN ({marks})"
+                    where = "(" + ", ".join(quote_ident(c) for c in key_cols) + f") IN ({marks})"
                     query = cur.mogrify(
-                        f"SELECT {', '.join(exprs)} FROM {_quote(schema)}.{_quote(name)} WHERE {where}",  # noqa: S608
+                        f"SELECT {', '.join(exprs)} FROM {quote_ident(schema)}.{quote_ident(name)} WHERE {where}",  # noqa: S608
                         params,
                     ).decode()
                     buf = _Buffer()

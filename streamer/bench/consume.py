@@ -40,11 +40,12 @@ from confluent_kafka import Consumer, TopicPartition
 
 from streamer import logs
 from streamer.apply import state
+from streamer.apply.dialects import postgresql as pg
 from streamer.apply.sink import build_sink
 from streamer.bench.report import Figure, run_module
 from streamer.consume import ConsumerProcess, build_decoder
 from streamer.core.events import ChangeEvent
-from streamer.db import create_target_engine, dsn_params
+from streamer.db import create_target_engine, dsn_params, quote_ident
 from streamer.settings import Settings, load_settings
 from streamer.sources.kafka.source import fetch_config
 from streamer.stack.local import Stack, running_stack
@@ -260,33 +261,42 @@ def apply_engine(settings: Settings, events: Sequence[ChangeEvent], target_url: 
     return elapsed
 
 
+def _after_images(stack: Stack, source_table: str, *, versioned: bool) -> list[bytes]:
+    """The events' after images as COPY text lines, read from the source: its rows (the inserts),
+    then its updated rows; ``versioned`` appends a version per row (first image < second)."""
+    src = psycopg2.connect(stack.source_admin_dsn(stack.cfg.source_database))
+    lines: list[bytes] = []
+    with src.cursor() as cur:
+        for n, where in ((0, ""), (1, "WHERE id % 2 = 0")):
+            version = f", '{n}/' || lpad(to_hex(id), 12, '0')" if versioned else ""
+            buf = io.BytesIO()
+            cur.copy_expert(
+                f"COPY (SELECT *{version} FROM public.{source_table} {where} ORDER BY id) TO STDOUT", buf
+            )
+            lines += buf.getvalue().splitlines(keepends=True)
+    src.close()
+    return lines
+
+
 def plain_copy(stack: Stack, source_table: str, schema: str, target_url: str) -> tuple[int, float]:
     """The same rows as the apply-engine figure's events, by one plain COPY into a same-shaped table.
 
-    The rows are the source table's inserts and its updated rows (the events' after images), as COPY
-    text read from the source beforehand; timed: the target's ``COPY FROM STDIN`` and its commit.
+    The rows are the events' after images (:func:`_after_images`), as COPY text read from the source
+    beforehand; timed: the target's ``COPY FROM STDIN`` and its commit.
     """
-    src = psycopg2.connect(stack.source_admin_dsn(stack.cfg.source_database))
-    buf = io.BytesIO()
-    with src.cursor() as cur:
-        cur.copy_expert(f"COPY (SELECT * FROM public.{source_table} ORDER BY id) TO STDOUT", buf)
-        cur.copy_expert(
-            f"COPY (SELECT * FROM public.{source_table} WHERE id % 2 = 0 ORDER BY id) TO STDOUT", buf
-        )
-    src.close()
-    rows = buf.getvalue().count(b"\n")
+    lines = _after_images(stack, source_table, versioned=False)
     conn = psycopg2.connect(**dsn_params(target_url))
     with conn.cursor() as cur:
         cur.execute(f'CREATE TABLE "{schema}".plain ({COLUMNS.replace("PRIMARY KEY", "")})')
     conn.commit()
-    buf.seek(0)
+    buf = io.BytesIO(b"".join(lines))
     started = time.perf_counter()
     with conn.cursor() as cur:
         cur.copy_expert(f'COPY "{schema}".plain FROM STDIN', buf)
     conn.commit()
     elapsed = time.perf_counter() - started
     conn.close()
-    return rows, elapsed
+    return len(lines), elapsed
 
 
 def server_merge(
@@ -296,42 +306,24 @@ def server_merge(
 
     The same after images as :func:`plain_copy`, each with a version, as COPY text in memory; per
     batch of ``batch`` rows (consume's ``batch_max_events``): COPY into a temporary stage, the
-    guarded ``INSERT .. ON CONFLICT .. DO UPDATE .. WHERE`` older into a keyed table, commit (the
-    sink's statements, :mod:`streamer.apply.dialects.postgresql`; no offsets table, no catalog).
+    guarded ``INSERT .. ON CONFLICT .. DO UPDATE .. WHERE`` newer into a keyed table, commit: the
+    sink's own statements (:func:`~streamer.apply.dialects.postgresql.stage_sql` and ``merge_sql``),
+    without the offsets table and the catalog.
     """
-    src = psycopg2.connect(stack.source_admin_dsn(stack.cfg.source_database))
-    lines: list[bytes] = []
-    with src.cursor() as cur:
-        for n, where in ((0, ""), (1, "WHERE id % 2 = 0")):
-            buf = io.BytesIO()
-            cur.copy_expert(
-                f"COPY (SELECT *, '{n}/' || lpad(to_hex(id), 12, '0') FROM public.{source_table} {where} "
-                "ORDER BY id) TO STDOUT",
-                buf,
-            )
-            lines += buf.getvalue().splitlines(keepends=True)
-    src.close()
+    lines = _after_images(stack, source_table, versioned=True)
     names = ["id", "name", "email", "amount", "score", "active", "created_at", "updated_at", "payload", "_v"]
-    cols = ", ".join(names)
-    sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in names if c != "id")
+    cols = ", ".join(quote_ident(c) for c in names)
+    target, stage = f"{quote_ident(schema)}.merged", quote_ident("bench_stage")
     conn = psycopg2.connect(**dsn_params(target_url))
     with conn.cursor() as cur:
-        cur.execute(f'CREATE TABLE "{schema}".merged ({COLUMNS}, _v text)')
+        cur.execute(f"CREATE TABLE {target} ({COLUMNS}, _v text)")
     conn.commit()
     started = time.perf_counter()
     with conn.cursor() as cur:
         for i in range(0, len(lines), batch):
-            cur.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS bench_stage ON COMMIT DELETE ROWS AS "
-                f'SELECT {cols} FROM "{schema}".merged WITH NO DATA'
-            )
-            cur.copy_expert(
-                f"COPY bench_stage ({cols}) FROM STDIN", io.BytesIO(b"".join(lines[i : i + batch]))
-            )
-            cur.execute(
-                f'INSERT INTO "{schema}".merged AS t ({cols}) SELECT {cols} FROM bench_stage '
-                f"ON CONFLICT (id) DO UPDATE SET {sets} WHERE t._v < EXCLUDED._v"
-            )
+            cur.execute(pg.stage_sql(stage, target, cols, on_commit="DELETE ROWS"))
+            cur.copy_expert(f"COPY {stage} ({cols}) FROM STDIN", io.BytesIO(b"".join(lines[i : i + batch])))
+            cur.execute(pg.merge_sql(target, stage, names, ["id"], "_v", quote_ident))
             conn.commit()
     elapsed = time.perf_counter() - started
     conn.close()

@@ -27,7 +27,7 @@ import psycopg2
 
 from streamer.connect.files import ConnectorFile, resolve_env
 from streamer.core.errors import StreamerError
-from streamer.db import dsn_params
+from streamer.db import dsn_params, quote_ident
 
 PUBLICATION_DEFAULT = "dbz_publication"  # Debezium's default publication.name
 
@@ -49,10 +49,6 @@ class PublicationStep:
     def line(self) -> str:
         mark = "=" if self.sql is None else "+"
         return f"{mark} publication {self.publication} ({self.connector}): {self.note}"
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _listed(config: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -223,7 +219,7 @@ def plan_publications(
                 PublicationStep(f.name, pub, partitioned, None, "publish_via_partition_root already on")
             )
         elif row is not None:
-            sql = f"ALTER PUBLICATION {_quote(pub)} SET (publish_via_partition_root = true)"
+            sql = f"ALTER PUBLICATION {quote_ident(pub)} SET (publish_via_partition_root = true)"
             out.append(PublicationStep(f.name, pub, partitioned, sql, "turn publish_via_partition_root on"))
         elif mode == "disabled":
             out.append(
@@ -234,9 +230,11 @@ def plan_publications(
             tables = (
                 "ALL TABLES"
                 if mode == "all_tables"
-                else "TABLE " + ", ".join(f"{_quote(s)}.{_quote(t)}" for s, t in listed)
+                else "TABLE " + ", ".join(f"{quote_ident(s)}.{quote_ident(t)}" for s, t in listed)
             )
-            sql = f"CREATE PUBLICATION {_quote(pub)} FOR {tables} WITH (publish_via_partition_root = true)"
+            sql = (
+                f"CREATE PUBLICATION {quote_ident(pub)} FOR {tables} WITH (publish_via_partition_root = true)"
+            )
             out.append(
                 PublicationStep(
                     f.name,

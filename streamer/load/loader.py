@@ -96,7 +96,7 @@ from streamer.core.events import (
     parse_lsn,
     pg_version,
 )
-from streamer.db import dsn_params
+from streamer.db import dsn_params, quote_ident
 from streamer.decode.pgtypes import (
     SESSION_OPTIONS,
     TYPE_QUERY,
@@ -147,10 +147,6 @@ class SourceTable:
     @property
     def column_types(self) -> dict[str, ColumnType]:
         return {c.name: c.plan.column_type for c in self.columns}
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _connect(params: Mapping[str, Any], **extra: Any) -> Any:
@@ -326,7 +322,7 @@ def plan_from_statistics(cur: Any, src: SourceTable, chunk_rows: int) -> tuple[l
     key = next(c for c in src.columns if c.name == src.key[0])
     if key.builtin_type is None:
         return None
-    table = f"{_quote(src.schema)}.{_quote(src.table)}"
+    table = f"{quote_ident(src.schema)}.{quote_ident(src.table)}"
     # the array type is format_type() of a built-in type read from the catalog, never user input
     sql = (
         "SELECT c.reltuples, c.relpages, pg_relation_size(c.oid) / current_setting('block_size')::int, "  # noqa: S608
@@ -359,8 +355,8 @@ def plan_chunks(cur: Any, src: SourceTable, chunk_rows: int) -> tuple[list[Chunk
     planned = plan_from_statistics(cur, src, chunk_rows)
     if planned is not None:
         return planned
-    keys = ", ".join(_quote(k) for k in src.key)
-    table = f"{_quote(src.schema)}.{_quote(src.table)}"
+    keys = ", ".join(quote_ident(k) for k in src.key)
+    table = f"{quote_ident(src.schema)}.{quote_ident(src.table)}"
     # every chunk_rows-th key, streamed from an index scan (no count(*) OVER (): that window
     # materializes the whole key set before the first row); the last chunk is open above
     cur.execute(
@@ -778,7 +774,7 @@ class Loader:
                     Chunk(r.chunk_no, _key_from_json(r.lo_key), _key_from_json(r.hi_key)) for r in recorded
                 ]
                 with conn.cursor() as cur:
-                    cur.execute(f"SELECT count(*) FROM {_quote(src.schema)}.{_quote(src.table)}")  # noqa: S608
+                    cur.execute(f"SELECT count(*) FROM {quote_ident(src.schema)}.{quote_ident(src.table)}")  # noqa: S608
                     total = int(cur.fetchone()[0])
                 tconn.execute(
                     sa.update(loads)
@@ -796,7 +792,7 @@ class Loader:
             elif src.key:
                 chunks, total = plan_chunks(cur, src, self.chunk_rows)
             else:
-                cur.execute(f"SELECT count(*) FROM {_quote(src.schema)}.{_quote(src.table)}")  # noqa: S608
+                cur.execute(f"SELECT count(*) FROM {quote_ident(src.schema)}.{quote_ident(src.table)}")  # noqa: S608
                 chunks, total = [Chunk(0, None, None)], int(cur.fetchone()[0])
         with self.engine.begin() as tconn:
             tconn.execute(sa.delete(chunks_t).where(chunks_t.c.table_name == route.qualified))
@@ -909,7 +905,7 @@ class Loader:
         for c in loaded_columns(src, route, target_table):
             target = route.target_column(c.name)
             assert target is not None
-            expr = _quote(c.name)
+            expr = quote_ident(c.name)
             if c.type_name == "money":
                 expr += "::numeric"
             if target in route.cast and self.copies_in:
@@ -922,7 +918,7 @@ class Loader:
         where, params = _range(src.key, chunk)
         # no ORDER BY: COPY into a table, a stage or batched upserts needs no order, and the
         # planner stays free to read a large range with a sequential scan
-        sql = f"SELECT {', '.join(exprs)} FROM {_quote(src.schema)}.{_quote(src.table)}" + (  # noqa: S608
+        sql = f"SELECT {', '.join(exprs)} FROM {quote_ident(src.schema)}.{quote_ident(src.table)}" + (  # noqa: S608
             f" WHERE {where}" if where else ""
         )
         return cur.mogrify(sql, params).decode(), names
@@ -1135,7 +1131,7 @@ def _in_range(cols: Sequence[Any], rng: tuple[tuple[Any, ...] | None, tuple[Any,
 def _range(key: Sequence[str], chunk: Chunk) -> tuple[str, list[Any]]:
     if not key:
         return "", []
-    cols = "(" + ", ".join(_quote(k) for k in key) + ")"
+    cols = "(" + ", ".join(quote_ident(k) for k in key) + ")"
     marks = "(" + ", ".join(["%s"] * len(key)) + ")"
     parts: list[str] = []
     params: list[Any] = []

@@ -26,6 +26,7 @@ from streamer.core.errors import (
     one_line,
 )
 from streamer.core.events import parse_lsn
+from streamer.db import quote_ident
 from streamer.decode.pgtypes import (
     SESSION_OPTIONS,
     TYPE_QUERY,
@@ -42,10 +43,6 @@ __all__ = ["SourceCatalog", "origin_topic", "quote_ident"]
 def origin_topic(slot: str) -> str:
     """The ``topic`` of this path's positions in ``_streamer_offsets`` (see :func:`streamer.core.checkpoint.wal_stream`)."""
     return wal_stream(slot)
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _qualified(table: str) -> tuple[str, str]:
