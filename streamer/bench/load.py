@@ -158,12 +158,12 @@ def checkpoint(stack: Stack) -> None:
     conn.close()
 
 
-def _drop_target(stack: Stack, table: str, suffixes: Sequence[str] = ("", "_pipe", "_seed")) -> None:
+def _drop_target(stack: Stack, table: str) -> None:
     """Drop the target's tables of this run and the load state of the table (a new round starts empty)."""
     target = create_target_engine(stack.settings.target_url)
     try:
         with target.begin() as conn:
-            for suffix in suffixes:
+            for suffix in ("", "_pipe", "_seed"):
                 conn.execute(sa.text(f"DROP TABLE IF EXISTS public.{table}{suffix}"))
             for state_table in ("_streamer_loads", "_streamer_load_chunks"):
                 conn.execute(

@@ -168,10 +168,11 @@ def figures(argv: Sequence[str] | None = None) -> list[Figure]:
         passed = equal and rows == args.rows and rate >= FLOORS[kind]
         # a comparison that is not equal, or saw another row count, is no figure: 0 rows/s
         counted = rate if equal and rows == args.rows else 0.0
+        path = f"PG -> {'PG' if kind == 'postgresql' else 'MariaDB'}"
         out.append(
             Figure(
                 "validate",
-                f"PG -> {'PG' if kind == 'postgresql' else 'MariaDB'}, {args.rows / 1e6:g}M equal rows",
+                f"{path}, {args.rows / 1e6:g}M equal rows",
                 counted,
                 "rows/s",
                 "target",
@@ -180,7 +181,7 @@ def figures(argv: Sequence[str] | None = None) -> list[Figure]:
             )
         )
         method = str(first.get("method", "-")) if isinstance(first, dict) else "-"
-        label = f"validate PG -> {'PG' if kind == 'postgresql' else 'MariaDB'}"
+        label = f"validate {path}"
         print(
             f"{label:<28} {rows:>10,} {seconds:>9.2f} {rate:>10,.0f} {FLOORS[kind]:>9,.0f} {method:>14}  "
             f"{'PASS' if passed else 'FAIL'}{'' if equal else ' (not equal: ' + json.dumps(result)[:300] + ')'}"

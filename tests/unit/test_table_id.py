@@ -18,30 +18,24 @@ def test_equal_ids_are_one_key() -> None:
     assert "_hash" not in repr(a)
 
 
-def test_unpickled_in_another_process_hashes_there() -> None:
-    # string hashes depend on PYTHONHASHSEED: a hash carried in the pickle would be wrong there
-    dump = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import pickle, sys; from streamer.core.events import TableId; "
-            "sys.stdout.buffer.write(pickle.dumps(TableId('db', 'public', 'items')))",
-        ],
-        env={**os.environ, "PYTHONHASHSEED": "1"},
+def _python(code: str, seed: str, stdin: bytes = b"") -> bytes:
+    """stdout of ``code`` run by a new interpreter with PYTHONHASHSEED ``seed``."""
+    return subprocess.run(
+        [sys.executable, "-c", "import pickle, sys; from streamer.core.events import TableId; " + code],
+        env={**os.environ, "PYTHONHASHSEED": seed},
+        input=stdin,
         capture_output=True,
         check=True,
     ).stdout
-    check = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import pickle, sys; from streamer.core.events import TableId; "
-            "t = pickle.loads(sys.stdin.buffer.read()); print({TableId('db', 'public', 'items'): 'found'}.get(t))",
-        ],
-        env={**os.environ, "PYTHONHASHSEED": "2"},
-        input=dump,
-        capture_output=True,
-        check=True,
+
+
+def test_unpickled_in_another_process_hashes_there() -> None:
+    # string hashes depend on PYTHONHASHSEED: a hash carried in the pickle would be wrong there
+    dump = _python("sys.stdout.buffer.write(pickle.dumps(TableId('db', 'public', 'items')))", "1")
+    found = _python(
+        "t = pickle.loads(sys.stdin.buffer.read()); print({TableId('db', 'public', 'items'): 'found'}.get(t))",
+        "2",
+        dump,
     )
-    assert check.stdout.decode().strip() == "found"
+    assert found.decode().strip() == "found"
     assert pickle.loads(dump) == TableId("db", "public", "items")
